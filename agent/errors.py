@@ -1,0 +1,59 @@
+"""Typed errors, translated at one boundary.
+
+    GuardError
+    ├── ConfigError          a config file or value is wrong (exit code 78, no restart)
+    ├── FrameError           a frame has the wrong dtype, shape or is empty
+    ├── SourceError          a camera/file/folder cannot be opened or read
+    ├── BackendUnavailable   an optional backend (CUDA, TensorRT, ORT provider) is missing
+    ├── ModelError           a model file is missing, unreadable or gives unexpected outputs
+    ├── ProfileError         a calibration profile is missing, corrupt or does not match
+    └── PublishError         a sink/publisher cannot deliver or spool a message
+
+Lower-level exceptions are mapped with ``raise Mapped(msg) from exc`` and messages say
+what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailable",
+    "ConfigError",
+    "FrameError",
+    "GuardError",
+    "ModelError",
+    "ProfileError",
+    "PublishError",
+    "SourceError",
+]
+
+
+class GuardError(Exception):
+    """Base class of every error edge-guard raises on purpose."""
+
+
+class ConfigError(GuardError):
+    """A configuration file or value is invalid. The message names the field."""
+
+
+class FrameError(GuardError, ValueError):
+    """A frame is not a non-empty HxWx3 uint8 BGR array (or a valid NV12 buffer)."""
+
+
+class SourceError(GuardError):
+    """A frame source cannot be opened or read."""
+
+
+class BackendUnavailable(GuardError):
+    """An optional backend is not usable on this machine; the message says why."""
+
+
+class ModelError(GuardError):
+    """A model cannot be loaded or run, or its outputs are not what the config declares."""
+
+
+class ProfileError(GuardError):
+    """A calibration profile is missing, corrupt, or made for another model/resolution."""
+
+
+class PublishError(GuardError):
+    """A message could not be delivered nor spooled."""

@@ -1,0 +1,38 @@
+"""The sink interface: where verdicts, health summaries and status go (file, MQTT, ...)."""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from agent.frame import Frame
+from agent.health import HealthSummary
+from agent.verdict import Verdict
+
+__all__ = ["CameraState", "Sink"]
+
+CameraState = Literal["online", "degraded", "offline"]
+
+
+class Sink(Protocol):
+    """Receives everything the daemon produces. Implementations never drop silently:
+    anything they cannot deliver is spooled or counted (and reported in health)."""
+
+    def publish_verdict(self, verdict: Verdict, frame: Frame) -> None:
+        """Called for every processed frame (the sink decides what to keep/sample)."""
+        ...
+
+    def publish_health(self, summary: HealthSummary) -> None:
+        """Called once per health interval."""
+        ...
+
+    def publish_camera_status(self, camera_id: str, state: CameraState, reason: str) -> None:
+        """Called when a camera's state changes."""
+        ...
+
+    def stats(self) -> dict[str, float]:
+        """Backlog/drop counters for the next health summary."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release resources (called once on shutdown)."""
+        ...

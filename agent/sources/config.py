@@ -1,0 +1,43 @@
+"""Config of the frame source stage."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from agent.configbase import StrictModel
+
+__all__ = ["ReconnectConfig", "SourceConfig"]
+
+
+class ReconnectConfig(StrictModel):
+    initial_s: float = Field(0.5, gt=0, le=60, description="First back-off delay after a failure, seconds.")
+    max_s: float = Field(30.0, gt=0, le=3600, description="Cap of the exponential back-off, seconds.")
+    multiplier: float = Field(2.0, ge=1.0, le=10.0, description="Back-off growth factor per failure.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ReconnectConfig:
+        if self.max_s < self.initial_s:
+            raise ValueError(f"max_s ({self.max_s}) must be >= initial_s ({self.initial_s})")
+        return self
+
+
+class SourceConfig(StrictModel):
+    uri: str = Field(
+        "synthetic://default",
+        min_length=1,
+        description=(
+            "Where frames come from: a video file path, an rtsp://, http(s):// URL, a device "
+            "index ('0'), a folder of images, or synthetic://<scenario>?seed=N&fps=F&size=WxH."
+        ),
+    )
+    loop: bool = Field(False, description="Restart a video file or folder at its end.")
+    realtime: bool = Field(
+        False,
+        description="Pace files, folders and synthetic sources at their nominal fps "
+        "(live cameras are always real time).",
+    )
+    fps: float | None = Field(
+        None, gt=0, le=1000, description="Nominal fps for folders/synthetic (null: from source or 25)."
+    )
+    max_frames: int | None = Field(None, ge=1, description="Stop after this many frames (null: no limit).")
+    reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig, description="Back-off for failing live sources.")
