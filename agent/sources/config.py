@@ -40,4 +40,4 @@ class SourceConfig(StrictModel):
         None, gt=0, le=1000, description="Nominal fps for folders/synthetic (null: from source or 25)."
     )
     max_frames: int | None = Field(None, ge=1, description="Stop after this many frames (null: no limit).")
-    reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig, description="Back-off for failing live sources.")
+    reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig, description="Live-source back-off.")
