@@ -24,7 +24,7 @@ def validate_bgr(image: object) -> BGRImage:
         raise FrameError(f"frame must have shape (H, W, 3) (BGR), but got shape {image.shape}")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise FrameError(f"frame must not be empty, but got shape {image.shape}")
-    return image  # type: ignore[return-value]
+    return image
 
 
 @dataclass(frozen=True, slots=True)

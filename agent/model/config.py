@@ -9,7 +9,9 @@ from pydantic import Field
 
 from agent.configbase import StrictModel
 
-__all__ = ["ModelConfig", "OutputConfig", "PreprocessConfig"]
+__all__ = ["ModelConfig", "OutputConfig", "PreprocessConfig", "Provider"]
+
+Provider = Literal["tensorrt", "cuda", "cpu"]
 
 
 class PreprocessConfig(StrictModel):
@@ -46,8 +48,8 @@ class ModelConfig(StrictModel):
     kind: Literal["classifier", "detector"] = Field("classifier", description="How outputs are decoded.")
     labels: Path | None = Field(None, description="Text file with one class name per line (optional).")
     runtime: Literal["onnxruntime", "tensorrt"] = Field("onnxruntime", description="Inference engine.")
-    providers: list[Literal["tensorrt", "cuda", "cpu"]] = Field(
-        default_factory=lambda: ["tensorrt", "cuda", "cpu"],
+    providers: list[Provider] = Field(
+        default_factory=lambda: list[Provider](["tensorrt", "cuda", "cpu"]),
         min_length=1,
         description="ONNX Runtime execution providers in order of preference; the first that "
         "works is used and the fallback is logged once.",
