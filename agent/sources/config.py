@@ -13,6 +13,9 @@ class ReconnectConfig(StrictModel):
     initial_s: float = Field(0.5, gt=0, le=60, description="First back-off delay after a failure, seconds.")
     max_s: float = Field(30.0, gt=0, le=3600, description="Cap of the exponential back-off, seconds.")
     multiplier: float = Field(2.0, ge=1.0, le=10.0, description="Back-off growth factor per failure.")
+    jitter: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Random spread of each delay, ±fraction (0: deterministic delays)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ReconnectConfig:
@@ -37,7 +40,12 @@ class SourceConfig(StrictModel):
         "(live cameras are always real time).",
     )
     fps: float | None = Field(
-        None, gt=0, le=1000, description="Nominal fps for folders/synthetic (null: from source or 25)."
+        None, gt=0, le=1000, description="Nominal fps of folders, synthetic sources without fps= in their "
+        "URI, and files (overrides the container's fps); null: from the source, else 25."
     )
     max_frames: int | None = Field(None, ge=1, description="Stop after this many frames (null: no limit).")
+    timeout_s: float = Field(
+        10.0, gt=0, le=600, description="Open and read timeout of network streams (rtsp/http), seconds; a "
+        "stream silent for longer is reconnected."
+    )
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig, description="Live-source back-off.")

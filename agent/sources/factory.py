@@ -1,0 +1,49 @@
+"""Pick and open the right frame source for a URI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.errors import SourceError
+from agent.sources.base import Source
+from agent.sources.config import SourceConfig
+from agent.sources.folder import FolderSource
+from agent.sources.opencv_source import LIVE_SCHEMES, OpenCVSource, is_live_uri
+from agent.sources.synthetic import SyntheticSource
+
+__all__ = ["ACCEPTED", "open_source"]
+
+ACCEPTED = (
+    "a video file path, a folder of images, a device index such as '0', a URL with scheme "
+    + ", ".join(f"{s}://" for s in LIVE_SCHEMES)
+    + ", or synthetic://<scenario>?seed=N&size=WxH&fps=F"
+)
+
+
+def open_source(cfg: SourceConfig, camera_id: str) -> Source:
+    """Open the source ``cfg.uri`` names for camera ``camera_id``.
+
+    Dispatch: ``synthetic://`` -> synthetic camera; rtsp/http(s)/... URLs, digits and
+    ``/dev/video*`` -> live OpenCV capture; an existing directory -> image folder; an
+    existing file (or ``file://`` path) -> video file. Anything else raises SourceError
+    naming the URI and what is accepted. Files and folders are opened (and their first
+    frame decoded) here; live sources connect on the first ``read()``.
+    """
+    uri = cfg.uri.strip()
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    if uri != cfg.uri:
+        cfg = cfg.model_copy(update={"uri": uri})
+    if uri.lower().startswith("synthetic://"):
+        return SyntheticSource(cfg, camera_id)
+    if is_live_uri(uri):
+        return OpenCVSource(cfg, camera_id)
+    if "://" in uri:
+        scheme = uri.split("://", 1)[0]
+        raise SourceError(f"source uri {cfg.uri!r} has unknown scheme {scheme!r}; accepted: {ACCEPTED}")
+    path = Path(uri).expanduser()
+    if path.is_dir():
+        return FolderSource(cfg.model_copy(update={"uri": str(path)}), camera_id)
+    if path.is_file():
+        return OpenCVSource(cfg.model_copy(update={"uri": str(path)}), camera_id)
+    raise SourceError(f"source uri {cfg.uri!r}: no such file or folder; accepted: {ACCEPTED}")

@@ -1,0 +1,210 @@
+"""OpenCV ``VideoCapture`` sources: video files, network streams and camera devices.
+
+Files are not live: they end (or loop) and may be paced at their fps with ``realtime``.
+A truncated file (the container promises more frames than decode) ends cleanly at the
+last decodable frame, with a warning. Network streams (rtsp, http, ...) and devices are
+live: if they cannot be opened or stop delivering, ``read()`` keeps reconnecting with
+capped exponential back-off (state ``down``) until it gets frames again or ``close()``
+is called; it never returns None for a failure.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+
+from agent.errors import SourceError
+from agent.sources.backoff import Backoff
+from agent.sources.base import Capture, SourceBase, to_bgr
+from agent.sources.config import SourceConfig
+
+__all__ = ["LIVE_SCHEMES", "OpenCVSource", "is_live_uri"]
+
+logger = logging.getLogger(__name__)
+
+LIVE_SCHEMES: tuple[str, ...] = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp")
+_DEFAULT_FPS = 25.0
+# Consecutive undecodable frames after which a live stream is considered broken and reopened,
+# and after which a file is considered finished.
+_MAX_CORRUPT_RUN = 25
+
+
+def is_live_uri(uri: str) -> bool:
+    """True for device indices ("0"), network stream URLs and /dev/video* paths."""
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    return uri.isdigit() or scheme in LIVE_SCHEMES or uri.startswith("/dev/video")
+
+
+class OpenCVSource(SourceBase):
+    """Frames from ``cv2.VideoCapture``; ``cfg.uri`` is a file path, a stream URL or a device index."""
+
+    def __init__(self, cfg: SourceConfig, camera_id: str) -> None:
+        live = is_live_uri(cfg.uri)
+        self._cfg = cfg
+        self._target: str | int = int(cfg.uri) if cfg.uri.isdigit() else cfg.uri
+        self._cap: cv2.VideoCapture | None = None
+        self._pending: Capture | None = None  # first frame of a file, decoded at open to prove it decodes
+        self._backoff = Backoff.from_config(cfg.reconnect)
+        self._ever_opened = False
+        self._down_since_attempts = 0
+        self._corrupt_run = 0
+        self.declared_frames: int | None = None
+        """Frame count the container claims (files only; None when unknown)."""
+        self.truncated = False
+        """True once a file ended before its declared frame count."""
+        self.passes = 0
+        """Completed passes over a looping file."""
+        self._pass_frames = 0
+        fps = cfg.fps or _DEFAULT_FPS
+        if not live:
+            self._open_file()
+            assert self._cap is not None
+            container_fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
+            if cfg.fps is None and 0.0 < container_fps <= 1000.0:
+                fps = container_fps
+        super().__init__(
+            cfg.uri,
+            camera_id,
+            live=live,
+            nominal_fps=fps,
+            realtime=cfg.realtime and not live,  # a camera paces itself
+            max_frames=cfg.max_frames,
+        )
+        if not live:
+            self._set_state("up")
+
+    # -- files ----------------------------------------------------------------------------------------------------
+
+    def _open_file(self) -> None:
+        path = Path(self._cfg.uri)
+        if not path.is_file():
+            raise SourceError(f"cannot open video file {path}: no such file")
+        cap = cv2.VideoCapture(str(path))
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(
+                f"cannot open video file {path}: OpenCV found no demuxer/decoder for it "
+                "(expected a video container such as .avi, .mp4, .mkv)"
+            )
+        ok, image = cap.read()
+        bgr, _ = to_bgr(image if ok else None)
+        if bgr is None:
+            cap.release()
+            raise SourceError(f"cannot open video file {path}: it opened but its first frame does not decode")
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.declared_frames = count if count > 0 else None
+        self._cap = cap
+        self._pending = Capture(image)
+        self._pass_frames = 0
+
+    def _next_file(self) -> Capture | None:
+        if self._pending is not None:
+            cap, self._pending = self._pending, None
+            self._pass_frames += 1
+            return cap
+        assert self._cap is not None
+        corrupt_run = 0
+        while not self._stop.is_set():
+            ok, image = self._cap.read()
+            if ok:
+                if to_bgr(image)[0] is None:
+                    self._count_corrupt()
+                    corrupt_run += 1
+                    if corrupt_run < _MAX_CORRUPT_RUN:
+                        continue
+                else:
+                    self._pass_frames += 1
+                    return Capture(image)
+            # End of this pass (or too many undecodable frames in a row).
+            self._note_truncation()
+            if not self._cfg.loop:
+                return None
+            self.passes += 1
+            self._cap.release()
+            self._cap = None
+            try:
+                self._open_file()
+            except SourceError as exc:  # the file changed or vanished while we looped over it
+                logger.warning("source %s: cannot reopen for the next loop: %s", self._cfg.uri, exc)
+                return None
+            return self._next_file()
+        return None
+
+    def _note_truncation(self) -> None:
+        if self.declared_frames is not None and self._pass_frames < self.declared_frames and not self.truncated:
+            self.truncated = True
+            logger.warning(
+                "video file %s is truncated: the container declares %d frames but only %d decode; "
+                "treating frame %d as the end",
+                self._cfg.uri, self.declared_frames, self._pass_frames, self._pass_frames,
+            )
+
+    # -- live streams and devices ---------------------------------------------------------------------------------
+
+    def _open_live(self) -> cv2.VideoCapture | None:
+        if isinstance(self._target, int):
+            cap = cv2.VideoCapture(self._target)
+        else:
+            ms = int(self._cfg.timeout_s * 1000)
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+            cap = cv2.VideoCapture(self._target, cv2.CAP_ANY, params)
+        if cap.isOpened():
+            return cap
+        cap.release()
+        return None
+
+    def _fail(self, why: str) -> bool:
+        """Record a live failure and wait out the back-off; False if stopped meanwhile."""
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+        if self.state != "down":
+            logger.warning("camera %s (%s) is down: %s; reconnecting with back-off", self.camera_id, self.uri, why)
+        self._set_state("down")
+        self._down_since_attempts += 1
+        return self._sleep(self._backoff.next_delay())
+
+    def _next_live(self) -> Capture | None:
+        while not self._stop.is_set():
+            if self._cap is None:
+                if self._ever_opened or self._down_since_attempts:
+                    self._count_reconnect()
+                self._cap = self._open_live()
+                if self._cap is None:
+                    if not self._fail("cannot open the stream/device"):
+                        return None
+                    continue
+                self._ever_opened = True
+            ok, image = self._cap.read()
+            if not ok:
+                if not self._fail("stopped delivering frames"):
+                    return None
+                continue
+            if to_bgr(image)[0] is None:
+                self._count_corrupt()
+                self._corrupt_run += 1
+                if self._corrupt_run >= _MAX_CORRUPT_RUN and not self._fail(
+                    f"{self._corrupt_run} undecodable frames in a row"
+                ):
+                    return None
+                continue
+            self._corrupt_run = 0
+            if self.state == "down":
+                logger.info("camera %s (%s) is back up after %d attempts", self.camera_id, self.uri,
+                            self._down_since_attempts)
+            self._down_since_attempts = 0
+            self._backoff.reset()
+            return Capture(image)
+        return None
+
+    # -- SourceBase -----------------------------------------------------------------------------------------------
+
+    def _next(self) -> Capture | None:
+        return self._next_live() if self.live else self._next_file()
+
+    def _release(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None

