@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from agent.configbase import StrictModel
 
@@ -19,7 +19,15 @@ class PreprocessConfig(StrictModel):
     resize: Literal["stretch", "letterbox"] = Field(
         "stretch", description="stretch: resize to size ignoring aspect; letterbox: keep aspect, pad."
     )
-    pad_value: int = Field(114, ge=0, le=255, description="Letterbox padding value (0..255).")
+    pad_value: int = Field(114, ge=0, le=255, description="Letterbox padding value (0..255), in raw pixel units.")
+    pad_position: Literal["top_left", "center"] = Field(
+        "top_left",
+        description="Where the letterboxed image sits: top_left (YOLOX reference code: padding only right "
+        "and bottom) or center (padding split evenly).",
+    )
+    interpolation: Literal["linear", "area", "nearest", "cubic"] = Field(
+        "linear", description="OpenCV resize interpolation (area anti-aliases strong downscaling)."
+    )
     channel_order: Literal["bgr", "rgb"] = Field("bgr", description="Channel order the model expects.")
     scale: float = Field(1.0, gt=0, description="Multiply pixel values (0..255) by this first, e.g. 1/255.")
     mean: tuple[float, float, float] = Field(
@@ -31,6 +39,19 @@ class PreprocessConfig(StrictModel):
     layout: Literal["nchw", "nhwc"] = Field("nchw", description="Input tensor layout.")
     dtype: Literal["float32", "float16", "uint8"] = Field("float32", description="Input tensor dtype.")
 
+    @model_validator(mode="after")
+    def _check(self) -> PreprocessConfig:
+        w, h = self.size
+        if not (1 <= w <= 8192 and 1 <= h <= 8192):
+            raise ValueError(f"size must be [width, height] with each in 1..8192, got {list(self.size)}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive per channel, got {list(self.std)}")
+        if self.dtype == "uint8" and (
+            self.scale != 1.0 or any(m != 0.0 for m in self.mean) or any(s != 1.0 for s in self.std)
+        ):
+            raise ValueError("dtype uint8 feeds raw pixels: scale must be 1, mean 0 and std 1")
+        return self
+
 
 class OutputConfig(StrictModel):
     name: str | None = Field(None, description="Output tensor name (null: the first output).")
@@ -39,6 +60,27 @@ class OutputConfig(StrictModel):
         description="auto: apply softmax unless the outputs already are probabilities "
         "(non-negative, summing to 1); yes/no force it.",
     )
+    decoder: Literal["yolox"] = Field(
+        "yolox",
+        description="Detector output decoding (kind: detector). yolox: raw [N, anchors, 5+classes] grid "
+        "output: add grid offsets, exp(wh), times stride; score = objectness x class probability.",
+    )
+    strides: tuple[int, ...] = Field(
+        (8, 16, 32), min_length=1, description="Detector feature-map strides in input pixels, in output order."
+    )
+    score_threshold: float = Field(
+        0.3, ge=0.0, le=1.0, description="Detector: keep boxes whose score (obj x cls) is at least this."
+    )
+    nms_iou: float = Field(
+        0.45, gt=0.0, le=1.0, description="Detector: class-wise non-maximum suppression IoU threshold."
+    )
+    max_detections: int = Field(300, ge=1, le=10000, description="Detector: keep at most this many boxes per frame.")
+
+    @model_validator(mode="after")
+    def _check(self) -> OutputConfig:
+        if any(s < 1 for s in self.strides):
+            raise ValueError(f"strides must be positive integers, got {list(self.strides)}")
+        return self
 
 
 class ModelConfig(StrictModel):
@@ -56,6 +98,12 @@ class ModelConfig(StrictModel):
     )
     batch_size: int = Field(1, ge=1, le=64, description="Frames per inference call.")
     threads: int = Field(1, ge=0, le=64, description="ONNX Runtime intra-op threads (0: runtime default).")
+    trt_cache_dir: Path | None = Field(
+        None,
+        description="TensorRT execution provider engine/timing cache folder (null: "
+        "~/.cache/edge-guard/trt); engines are built once per model and GPU, then reused.",
+    )
+    trt_fp16: bool = Field(False, description="Let the TensorRT execution provider build FP16 engines.")
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig, description="Input preparation.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Output decoding.")
     enabled: bool = Field(True, description="Run a model at all (false: statistics-only guard).")

@@ -1,0 +1,201 @@
+"""Raw model outputs -> :class:`ModelOutput`: classifier probabilities and YOLOX detections.
+
+Classifiers: the output is flattened per frame, so shapes like [N, 1000, 1, 1] (SqueezeNet) work.
+Softmax is applied only when the outputs are not already probabilities (``softmax: auto``: every
+value >= 0 and each row sums to 1 within 1e-3, 1e-2 for float16 outputs); then the raw outputs are
+kept as ``logits`` (energy scores need them). Outputs that already are probabilities are
+renormalised to sum exactly to 1 and ``logits`` is None.
+
+YOLOX: raw output [N, A, 5 + C] with A = sum over strides s of (W/s)(H/s) anchors in stride order,
+each row [cx, cy, log w, log h, objectness, class probabilities...] (objectness/classes already
+through a sigmoid in the exported models; raw logits are detected and passed through a sigmoid).
+Centre = (offset + grid cell) * stride, size = exp(log size) * stride, score = obj * cls, then a
+threshold, class-wise NMS, and the map back to frame pixels through the letterbox.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.errors import ModelError
+from agent.model.config import OutputConfig
+from agent.model.preprocess import Letterbox
+from agent.model.types import ModelOutput
+
+__all__ = [
+    "classifier_outputs",
+    "detector_outputs",
+    "is_probability_rows",
+    "nms_classwise",
+    "softmax",
+    "yolox_decode",
+    "yolox_grid",
+]
+
+F32 = npt.NDArray[np.float32]
+
+
+def softmax(z: npt.NDArray[np.floating]) -> F32:
+    """Row-wise softmax of (B, C), computed in float64 for stability, returned as float32."""
+    x = z.astype(np.float64)
+    x -= x.max(axis=1, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(axis=1, keepdims=True)
+    return x.astype(np.float32)
+
+
+def is_probability_rows(x: npt.NDArray[np.floating], tol: float = 1e-3) -> bool:
+    """True when every value is >= 0 and every row sums to 1 within ``tol``."""
+    if x.size == 0 or not np.all(np.isfinite(x)) or float(x.min()) < 0.0:
+        return False
+    sums = x.astype(np.float64).sum(axis=1)
+    return bool(np.all(np.abs(sums - 1.0) <= tol))
+
+
+def classifier_outputs(
+    raw: npt.NDArray[np.generic], cfg: OutputConfig, labels: Sequence[str] = ()
+) -> list[ModelOutput]:
+    """Decode a classifier's raw output (B, ...) into one :class:`ModelOutput` per frame."""
+    if raw.ndim < 2 or raw.shape[0] == 0:
+        raise ModelError(f"classifier output must be [batch, classes, ...], got shape {list(raw.shape)}")
+    if not np.issubdtype(raw.dtype, np.floating):
+        raise ModelError(f"classifier output must be floating point, got {raw.dtype}")
+    rows = np.asarray(raw, dtype=np.float32).reshape(raw.shape[0], -1)  # (B, C): [B, C, 1, 1] -> [B, C]
+    if not np.all(np.isfinite(rows)):
+        raise ModelError("classifier output contains NaN or infinity")
+    tol = 1e-2 if raw.dtype == np.float16 else 1e-3
+    if cfg.softmax == "yes" or (cfg.softmax == "auto" and not is_probability_rows(rows, tol)):
+        logits: F32 | None = rows
+        probs = softmax(rows)
+    else:
+        logits = None
+        p = np.clip(rows.astype(np.float64), 0.0, None)
+        total = p.sum(axis=1, keepdims=True)
+        if np.any(total <= 0):
+            raise ModelError("softmax: no, but an output row sums to 0; the model does not output probabilities")
+        probs = (p / total).astype(np.float32)
+    top = probs.argmax(axis=1)
+    out: list[ModelOutput] = []
+    for i in range(rows.shape[0]):
+        k = int(top[i])
+        out.append(
+            ModelOutput(
+                top1=k,
+                confidence=float(probs[i, k]),
+                probs=probs[i],
+                logits=None if logits is None else logits[i],
+                label=labels[k] if k < len(labels) else None,
+            )
+        )
+    return out
+
+
+@lru_cache(maxsize=16)
+def yolox_grid(input_wh: tuple[int, int], strides: tuple[int, ...]) -> tuple[F32, F32]:
+    """Grid cell offsets (A, 2) [gx, gy] and per-anchor stride (A, 1) for a YOLOX head, stride order."""
+    w, h = input_wh
+    grids: list[F32] = []
+    steps: list[F32] = []
+    for s in strides:
+        gw, gh = w // s, h // s
+        xv, yv = np.meshgrid(np.arange(gw, dtype=np.float32), np.arange(gh, dtype=np.float32))
+        grids.append(np.stack((xv, yv), axis=2).reshape(-1, 2))  # row-major: y outer, x inner
+        steps.append(np.full((gw * gh, 1), float(s), dtype=np.float32))
+    grid, stride = np.concatenate(grids), np.concatenate(steps)
+    grid.setflags(write=False)
+    stride.setflags(write=False)
+    return grid, stride
+
+
+def nms_classwise(
+    boxes: F32, scores: F32, classes: npt.NDArray[np.intp], iou: float, max_keep: int
+) -> npt.NDArray[np.intp]:
+    """Greedy non-maximum suppression per class; returns kept indices by descending score.
+
+    Boxes of different classes never suppress each other (they are shifted apart by class).
+    """
+    if boxes.shape[0] == 0:
+        return np.zeros(0, dtype=np.intp)
+    span = float(boxes.max() - min(0.0, float(boxes.min()))) + 1.0
+    b = boxes.astype(np.float64) + (classes.astype(np.float64) * span)[:, None]
+    area = np.maximum(b[:, 2] - b[:, 0], 0.0) * np.maximum(b[:, 3] - b[:, 1], 0.0)
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size > 0 and len(keep) < max_keep:
+        i = int(order[0])
+        keep.append(i)
+        rest = order[1:]
+        xx1 = np.maximum(b[i, 0], b[rest, 0])
+        yy1 = np.maximum(b[i, 1], b[rest, 1])
+        xx2 = np.minimum(b[i, 2], b[rest, 2])
+        yy2 = np.minimum(b[i, 3], b[rest, 3])
+        inter = np.maximum(xx2 - xx1, 0.0) * np.maximum(yy2 - yy1, 0.0)
+        union = area[i] + area[rest] - inter
+        ious = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+        order = rest[ious <= iou]
+    return np.asarray(keep, dtype=np.intp)
+
+
+def yolox_decode(raw: npt.NDArray[np.generic], input_wh: tuple[int, int], cfg: OutputConfig) -> list[F32]:
+    """Decode YOLOX raw output (B, A, 5 + C) to per-frame (K, 6) [x1, y1, x2, y2, score, cls] in model pixels."""
+    if raw.ndim != 3 or raw.shape[2] < 6:
+        raise ModelError(f"YOLOX output must be [batch, anchors, 5 + classes], got shape {list(raw.shape)}")
+    grid, stride = yolox_grid(input_wh, cfg.strides)
+    if raw.shape[1] != grid.shape[0]:
+        raise ModelError(
+            f"YOLOX output has {raw.shape[1]} anchors but input {input_wh[0]}x{input_wh[1]} with strides "
+            f"{list(cfg.strides)} gives {grid.shape[0]}; check output.strides and preprocess.size"
+        )
+    out: list[F32] = []
+    for pred in raw.astype(np.float32):  # (A, 5 + C)
+        conf = pred[:, 4:]
+        if float(conf.min()) < 0.0 or float(conf.max()) > 1.0:  # logits, not probabilities: sigmoid them
+            conf = 1.0 / (1.0 + np.exp(-conf))
+        scores_all = conf[:, :1] * conf[:, 1:]  # (A, C) obj x cls
+        cls = scores_all.argmax(axis=1)
+        score = scores_all[np.arange(cls.size), cls]
+        sel = np.flatnonzero(score >= cfg.score_threshold)
+        if sel.size == 0:
+            out.append(np.zeros((0, 6), dtype=np.float32))
+            continue
+        p = pred[sel]
+        cxy = (p[:, :2] + grid[sel]) * stride[sel]
+        half = np.exp(np.minimum(p[:, 2:4], 20.0)) * stride[sel] / 2.0  # clamp: exp overflow on garbage
+        boxes = np.concatenate((cxy - half, cxy + half), axis=1).astype(np.float32)
+        keep = nms_classwise(boxes, score[sel], cls[sel], cfg.nms_iou, cfg.max_detections)
+        det = np.empty((keep.size, 6), dtype=np.float32)
+        det[:, :4] = boxes[keep]
+        det[:, 4] = score[sel][keep]
+        det[:, 5] = cls[sel][keep]
+        out.append(det)
+    return out
+
+
+def detector_outputs(
+    raw: npt.NDArray[np.generic],
+    input_wh: tuple[int, int],
+    geos: Sequence[Letterbox],
+    cfg: OutputConfig,
+    labels: Sequence[str] = (),
+) -> list[ModelOutput]:
+    """Decode a detector's raw output into one :class:`ModelOutput` per frame, boxes in frame pixels."""
+    dets = yolox_decode(raw, input_wh, cfg)
+    if len(dets) != len(geos):
+        raise ModelError(f"detector output batch is {len(dets)} but {len(geos)} frames were sent")
+    out: list[ModelOutput] = []
+    for det, geo in zip(dets, geos, strict=True):
+        if det.shape[0]:
+            det[:, :4] = geo.to_frame(det[:, :4])
+            k = int(det[0, 5])
+            out.append(
+                ModelOutput(
+                    top1=k, confidence=float(det[0, 4]), detections=det, label=labels[k] if k < len(labels) else None
+                )
+            )
+        else:
+            out.append(ModelOutput(top1=-1, confidence=0.0, detections=det))
+    return out

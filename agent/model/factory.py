@@ -1,0 +1,119 @@
+"""Build the model runner a config asks for; resolve the embedded reference model.
+
+``model.path: null`` means the project's own reference model ``models/reference_cnn.onnx``. Its
+preprocessing and labels come from the sidecar ``models/reference_cnn.json`` written by
+``models/build_reference_model.py`` and replace the config's ``preprocess``/``labels`` (a user's
+model keeps the config's). :func:`effective_model_config` exposes that resolution, e.g. for the demo.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+import agent
+from agent.errors import BackendUnavailable, ModelError
+from agent.model.config import ModelConfig, PreprocessConfig
+from agent.model.types import ModelRunner
+
+__all__ = [
+    "REFERENCE_MODEL",
+    "REFERENCE_SIDECAR",
+    "ResolvedModel",
+    "effective_model_config",
+    "effective_preprocess",
+    "load_model",
+    "read_sidecar",
+    "runner_factory",
+]
+
+#: The embedded reference model and its sidecar (preprocessing, labels, provenance).
+REFERENCE_MODEL: Path = agent.REPO_ROOT / "models" / "reference_cnn.onnx"
+REFERENCE_SIDECAR: Path = agent.REPO_ROOT / "models" / "reference_cnn.json"
+
+RunnerFactory = Callable[[ModelConfig, Sequence[str] | None], ModelRunner]
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedModel:
+    """A model config with ``path`` set, plus labels given explicitly (None: from ``config.labels``)."""
+
+    config: ModelConfig
+    labels: tuple[str, ...] | None
+    reference: bool
+
+
+def read_sidecar(path: Path = REFERENCE_SIDECAR) -> dict[str, Any]:
+    """The reference model's sidecar JSON (preprocess, labels, provenance) as a dict."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ModelError(
+            f"reference model sidecar not found: {path}; rebuild it with python models/build_reference_model.py"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read reference model sidecar {path}: {exc}") from exc
+    if not isinstance(data, dict) or "preprocess" not in data or "labels" not in data:
+        raise ModelError(f"reference model sidecar {path} must be an object with 'preprocess' and 'labels'")
+    return data
+
+
+def effective_model_config(cfg: ModelConfig) -> ResolvedModel:
+    """Resolve ``path: null`` to the embedded reference model with its own preprocessing and labels."""
+    if cfg.path is not None:
+        return ResolvedModel(cfg, None, reference=False)
+    side = read_sidecar()
+    try:
+        pre = PreprocessConfig.model_validate(side["preprocess"])
+    except ValidationError as exc:
+        raise ModelError(f"reference model sidecar {REFERENCE_SIDECAR} has an invalid preprocess: {exc}") from exc
+    labels = tuple(str(x) for x in side["labels"])
+    resolved = cfg.model_copy(update={"path": REFERENCE_MODEL, "kind": "classifier", "labels": None, "preprocess": pre})
+    return ResolvedModel(resolved, labels, reference=True)
+
+
+def effective_preprocess(cfg: ModelConfig) -> PreprocessConfig:
+    """The preprocessing actually used for ``cfg`` (the sidecar's for the reference model)."""
+    return effective_model_config(cfg).config.preprocess
+
+
+def _onnxruntime_runner(cfg: ModelConfig, labels: Sequence[str] | None) -> ModelRunner:
+    from agent.model.onnx_runner import OnnxRunner  # noqa: PLC0415 (onnxruntime only when used)
+
+    return OnnxRunner(cfg, labels)
+
+
+#: model.runtime -> runner constructor; None: declared in the config but not built yet. A native
+#: TensorRT runner plugs in here (``"tensorrt": _tensorrt_runner``).
+_RUNTIMES: dict[str, RunnerFactory | None] = {"onnxruntime": _onnxruntime_runner, "tensorrt": None}
+
+
+def runner_factory(runtime: str) -> RunnerFactory:
+    """The constructor for a ``model.runtime``; raises BackendUnavailable for one not built yet."""
+    if runtime not in _RUNTIMES:
+        raise ModelError(f"unknown model.runtime {runtime!r}; expected one of {sorted(_RUNTIMES)}")
+    factory = _RUNTIMES[runtime]
+    if factory is None:
+        raise BackendUnavailable(
+            f"model.runtime {runtime!r} (native TensorRT engine runner) is not available in this version; "
+            "use runtime: onnxruntime with providers [tensorrt, cuda, cpu] (needs onnxruntime-gpu and TensorRT)"
+        )
+    return factory
+
+
+def load_model(cfg: ModelConfig) -> ModelRunner | None:
+    """The runner for ``cfg`` (None when ``cfg.enabled`` is false)."""
+    if not cfg.enabled:
+        return None
+    factory = runner_factory(cfg.runtime)
+    resolved = effective_model_config(cfg)
+    if resolved.reference and not REFERENCE_MODEL.is_file():
+        raise ModelError(
+            f"reference model not found: {REFERENCE_MODEL}; rebuild it with python models/build_reference_model.py"
+        )
+    return factory(resolved.config, resolved.labels)
