@@ -1,0 +1,156 @@
+"""The pluggable test interface: every detector is a ``Test`` in a list.
+
+A test turns an Observation into a raw score (higher = more anomalous; NaN = not
+applicable to this frame) and, once calibrated, into a one-sided conformal p-value.
+Life cycle (river style: ``update()`` then read-only results)::
+
+    test.fit(fit_observations)         # learn parameters from the FIT part (most: no-op)
+    for obs in calibration_block:      # reset() at every block start (stateful tests)
+        scores.append(test.update(obs).score)
+    test.calibrate(scores, tail_k=25)
+    ...
+    test.update(obs).p_value           # at run time
+
+Parameters round-trip through ``params()`` / ``load_params()`` (JSON-friendly) so a
+profile can rebuild the test. New tests (issue 7: adversarial, patch, tamper) subclass
+``Test`` and register with ``@register``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
+
+from agent.errors import ConfigError
+from agent.scoring.config import CalibrationConfig
+from agent.scoring.conformal import ConformalScorer
+from agent.scoring.observation import Observation
+
+__all__ = ["TEST_REGISTRY", "Params", "Scorer", "Test", "make_test", "register"]
+
+#: Tail-scale floor of tests with zero tolerance.
+_MIN_RESOLUTION = 1e-6
+
+#: JSON-friendly parameters of a test.
+Params = dict[str, Any]
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """What the policy needs of a test."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def reason(self) -> str: ...
+
+    def update(self, obs: Observation) -> Scorer: ...
+
+    @property
+    def score(self) -> float: ...
+
+    @property
+    def p_value(self) -> float: ...
+
+    def reset(self) -> None: ...
+
+
+class Test:
+    """Base class of a calibrated test. Subclasses set ``name``, ``tolerance`` and ``compute()``.
+
+    ``name``: the test's id (also its reason code unless ``reason`` is set).
+    ``tolerance``: the smallest score difference that matters physically, in score units.
+    Calibration scores are widened by it and it floors the conformal tail's scale
+    (conformal.ConformalScorer); ``CalibrationConfig.tolerances`` overrides it per test.
+    """
+
+    __test__ = False  # not a pytest test class
+    name: ClassVar[str] = ""
+    reason: ClassVar[str] = ""
+    default_tolerance: ClassVar[float] = 0.0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.reason:
+            cls.reason = cls.name
+
+    def __init__(self, cfg: CalibrationConfig | None = None) -> None:
+        self.cfg = cfg if cfg is not None else CalibrationConfig()
+        self.tolerance: float = float(self.cfg.tolerances.get(self.name, self.default_tolerance))
+        self.conformal: ConformalScorer | None = None
+        self._score = math.nan
+
+    # --- calibration ---------------------------------------------------------------------
+    def fit(self, observations: Sequence[Observation]) -> None:
+        """Learn parameters from the FIT observations (default: nothing to learn)."""
+
+    def params(self) -> Params:
+        """Parameters learned by ``fit`` (JSON-friendly)."""
+        return {}
+
+    def load_params(self, params: Params) -> None:
+        """Restore what ``params()`` returned."""
+        if params:
+            raise ValueError(f"test {self.name!r} takes no parameters, but got {sorted(params)}")
+
+    def calibrate(self, scores: Sequence[float], tail_k: int) -> None:
+        """Attach the conformal scorer built from calibration ``scores``."""
+        self.conformal = ConformalScorer(
+            scores, tail_k=tail_k, resolution=max(self.tolerance, _MIN_RESOLUTION), tolerance=self.tolerance
+        )
+
+    # --- streaming ------------------------------------------------------------------------
+    def compute(self, obs: Observation) -> float:
+        """Raw score of ``obs`` (higher = more anomalous, NaN = not applicable)."""
+        raise NotImplementedError
+
+    def update(self, obs: Observation) -> Self:
+        """Score one frame; read ``score`` and ``p_value`` afterwards."""
+        self._score = self.compute(obs)
+        return self
+
+    def reset(self) -> None:
+        """Forget rolling state (a new block, a reconnected camera)."""
+
+    @property
+    def score(self) -> float:
+        """Raw score of the last frame (NaN: not applicable)."""
+        return self._score
+
+    @property
+    def p_value(self) -> float:
+        """Conformal p-value of the last score (1 when not applicable or not calibrated)."""
+        if self.conformal is None or math.isnan(self._score):
+            return 1.0
+        return self.conformal.p_value(self._score)
+
+
+T = TypeVar("T", bound=type[Test])
+
+#: name -> Test subclass; profiles rebuild tests from this.
+TEST_REGISTRY: dict[str, type[Test]] = {}
+
+
+def register(cls: T) -> T:
+    """Class decorator adding a Test subclass to TEST_REGISTRY under its ``name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} must set a non-empty class attribute `name`")
+    if cls.name in TEST_REGISTRY and TEST_REGISTRY[cls.name] is not cls:
+        raise ValueError(f"test name {cls.name!r} is already registered by {TEST_REGISTRY[cls.name].__name__}")
+    TEST_REGISTRY[cls.name] = cls
+    return cls
+
+
+def make_test(name: str, cfg: CalibrationConfig) -> Test:
+    """Instantiate the registered test ``name``."""
+    factory: Callable[[CalibrationConfig], Test] | None = TEST_REGISTRY.get(name)
+    if factory is None:
+        raise KeyError(f"unknown test {name!r}; registered: {sorted(TEST_REGISTRY)}")
+    unknown = sorted(set(cfg.tolerances) - set(TEST_REGISTRY))
+    if unknown:
+        raise ConfigError(
+            f"calibration.tolerances names unknown tests {unknown}; expected some of {sorted(TEST_REGISTRY)}"
+        )
+    return factory(cfg)

@@ -1,0 +1,315 @@
+"""Build a Profile from clean frames (river style: ``update()`` per frame, then ``build()``).
+
+Frames go through three steps:
+
+1. ``skip`` the first frames (auto-exposure settling), then keep every ``stride``-th of the
+   next ``frames`` frames (``done`` turns true once ``frames`` were read).
+2. Split the kept frames into blocks of ``block`` consecutive frames (shrunk so there are at
+   least ``MIN_BLOCKS``) and give the blocks alternately to a FIT part and a CALIBRATION part
+   in the ratio ``fit_fraction``. Blocks rather than single frames, because consecutive video
+   frames are nearly identical: a FIT frame next to each calibration frame would make the
+   calibration scores in-sample and the thresholds too tight.
+3. FIT: quantile profiles, robust location/scatter, tests' parameters. CALIBRATION: every
+   test scores every frame (stateful tests restart at each block) and the scores become the
+   test's conformal calibration set.
+
+Deterministic: the same frames in the same order give the same profile (and profile_id).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Self
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.errors import ProfileError
+from agent.model.types import ModelOutput
+from agent.scoring.base import Test, make_test
+from agent.scoring.config import CalibrationConfig
+from agent.scoring.observation import FEATURES, Observation, observe
+from agent.scoring.profile import (
+    QUANTILE_LEVELS,
+    Distribution,
+    ModelProfile,
+    Profile,
+    RobustProfile,
+    TestProfile,
+    TileProfile,
+)
+from agent.stats.finish import STATS_VERSION
+from agent.stats.types import SCALAR_FIELDS, TILE_FIELDS, FrameStats
+
+__all__ = ["DEFAULT_TESTS", "MIN_BLOCKS", "MIN_KEPT", "Calibrator", "split_blocks"]
+
+logger = logging.getLogger(__name__)
+
+#: Tests every profile gets (``ood_model`` is added when the frames had model outputs).
+DEFAULT_TESTS: tuple[str, ...] = (
+    "dark",
+    "overexposed",
+    "glare",
+    "blur",
+    "noise",
+    "low_saturation",
+    "color_cast",
+    "covered",
+    "frozen",
+    "ood_stats",
+)
+MIN_BLOCKS: int = 10
+#: Fewest kept frames a profile can be built from.
+MIN_KEPT: int = 20
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def split_blocks(n: int, block: int, fit_fraction: float) -> tuple[list[int], list[list[int]], int]:
+    """Indices of the FIT frames, the CALIBRATION blocks, and the block length used.
+
+    Block b (frames [b*L, (b+1)*L)) goes to FIT when floor((b+1)*f) > floor(b*f), which spreads
+    the FIT blocks evenly (f = 1/2: CAL, FIT, CAL, FIT, ...).
+    """
+    length = max(1, min(block, n // MIN_BLOCKS))
+    fit: list[int] = []
+    cal: list[list[int]] = []
+    for b, start in enumerate(range(0, n, length)):
+        idx = list(range(start, min(start + length, n)))
+        if math.floor((b + 1) * fit_fraction) > math.floor(b * fit_fraction):
+            fit.extend(idx)
+        else:
+            cal.append(idx)
+    return fit, cal, length
+
+
+def _quantiles(values: FloatArray) -> Distribution:
+    v = values[~np.isnan(values)]
+    if v.size == 0:
+        return Distribution(n=0, quantiles=[None] * len(QUANTILE_LEVELS))
+    return Distribution(n=int(v.size), quantiles=[float(q) for q in np.quantile(v, QUANTILE_LEVELS)])
+
+
+def _nan_median_mad(x: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Median and 1.4826*MAD over axis 0 ignoring NaN; NaN where a column is all NaN."""
+    flat = x.reshape(x.shape[0], -1)
+    med = np.full(flat.shape[1], np.nan)
+    mad = np.full(flat.shape[1], np.nan)
+    for j in range(flat.shape[1]):
+        col = flat[:, j][~np.isnan(flat[:, j])]
+        if col.size:
+            med[j] = np.median(col)
+            mad[j] = 1.4826 * np.median(np.abs(col - med[j]))
+    return med.reshape(x.shape[1:]), mad.reshape(x.shape[1:])
+
+
+def _nested(a: FloatArray) -> list[list[list[float | None]]]:
+    return [[[None if math.isnan(v) else float(v) for v in cell] for cell in row] for row in a]
+
+
+class Calibrator:
+    """Collects clean frames and builds a Profile (see the module docstring).
+
+    >>> cal = Calibrator(CalibrationConfig(frames=300), grid=(4, 4))
+    >>> # for each clean frame: cal.update(stats, output); stop when cal.done
+    >>> # profile = cal.build(model_sha256=..., config_hash=...)
+    """
+
+    def __init__(self, cal_cfg: CalibrationConfig, grid: tuple[int, int], *, camera_id: str | None = None) -> None:
+        rows, cols = grid
+        if rows < 1 or cols < 1:
+            raise ValueError(f"grid must be (rows, cols) with both >= 1, but got {grid}")
+        self.cfg = cal_cfg
+        self.grid = (int(rows), int(cols))
+        self.camera_id = camera_id
+        self._seen = 0
+        self._used = 0
+        self._kept: list[Observation] = []
+        self._size: tuple[int, int] | None = None
+
+    @property
+    def n(self) -> int:
+        """Frames given to ``update`` so far (skipped ones included)."""
+        return self._seen
+
+    @property
+    def n_kept(self) -> int:
+        """Frames kept for the profile (after skip and stride)."""
+        return len(self._kept)
+
+    @property
+    def done(self) -> bool:
+        """True once ``skip + frames`` frames were given: call ``build()``."""
+        return self._used >= self.cfg.frames
+
+    @property
+    def progress(self) -> float:
+        """Share of the needed frames seen, 0..1 (for a progress bar)."""
+        return min(1.0, self._seen / (self.cfg.skip + self.cfg.frames))
+
+    def update(self, stats: FrameStats, output: ModelOutput | None = None) -> Self:
+        """Add one clean frame's statistics and model output."""
+        if stats.grid != self.grid:
+            raise ProfileError(f"calibration expects tile grid {self.grid}, but a frame has grid {stats.grid}")
+        size = (stats.width, stats.height)
+        if self._size is None:
+            self._size = size
+        elif size != self._size:
+            raise ProfileError(
+                f"calibration frames must keep one size, but got {size[0]}x{size[1]} after "
+                f"{self._size[0]}x{self._size[1]}: calibrate on a fixed-resolution stream"
+            )
+        self._seen += 1
+        if self._seen <= self.cfg.skip or self.done:
+            return self
+        if self._used % self.cfg.stride == 0:
+            self._kept.append(observe(stats, output, floor=self.cfg.glare_floor))
+        self._used += 1
+        return self
+
+    # --- build ----------------------------------------------------------------------------
+    def build(
+        self,
+        *,
+        model_sha256: str | None = None,
+        model_input_wh: tuple[int, int] | None = None,
+        config_hash: str | None = None,
+        alpha_flag: float | None = None,
+        alpha_block: float | None = None,
+    ) -> Profile:
+        """Fit and calibrate every test; returns the Profile. Warns when n is small for alpha."""
+        obs = self._kept
+        if len(obs) < MIN_KEPT or self._size is None:
+            raise ProfileError(
+                f"calibration needs at least {MIN_KEPT} kept frames, but got {len(obs)} "
+                f"(frames={self.cfg.frames}, stride={self.cfg.stride}): give more clean frames"
+            )
+        fit_idx, cal_blocks, length = split_blocks(len(obs), self.cfg.block, self.cfg.fit_fraction)
+        fit_obs = [obs[i] for i in fit_idx]
+        tests = self._fit_tests(fit_obs)
+        scores = self._calibration_scores(tests, [[obs[i] for i in b] for b in cal_blocks])
+        n_cal = sum(len(b) for b in cal_blocks)
+        test_profiles: list[TestProfile] = []
+        for test in tests:
+            vals = scores[test.name]
+            if all(math.isnan(v) for v in vals):
+                logger.warning("test %s never applied on calibration frames: left out of the profile", test.name)
+                continue
+            test_profiles.append(
+                TestProfile(
+                    name=test.name,
+                    reason=test.reason,
+                    tolerance=test.tolerance,
+                    params=test.params(),
+                    calibration_scores=[None if math.isnan(v) else v for v in vals],
+                )
+            )
+        ood = next(t for t in tests if t.name == "ood_stats")
+        data = {
+            "profile_id": "",
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "stats_version": STATS_VERSION,
+            "camera_id": self.camera_id,
+            "grid": self.grid,
+            "width": self._size[0],
+            "height": self._size[1],
+            "model_sha256": model_sha256,
+            "model_input_wh": model_input_wh,
+            "config_hash": config_hash,
+            "calibration": self.cfg,
+            "n_frames": self._used,
+            "n_kept": len(obs),
+            "n_fit": len(fit_obs),
+            "n_cal": n_cal,
+            "block": length,
+            "statistics": self._stat_distributions(obs),
+            "features": self._feature_distributions(obs),
+            "robust": RobustProfile(**ood.params()),
+            "tiles": self._tile_profile(obs),
+            "model": self._model_profile(obs, tests),
+            "tests": test_profiles,
+        }
+        profile = Profile.model_validate(data)
+        profile = profile.model_copy(update={"profile_id": Profile.content_id(profile.model_dump(mode="json"))})
+        self._warn_resolution(n_cal, alpha_flag, alpha_block)
+        logger.info(
+            "profile %s: %d frames kept (%d fit, %d calibration, blocks of %d), tests %s",
+            profile.profile_id, len(obs), len(fit_obs), n_cal, length, [t.name for t in test_profiles],
+        )
+        return profile
+
+    def _fit_tests(self, fit_obs: Sequence[Observation]) -> list[Test]:
+        names = list(DEFAULT_TESTS)
+        if any(o.model is not None for o in fit_obs):
+            names.append("ood_model")
+        tests = [make_test(name, self.cfg) for name in names]
+        for test in tests:
+            test.fit(fit_obs)
+        return tests
+
+    @staticmethod
+    def _calibration_scores(tests: Sequence[Test], blocks: Sequence[Sequence[Observation]]) -> dict[str, list[float]]:
+        scores: dict[str, list[float]] = {t.name: [] for t in tests}
+        for block in blocks:
+            for test in tests:
+                test.reset()
+            for o in block:
+                for test in tests:
+                    scores[test.name].append(test.update(o).score)
+        for test in tests:
+            test.reset()
+        return scores
+
+    @staticmethod
+    def _stat_distributions(obs: Sequence[Observation]) -> dict[str, Distribution]:
+        x = np.array([[getattr(o.stats, f) for f in SCALAR_FIELDS] for o in obs], dtype=np.float64)
+        return {f: _quantiles(x[:, j]) for j, f in enumerate(SCALAR_FIELDS)}
+
+    @staticmethod
+    def _feature_distributions(obs: Sequence[Observation]) -> dict[str, Distribution]:
+        x = np.stack([o.features for o in obs])
+        return {f: _quantiles(x[:, j]) for j, f in enumerate(FEATURES)}
+
+    @staticmethod
+    def _tile_profile(obs: Sequence[Observation]) -> TileProfile:
+        tiles = np.stack([o.stats.tiles for o in obs])  # (n, rows, cols, fields)
+        med, mad = _nan_median_mad(tiles)
+        return TileProfile(fields=list(TILE_FIELDS), median=_nested(med), mad=_nested(mad))
+
+    @staticmethod
+    def _model_profile(obs: Sequence[Observation], tests: Sequence[Test]) -> ModelProfile | None:
+        outs = [o.model for o in obs if o.model is not None]
+        if not outs:
+            return None
+        kind = next(str(t.params()["kind"]) for t in tests if t.name == "ood_model")
+
+        def dist(values: list[float | None]) -> Distribution | None:
+            if all(v is None for v in values):
+                return None
+            return _quantiles(np.array([math.nan if v is None else v for v in values], dtype=np.float64))
+
+        confidence = _quantiles(np.array([m.confidence for m in outs], dtype=np.float64))
+        return ModelProfile(
+            score_kind=kind,
+            confidence=confidence,
+            entropy=dist([m.entropy for m in outs]),
+            energy=dist([m.energy for m in outs]),
+            detections=dist([None if m.detections is None else float(m.detections) for m in outs]),
+            top1_counts={str(k): v for k, v in sorted(Counter(m.top1 for m in outs).items())},
+        )
+
+    def _warn_resolution(self, n_cal: int, alpha_flag: float | None, alpha_block: float | None) -> None:
+        floor = 1.0 / (n_cal + 1)
+        for label, alpha in (("alpha_flag", alpha_flag), ("alpha_block", alpha_block)):
+            if alpha is not None and alpha < floor:
+                need = math.ceil(1.0 / alpha) - 1
+                logger.warning(
+                    "%s=%g is below 1/(n+1)=%.4g with n=%d calibration frames: p-values that small come "
+                    "from the extrapolated tail (an approximation); calibrate on about %d calibration "
+                    "frames (about %d frames at this stride) for an exact conformal level",
+                    label, alpha, floor, n_cal, need, math.ceil(need / (1.0 - self.cfg.fit_fraction)) * self.cfg.stride,
+                )

@@ -1,0 +1,243 @@
+"""Conformal p-values from calibration scores, with a generalized-Pareto tail below 1/(n+1).
+
+A score is "higher = more anomalous". Given calibration scores s_1..s_n of clean frames and a
+new score s, the conformal p-value is
+
+    p(s) = (1 + #{i : s_i >= s}) / (n + 1)
+
+If the new frame is exchangeable with the calibration frames, P(p(s) <= a) <= a for every a
+(ties count against the new frame, so a point mass, e.g. clip_frac = 0 on most clean frames,
+keeps the p-value valid: such frames get p = 1, never a small value).
+
+The smallest value the formula can give is 1/(n+1). Below it (a score beyond every calibration
+score) the p-value is **extrapolated** by a peaks-over-threshold model: the k largest scores
+exceed the threshold u (the (k+1)-th largest) by y_j, and a generalized-Pareto survival
+function G(y) = (1 + xi*y/sigma)^(-1/xi) (exp(-y/sigma) when xi = 0) is fitted to them by
+probability-weighted moments (Hosking & Wallis 1987). The shape is clamped to 0 <= xi <= 1/2 —
+an exponential or heavier tail, so light (e.g. Gaussian) tails are over-estimated and the
+extrapolated p-value errs on the large, conservative side — and sigma is floored at the
+score's ``resolution``. Then, for s above the largest calibration score,
+
+    p(s) = min(1/(n+1), (k+1)/(n+1) * G(s - u))
+
+which is continuous with the empirical p-value at u and non-increasing in s. This part is an
+approximation (it assumes the tail keeps the shape of the top k scores), not a guarantee.
+
+**Tolerance.** A test may declare a tolerance delta >= 0, the smallest score difference that
+matters physically (e.g. 5 % of brightness). Calibration scores are then widened by it:
+
+    p(s) = (1 + #{i : s_i + delta >= s}) / (n + 1)
+
+which can only make p-values larger, so validity is kept; it stops a frame that exceeds
+every calibration frame by a physically meaningless margin from counting as "beyond all
+of calibration" when the calibration clip was short (few independent scene states).
+
+Example (hand-computed):
+
+    >>> c = ConformalScorer([1.0, 2.0, 2.0, 3.0], tail_k=0)
+    >>> [c.p_value(s) for s in (0.0, 2.0, 2.5, 9.0)]
+    [1.0, 0.8, 0.4, 0.2]
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+from typing import overload
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["ConformalScorer", "GPDTail", "fit_gpd_tail"]
+
+FloatArray = npt.NDArray[np.float64]
+
+#: Smallest number of exceedances for which a tail is fitted at all.
+MIN_TAIL: int = 5
+#: Smallest p-value ever returned (p-values stay in (0, 1] even when the tail underflows).
+P_MIN: float = 1e-300
+XI_MAX: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class GPDTail:
+    """Generalized-Pareto tail above ``threshold``: survival G(y) for excess y = s - threshold."""
+
+    threshold: float
+    scale: float
+    shape: float
+    k: int
+
+    def survival(self, s: float) -> float:
+        """G(s - threshold), 1 at or below the threshold."""
+        y = s - self.threshold
+        if y <= 0.0:
+            return 1.0
+        if self.shape == 0.0:
+            return math.exp(-y / self.scale)
+        return float((1.0 + self.shape * y / self.scale) ** (-1.0 / self.shape))
+
+    def inverse(self, q: float) -> float:
+        """Score s with G(s - threshold) = q, for 0 < q <= 1."""
+        if self.shape == 0.0:
+            return self.threshold - self.scale * math.log(q)
+        return float(self.threshold + self.scale / self.shape * (q ** (-self.shape) - 1.0))
+
+
+def fit_gpd_tail(sorted_scores: FloatArray, k: int, resolution: float) -> GPDTail | None:
+    """Fit a GPD to the ``k`` largest of ``sorted_scores`` (ascending, finite).
+
+    Probability-weighted moments with plotting positions (j - 0.35)/k give
+    a0 = mean(y), a1 = mean(y * (1 - F)); then xi = 2 - a0/(a0 - 2*a1), clamped to
+    [0, 1/2], and sigma = a0 * (1 - xi) (the mean excess of a GPD is sigma/(1 - xi)),
+    floored at ``resolution``. Returns None when fewer than MIN_TAIL points are available.
+    """
+    n = int(sorted_scores.shape[0])
+    k = min(k, n - 1)
+    if k < MIN_TAIL:
+        return None
+    u = float(sorted_scores[n - k - 1])
+    y = sorted_scores[n - k :] - u  # (k,) ascending excesses, >= 0
+    a0 = float(y.mean())
+    plotting = (np.arange(1, k + 1, dtype=np.float64) - 0.35) / k
+    a1 = float((y * (1.0 - plotting)).mean())
+    denom = a0 - 2.0 * a1
+    xi = 2.0 - a0 / denom if denom > 0.0 else 0.0
+    xi = min(max(xi, 0.0), XI_MAX)
+    sigma = max(a0 * (1.0 - xi), resolution)
+    return GPDTail(threshold=u, scale=sigma, shape=xi, k=k)
+
+
+class ConformalScorer:
+    """One-sided conformal p-values p(s) = (1 + #{cal >= s}) / (n + 1), tail-extrapolated.
+
+    ``calibration_scores``: scores of clean calibration frames (NaN entries mean "test not
+    applicable to that frame" and are left out). ``tail_k``: exceedances used for the GPD tail
+    (0 disables extrapolation: p never goes below 1/(n+1)); capped at n // 5.
+    ``resolution``: the floor of the tail's scale. ``tolerance``: delta above (0: the plain
+    formula). NaN scores get p = 1 (not applicable = no evidence).
+    """
+
+    def __init__(
+        self,
+        calibration_scores: npt.ArrayLike,
+        *,
+        tail_k: int = 25,
+        resolution: float = 1e-6,
+        tolerance: float = 0.0,
+    ) -> None:
+        raw = np.asarray(calibration_scores, dtype=np.float64).ravel()
+        if not (tolerance >= 0.0 and math.isfinite(tolerance)):
+            raise ValueError(f"tolerance must be a finite number >= 0, but got {tolerance}")
+        if tail_k < 0:
+            raise ValueError(f"tail_k must be >= 0, but got {tail_k}")
+        if not (resolution > 0.0 and math.isfinite(resolution)):
+            raise ValueError(f"resolution must be a finite number > 0, but got {resolution}")
+        if np.isinf(raw).any():
+            raise ValueError("calibration scores must be finite or NaN, but some are infinite")
+        self._raw = raw
+        self.tolerance = tolerance
+        # Widened calibration scores s_i + delta, ascending.
+        self._plain: FloatArray = np.sort(raw[~np.isnan(raw)])
+        self._sorted: FloatArray = self._plain + tolerance
+        self.n: int = int(self._sorted.shape[0])
+        if self.n == 0:
+            raise ValueError("ConformalScorer needs at least one non-NaN calibration score, but got none")
+        self._list: list[float] = self._sorted.tolist()
+        self.tail_k = tail_k
+        self.resolution = resolution
+        self.tail: GPDTail | None = fit_gpd_tail(self._sorted, min(tail_k, self.n // 5), resolution)
+        self._p_floor = 1.0 / (self.n + 1)
+
+    @property
+    def max_score(self) -> float:
+        """Largest calibration score plus the tolerance (beyond it p < 2/(n+1))."""
+        return self._list[-1]
+
+    @property
+    def min_p(self) -> float:
+        """1/(n+1): the smallest p-value the empirical formula gives (the tail goes below)."""
+        return self._p_floor
+
+    @overload
+    def p_value(self, s: float) -> float: ...
+    @overload
+    def p_value(self, s: FloatArray) -> FloatArray: ...
+    def p_value(self, s: float | FloatArray) -> float | FloatArray:
+        """p-value of one score (float) or of an array of scores (vectorized)."""
+        if isinstance(s, np.ndarray):
+            return self._p_array(s)
+        return self._p_scalar(float(s))
+
+    def _p_scalar(self, s: float) -> float:
+        if math.isnan(s):
+            return 1.0
+        count_ge = self.n - bisect.bisect_left(self._list, s)
+        if count_ge > 0:
+            return (1 + count_ge) / (self.n + 1)
+        return self._beyond(s)
+
+    def _beyond(self, s: float) -> float:
+        if self.tail is None:
+            return self._p_floor
+        p = (self.tail.k + 1) * self._p_floor * self.tail.survival(s)
+        return min(self._p_floor, max(p, P_MIN))
+
+    def _p_array(self, s: FloatArray) -> FloatArray:
+        s = np.asarray(s, dtype=np.float64)
+        count_ge = self.n - np.searchsorted(self._sorted, s, side="left")
+        p: FloatArray = (1.0 + count_ge) / (self.n + 1)
+        beyond = np.flatnonzero((count_ge == 0) & ~np.isnan(s))
+        flat = p.reshape(-1)
+        s_flat = s.reshape(-1)
+        for i in beyond:  # rare: only scores beyond every calibration score
+            flat[i] = self._beyond(float(s_flat[i]))
+        flat[np.isnan(s_flat)] = 1.0
+        return p
+
+    def threshold(self, alpha: float) -> float:
+        """Score above which p <= alpha: s > threshold(alpha) implies p(s) <= alpha.
+
+        Uses the empirical quantile when alpha >= 1/(n+1), else the tail (inf without one).
+        """
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"alpha must be in (0, 1), but got {alpha}")
+        j = math.floor(alpha * (self.n + 1) + 1e-12) - 1  # largest count of cal >= s allowed
+        if j >= 1:
+            return self._list[self.n - min(j, self.n) - 1] if j < self.n else -math.inf
+        if j == 0:
+            return self.max_score
+        if self.tail is None:
+            return math.inf
+        q = alpha / ((self.tail.k + 1) * self._p_floor)
+        return max(self.max_score, self.tail.inverse(min(q, 1.0)))
+
+    def loo_p_values(self) -> FloatArray:
+        """Leave-one-out p-value of every calibration score against the others, in input order.
+
+        p_i = (1 + #{j != i : s_j >= s_i}) / (n + 1): the denominator is n + 1, as for a new
+        frame, so that calibration and new frames' p-values lie on one grid and a new frame
+        that ties a calibration frame counts as no more extreme (with n, new frames would win
+        every tie and the family-wise rate would exceed alpha). The unique maximum (if any)
+        gets min(1/(n+1), p from a tail fitted to the other scores). NaN scores get 1. These are the calibration frames'
+        own p-values, used to calibrate the family-wise combination (policy). They are the
+        *plain* p-values (no tolerance): the family is calibrated on plain p-values and fed
+        widened ones, which can only raise the family p-value, so the tolerance's margin
+        survives the combination (a family calibrated on widened p-values would undo it).
+        """
+        out = np.ones(self._raw.shape[0], dtype=np.float64)
+        ok = ~np.isnan(self._raw)
+        if self.n == 1:
+            return out
+        vals = self._raw[ok]
+        # others with s_j >= s_i (s_i itself always counts, hence the - 1)
+        count_ge = self.n - np.searchsorted(self._plain, vals, side="left") - 1
+        p = (1.0 + count_ge) / (self.n + 1)
+        top = np.flatnonzero(count_ge == 0)
+        if top.size == 1:
+            others = np.delete(vals, top[0])
+            rest = ConformalScorer(others, tail_k=self.tail_k, resolution=self.resolution)
+            p[top[0]] = min(self._p_floor, rest.p_value(float(vals[top[0]])))
+        out[ok] = p
+        return out

@@ -1,0 +1,175 @@
+"""The PASS/FLAG/BLOCK policy: run every calibrated test on a frame and decide.
+
+``Guard(profile, policy_cfg).update(frame, stats, output, latency_ms) -> Verdict``:
+
+1. the frame's Observation (features computed once) goes through every enabled test
+   (the profile's tests minus ``disabled_reasons``), giving a score and a conformal p-value
+   p_k each (tests that do not apply to the frame, e.g. ``frozen`` on a file, are skipped);
+2. the family-wise p-value p_family = F(min_k p_k) (family.FamilyCombiner, calibrated on
+   the calibration frames' leave-one-out p-values of the same enabled tests);
+3. BLOCK if p_family <= alpha_block, FLAG if p_family <= alpha_flag, else PASS; the reasons
+   are the tests with F(p_k) <= alpha_flag (each BLOCK when F(p_k) <= alpha_block), sorted by
+   p-value, so every FLAG/BLOCK names at least one reason.
+
+``Verdict.p_values`` holds each applicable test's p_k plus ``family`` (p_family);
+``Verdict.scores`` the raw scores. Each Reason carries p_k as ``p_value`` and F(p_k) as
+``detail['p_family']``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+
+import numpy as np
+
+from agent.errors import ConfigError, ProfileError
+from agent.frame import Frame
+from agent.model.types import ModelOutput
+from agent.scoring.base import Test
+from agent.scoring.config import PolicyConfig
+from agent.scoring.conformal import ConformalScorer
+from agent.scoring.family import FamilyCombiner
+from agent.scoring.observation import observe
+from agent.scoring.profile import Profile
+from agent.stats.types import FrameStats
+from agent.verdict import Decision, Reason, Verdict
+
+__all__ = ["FAMILY_KEY", "Guard"]
+
+logger = logging.getLogger(__name__)
+
+#: Key of the family-wise p-value in ``Verdict.p_values``.
+FAMILY_KEY = "family"
+
+
+class Guard:
+    """Scores frames against a Profile and decides PASS/FLAG/BLOCK (see the module docstring)."""
+
+    def __init__(self, profile: Profile, policy_cfg: PolicyConfig | None = None) -> None:
+        cfg = policy_cfg if policy_cfg is not None else PolicyConfig()
+        self.profile = profile
+        disabled = set(cfg.disabled_reasons)
+        self._tests: list[Test] = [t for t in profile.build_tests() if t.reason not in disabled]
+        if not self._tests:
+            raise ConfigError(
+                f"policy.disabled_reasons {sorted(disabled)} disables every test of profile "
+                f"{profile.profile_id} ({profile.test_names()}): enable at least one"
+            )
+        loo = np.column_stack([self._conformal(t).loo_p_values() for t in self._tests])  # (n_cal, K)
+        self.family = FamilyCombiner(loo)
+        self._alpha_flag = cfg.alpha_flag
+        self._alpha_block = cfg.alpha_block
+        self.set_alphas(cfg.alpha_flag, cfg.alpha_block)
+        self._size = (profile.width, profile.height)
+        self._grid = tuple(profile.grid)
+        self._floor = profile.calibration.glare_floor
+        self._p_family = 1.0
+
+    @staticmethod
+    def _conformal(test: Test) -> ConformalScorer:
+        if test.conformal is None:
+            raise ProfileError(f"test {test.name} has no calibration")
+        return test.conformal
+
+    # --- configuration --------------------------------------------------------------------
+    @property
+    def alpha_flag(self) -> float:
+        return self._alpha_flag
+
+    @property
+    def alpha_block(self) -> float:
+        return self._alpha_block
+
+    @property
+    def tests(self) -> tuple[Test, ...]:
+        """The enabled tests, in profile order."""
+        return tuple(self._tests)
+
+    def set_alphas(self, alpha_flag: float, alpha_block: float) -> None:
+        """Change the family-wise FLAG/BLOCK rates at run time (e.g. from an MQTT command)."""
+        for label, a in (("alpha_flag", alpha_flag), ("alpha_block", alpha_block)):
+            if not (isinstance(a, int | float) and 0.0 < a < 1.0):
+                raise ConfigError(f"{label} must be a number in (0, 1), but got {a!r}")
+        if alpha_block > alpha_flag:
+            raise ConfigError(f"alpha_block ({alpha_block}) must be <= alpha_flag ({alpha_flag})")
+        self._alpha_flag, self._alpha_block = float(alpha_flag), float(alpha_block)
+        floor = self.family.min_p
+        if alpha_block < floor:
+            logger.info(
+                "alpha_block=%g is below 1/(n+1)=%.3g (n=%d calibration frames): BLOCK relies on the "
+                "extrapolated tails and the Bonferroni fallback",
+                alpha_block, floor, self.family.n,
+            )
+
+    # --- streaming ------------------------------------------------------------------------
+    @property
+    def p_family(self) -> float:
+        """Family-wise p-value of the last frame."""
+        return self._p_family
+
+    def reset(self) -> None:
+        """Forget rolling state (call when the camera reconnects)."""
+        for t in self._tests:
+            t.reset()
+
+    def update(
+        self,
+        frame: Frame,
+        stats: FrameStats,
+        output: ModelOutput | None,
+        latency_ms: Mapping[str, float] | None = None,
+    ) -> Verdict:
+        """Score one frame and return its Verdict (adds ``latency_ms['score']``)."""
+        t0 = time.perf_counter()
+        if (stats.width, stats.height) != self._size or stats.grid != self._grid:
+            raise ProfileError(
+                f"frame {frame.seq} of {frame.camera_id} is {stats.width}x{stats.height} with grid "
+                f"{stats.grid}, but profile {self.profile.profile_id} is for {self._size[0]}x{self._size[1]} "
+                f"with grid {self._grid}: recalibrate with `edge-guard calibrate`"
+            )
+        obs = observe(stats, output, live=frame.live, floor=self._floor)
+        scores: dict[str, float] = {}
+        p_values: dict[str, float] = {}
+        best: dict[str, tuple[float, float, str]] = {}  # reason -> (p, score, test)
+        for test in self._tests:
+            score = test.update(obs).score
+            if math.isnan(score):
+                continue
+            p = test.p_value
+            scores[test.name] = score
+            p_values[test.name] = p
+            prev = best.get(test.reason)
+            if prev is None or p < prev[0]:
+                best[test.reason] = (p, score, test.name)
+        p_min = min((v[0] for v in best.values()), default=1.0)
+        p_family = self.family.p_value(p_min)
+        self._p_family = p_family
+        p_values[FAMILY_KEY] = p_family
+        reasons: list[Reason] = []
+        if p_family <= self._alpha_flag:
+            for code, (p, score, name) in sorted(best.items(), key=lambda kv: kv[1][0]):
+                pf = self.family.p_value(p)
+                if pf > self._alpha_flag:
+                    break  # sorted by p and F is monotone: no further reason qualifies
+                decision = Decision.BLOCK if pf <= self._alpha_block else Decision.FLAG
+                reasons.append(Reason(code=code, decision=decision, score=score, p_value=p,
+                                      detail={"p_family": pf, "test": name}))
+        decision = max((r.decision for r in reasons), default=Decision.PASS)
+        latency = dict(latency_ms or {})
+        latency["score"] = (time.perf_counter() - t0) * 1000.0
+        return Verdict(
+            camera_id=frame.camera_id,
+            seq=frame.seq,
+            capture_ts=frame.capture_ts,
+            decision=decision,
+            reasons=tuple(reasons),
+            scores=scores,
+            p_values=p_values,
+            stats=stats,
+            output=output,
+            latency_ms=latency,
+            fault=frame.fault,
+        )

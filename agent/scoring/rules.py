@@ -1,0 +1,196 @@
+"""Rule tests on single statistics: one-sided conformal tests with calibrated thresholds.
+
+Each test's score is a monotone function of the frame's features (observation.FEATURES),
+oriented so that higher = more anomalous; its threshold at level a is the calibration
+scores' conformal (1 - a) quantile (``ConformalScorer.threshold``), never a constant.
+
+| test | score | fires on |
+|---|---|---|
+| ``dark`` | -log(1 + brightness) | under-exposure, lights off |
+| ``overexposed`` | log(1 + brightness) | over-exposure |
+| ``glare`` | log(1 + clip_frac / f) | clipped highlights (0 on most clean frames: ties give p = 1) |
+| ``blur`` | -(log(1 + blur) - 2 log(1 + contrast)) | defocus, motion blur, fog |
+| ``noise`` | log(1 + noise) | sensor noise (Immerkaer's sigma, built to ignore edges) |
+| ``low_saturation`` | -log(1 + saturation) | washed-out or monochrome image |
+| ``color_cast`` | robust distance of (cast_b, cast_r) to their FIT location | white-balance failure, tinted lens |
+| ``covered`` | -(75th pct. over tiles of log(1 + contrast_t) + 0.5 log(1 + blur_t)) | flat frame in most tiles |
+| ``frozen`` | -log(0.01 + max of diff_prev over the last k frames) | identical frames from a live source |
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+
+import numpy as np
+
+from agent.scoring.base import Params, Test, register
+from agent.scoring.config import CalibrationConfig
+from agent.scoring.observation import FEATURES, Observation
+from agent.scoring.robust import RobustGaussian, fit_robust_gaussian
+
+__all__ = [
+    "Blur",
+    "ColorCast",
+    "Covered",
+    "Dark",
+    "Frozen",
+    "Glare",
+    "LowSaturation",
+    "Noise",
+    "Overexposed",
+]
+
+_I = {name: i for i, name in enumerate(FEATURES)}
+#: Scatter floor of the channel ratios in color_cast: a 5 % white-balance shift is one unit.
+CAST_FLOOR: float = 0.05
+#: diff_prev below this (code values per pixel) counts as "no change at all" for frozen.
+FROZEN_EPS: float = 0.01
+
+
+@register
+class Dark(Test):
+    """Brightness too low: score -log(1 + brightness)."""
+
+    name = "dark"
+    default_tolerance = 0.05
+
+    def compute(self, obs: Observation) -> float:
+        return -float(obs.features[_I["log_brightness"]])
+
+
+@register
+class Overexposed(Test):
+    """Brightness too high: score log(1 + brightness)."""
+
+    name = "overexposed"
+    default_tolerance = 0.05
+
+    def compute(self, obs: Observation) -> float:
+        return float(obs.features[_I["log_brightness"]])
+
+
+@register
+class Glare(Test):
+    """Too many clipped pixels: score log(1 + clip_frac / glare_floor) (0 when none clip)."""
+
+    name = "glare"
+    default_tolerance = 0.5
+
+    def compute(self, obs: Observation) -> float:
+        return float(obs.features[_I["clip"]])
+
+
+@register
+class Blur(Test):
+    """Laplacian energy low relative to contrast: score 2 log(1 + contrast) - log(1 + blur)."""
+
+    name = "blur"
+    default_tolerance = 0.1
+
+    def compute(self, obs: Observation) -> float:
+        return -float(obs.features[_I["sharpness"]])
+
+
+@register
+class Noise(Test):
+    """Noise high: score log(1 + noise), Immerkaer's sigma in code values.
+
+    Immerkaer's kernel is the difference of two Laplacians chosen to cancel on edges and
+    smooth structure, so it rises with sensor noise but not with a sharper scene; blur and
+    darkness lower it. (Normalising it by the Laplacian amplitude or the contrast was tried:
+    both made blurred and darkened frames look noisy.)
+    """
+
+    name = "noise"
+    default_tolerance = 0.05
+
+    def compute(self, obs: Observation) -> float:
+        return float(obs.features[_I["log_noise"]])
+
+
+@register
+class LowSaturation(Test):
+    """Colour saturation low: score -log(1 + saturation)."""
+
+    name = "low_saturation"
+    default_tolerance = 0.05
+
+    def compute(self, obs: Observation) -> float:
+        return -float(obs.features[_I["log_saturation"]])
+
+
+@register
+class ColorCast(Test):
+    """Channel-mean ratios far from their calibrated location (two-sided, robust distance)."""
+
+    name = "color_cast"
+    default_tolerance = 1.0
+    _COLS = (_I["cast_b"], _I["cast_r"])
+
+    def __init__(self, cfg: CalibrationConfig | None = None) -> None:
+        super().__init__(cfg)
+        self._model: RobustGaussian | None = None
+
+    def fit(self, observations: Sequence[Observation]) -> None:
+        x = np.array([[o.features[i] for i in self._COLS] for o in observations], dtype=np.float64)
+        self._model = fit_robust_gaussian(x, np.full(2, CAST_FLOOR))
+
+    def params(self) -> Params:
+        if self._model is None:
+            return {}
+        return {"location": self._model.location.tolist(), "scatter": self._model.scatter.tolist()}
+
+    def load_params(self, params: Params) -> None:
+        self._model = RobustGaussian.from_arrays(params["location"], params["scatter"])
+
+    def compute(self, obs: Observation) -> float:
+        if self._model is None:
+            raise RuntimeError("color_cast: fit() or load_params() must come before update()")
+        return self._model.distance(obs.features[list(self._COLS)])
+
+
+@register
+class Covered(Test):
+    """Near-uniform frame in most tiles: score -(75th percentile of tile structure).
+
+    Tile structure = log(1 + contrast_t) + 0.5 log(1 + blur_t) (contrast and Laplacian
+    amplitude, in log units); the 75th percentile over tiles is low only when at least
+    three quarters of the tiles are flat.
+    """
+
+    name = "covered"
+    default_tolerance = 0.1
+
+    def compute(self, obs: Observation) -> float:
+        return -float(obs.features[_I["tile_structure_hi"]])
+
+
+@register
+class Frozen(Test):
+    """Identical frames from a live source: score -log(0.01 + max diff_prev over the last k).
+
+    k = ``CalibrationConfig.frozen_window``. Not applicable (NaN) for sources that are not
+    live (files may legitimately repeat frames) and until k frames with a diff were seen.
+    """
+
+    name = "frozen"
+    default_tolerance = 0.1
+
+    def __init__(self, cfg: CalibrationConfig | None = None) -> None:
+        super().__init__(cfg)
+        self._window: deque[float] = deque(maxlen=self.cfg.frozen_window)
+
+    def reset(self) -> None:
+        self._window.clear()
+
+    def compute(self, obs: Observation) -> float:
+        diff = obs.stats.diff_prev
+        if math.isnan(diff):
+            self._window.clear()  # no previous frame of this size: a new stream starts
+            return math.nan
+        self._window.append(diff)
+        if not obs.live or len(self._window) < self._window.maxlen:  # type: ignore[operator]
+            return math.nan
+        return -math.log(FROZEN_EPS + max(self._window))

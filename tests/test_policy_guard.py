@@ -1,0 +1,193 @@
+"""The Guard: verdict contents, alphas, disabled reasons, the model-output test, errors."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+
+from agent.errors import ConfigError, ProfileError
+from agent.frame import Frame
+from agent.model.types import ModelOutput
+from agent.scoring.base import Scorer
+from agent.scoring.calibrate import Calibrator
+from agent.scoring.config import CalibrationConfig, PolicyConfig
+from agent.scoring.policy import FAMILY_KEY, Guard
+from agent.scoring.profile import Profile
+from agent.sources.synthetic import SyntheticCamera, SyntheticScene, parse_synthetic_uri
+from agent.stats.cpu import CpuStats
+from agent.stats.types import FrameStats
+from agent.verdict import Decision
+
+N_CLASSES = 10
+Data = list[tuple[np.ndarray, FrameStats]]
+
+
+@pytest.fixture(scope="module")
+def clean() -> Data:
+    spec = parse_synthetic_uri("synthetic://clean?size=128x72&seed=4&frames=260")
+    camera = SyntheticCamera(SyntheticScene(spec.seed, spec.size_wh), spec.schedule)
+    backend = CpuStats((4, 4))
+    out = []
+    for i in range(260):
+        image = camera.render(i)[0]
+        out.append((image, backend.compute(image)))
+    return out
+
+
+def confident(rng: np.random.Generator, logits: bool = True) -> ModelOutput:
+    """A classifier output on an in-distribution frame: one class clearly ahead."""
+    z = rng.normal(0.0, 1.0, N_CLASSES).astype(np.float32)
+    top = int(rng.integers(N_CLASSES))
+    z[top] += 8.0
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    return ModelOutput(top1=top, confidence=float(p[top]), probs=p.astype(np.float32),
+                       logits=z if logits else None)
+
+
+def unsure() -> ModelOutput:
+    """An output on an unfamiliar frame: flat logits."""
+    z = np.zeros(N_CLASSES, np.float32)
+    return ModelOutput(top1=0, confidence=1.0 / N_CLASSES, probs=np.full(N_CLASSES, 0.1, np.float32), logits=z)
+
+
+def build(data: Data, outputs: list[ModelOutput] | None = None, **cfg: object) -> Profile:
+    cal = Calibrator(CalibrationConfig(frames=200, **cfg), (4, 4))
+    for i, (_, stats) in enumerate(data[:200]):
+        cal.update(stats, outputs[i] if outputs else None)
+    return cal.build(model_sha256="ab" * 32 if outputs else None)
+
+
+@pytest.fixture(scope="module")
+def profile(clean: Data) -> Profile:
+    return build(clean)
+
+
+def frame(image: np.ndarray, seq: int, **kw: object) -> Frame:
+    return Frame(image, "cam7", seq, 1000.0 + seq, float(seq), **kw)  # type: ignore[arg-type]
+
+
+def test_verdict_contents(clean: Data, profile: Profile) -> None:
+    guard = Guard(profile)
+    image = clean[230][0]
+    dark = (image // 8).astype(np.uint8)
+    v = guard.update(frame(dark, 230, fault="dark"), CpuStats((4, 4)).compute(dark), None, {"stats": 1.5})
+    assert v.camera_id == "cam7" and v.seq == 230 and v.capture_ts == 1230.0 and v.fault == "dark"
+    assert v.decision == Decision.BLOCK
+    assert v.latency_ms["stats"] == 1.5 and v.latency_ms["score"] > 0
+    assert set(v.scores) <= set(profile.test_names()) and "dark" in v.scores
+    assert set(v.p_values) == set(v.scores) | {FAMILY_KEY}
+    assert all(0.0 < p <= 1.0 for p in v.p_values.values())
+    assert v.reasons and v.reasons[0].p_value is not None
+    ps = [r.p_value for r in v.reasons]
+    assert ps == sorted(ps)  # type: ignore[type-var]
+    assert "dark" in v.reason_codes
+    for r in v.reasons:
+        assert r.score == v.scores[str(r.detail["test"])]
+        assert float(r.detail["p_family"]) <= guard.alpha_flag
+    assert v.p_values[FAMILY_KEY] == min(float(r.detail["p_family"]) for r in v.reasons)
+    assert guard.p_family == v.p_values[FAMILY_KEY]
+    assert all(isinstance(t, Scorer) for t in guard.tests)  # the pluggable-test protocol
+
+
+def test_every_flag_has_a_reason_and_pass_has_none(clean: Data, profile: Profile) -> None:
+    guard = Guard(profile, PolicyConfig(alpha_flag=0.2, alpha_block=0.01))  # many flags on clean frames
+    decisions = set()
+    for i, (image, stats) in enumerate(clean[200:], start=200):
+        v = guard.update(frame(image, i), stats, None)
+        decisions.add(v.decision)
+        assert (v.decision == Decision.PASS) == (not v.reasons)
+        assert (v.decision >= Decision.FLAG) == (v.p_values[FAMILY_KEY] <= 0.2)
+    assert Decision.FLAG in decisions and Decision.PASS in decisions
+
+
+def test_set_alphas(clean: Data, profile: Profile) -> None:
+    guard = Guard(profile)
+    image = clean[210][0]
+    tinted = np.clip(image.astype(np.float32) * (1.0, 1.0, 1.12), 0, 255).astype(np.uint8)
+    tint_stats = CpuStats((4, 4)).compute(tinted)
+    p = guard.update(frame(tinted, 1), tint_stats, None).p_values[FAMILY_KEY]
+    assert 0 < p < 1
+    guard.set_alphas(min(0.99, p * 1.01), min(0.99, p * 1.01))
+    assert guard.update(frame(tinted, 2), tint_stats, None).decision == Decision.BLOCK
+    guard.set_alphas(p * 0.99, p * 0.5)
+    assert guard.update(frame(tinted, 3), tint_stats, None).decision == Decision.PASS
+    for bad in ((0.0, 0.0), (1.0, 0.5), (0.01, 0.02), (float("nan"), 0.001)):
+        with pytest.raises(ConfigError):
+            guard.set_alphas(*bad)
+    assert guard.alpha_flag == pytest.approx(p * 0.99)
+
+
+def test_disabled_reasons(clean: Data, profile: Profile) -> None:
+    image = clean[220][0] // 8
+    stats = CpuStats((4, 4)).compute(image)
+    guard = Guard(profile, PolicyConfig(disabled_reasons=["dark", "covered"]))
+    v = guard.update(frame(image, 1), stats, None)
+    assert "dark" not in v.scores and "dark" not in v.reason_codes and "covered" not in v.reason_codes
+    assert v.decision == Decision.BLOCK  # still caught by the other tests
+    with pytest.raises(ConfigError, match="disables every test"):
+        Guard(profile, PolicyConfig(disabled_reasons=profile.test_names()))
+    with pytest.raises(ValueError, match="unknown reason codes"):
+        PolicyConfig(disabled_reasons=["darkness"])
+
+
+def test_frame_of_another_size_is_refused(clean: Data, profile: Profile) -> None:
+    guard = Guard(profile)
+    small = clean[0][0][:36, :64]
+    with pytest.raises(ProfileError, match="recalibrate"):
+        guard.update(frame(small, 1), CpuStats((4, 4)).compute(small), None)
+
+
+def test_ood_model_with_logits_uses_energy(clean: Data) -> None:
+    rng = np.random.default_rng(1)
+    prof = build(clean, [confident(rng) for _ in range(200)])
+    assert "ood_model" in prof.test_names()
+    assert prof.model is not None and prof.model.score_kind == "energy"
+    assert prof.model.energy is not None and prof.model.entropy is not None
+    guard = Guard(prof)
+    image, stats = clean[240]
+    ok = guard.update(frame(image, 1), stats, confident(rng))
+    assert ok.decision == Decision.PASS and "ood_model" in ok.scores
+    bad = guard.update(frame(image, 2), stats, unsure())
+    assert bad.reason_codes == ("ood_model",)
+    assert bad.scores["ood_model"] == pytest.approx(-math.log(N_CLASSES), rel=1e-5)
+    none = guard.update(frame(image, 3), stats, None)  # model skipped this frame
+    assert "ood_model" not in none.scores
+
+
+def test_ood_model_without_logits_uses_max_softmax(clean: Data) -> None:
+    rng = np.random.default_rng(2)
+    prof = build(clean, [confident(rng, logits=False) for _ in range(200)])
+    assert prof.model is not None and prof.model.score_kind == "msp"
+    guard = Guard(prof)
+    image, stats = clean[240]
+    v = guard.update(frame(image, 1), stats, unsure())
+    assert "ood_model" in v.reason_codes and v.scores["ood_model"] == pytest.approx(0.9)
+
+
+def test_profile_without_model_has_no_ood_model(clean: Data, profile: Profile) -> None:
+    assert profile.model is None and "ood_model" not in profile.test_names()
+    v = Guard(profile).update(frame(clean[240][0], 1), clean[240][1], unsure())
+    assert "ood_model" not in v.scores
+
+
+def test_guard_is_deterministic(clean: Data, profile: Profile) -> None:
+    runs = []
+    for _ in range(2):
+        guard = Guard(Profile.from_dict(profile.model_dump(mode="json")))
+        runs.append([guard.update(frame(im, i), st, None).p_values for i, (im, st) in enumerate(clean[200:])])
+    assert runs[0] == runs[1]
+
+
+def test_small_n_for_alpha_is_logged(clean: Data, caplog: pytest.LogCaptureFixture) -> None:
+    cal = Calibrator(CalibrationConfig(frames=100), (4, 4))
+    for _, stats in clean[:100]:
+        cal.update(stats)
+    with caplog.at_level(logging.WARNING, logger="agent.scoring.calibrate"):
+        cal.build(alpha_flag=0.05, alpha_block=0.001)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("alpha_block=0.001" in m and "extrapolated tail" in m for m in messages), messages
+    assert not any("alpha_flag" in m for m in messages)

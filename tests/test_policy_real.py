@@ -1,0 +1,91 @@
+"""Real footage: calibrate on the first part of opencv_vtest.avi, guard its held-out rest.
+
+Clean held-out frames must be flagged at no more than about alpha (the calibration clip is
+40 s of a fixed camera, the rest shows other people), and plain corruptions of held-out
+frames must be caught. Darkening must not read as blur (sharpness is normalised by contrast).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from agent.frame import Frame
+from agent.scoring.calibrate import Calibrator
+from agent.scoring.config import CalibrationConfig, PolicyConfig
+from agent.scoring.policy import Guard
+from agent.stats.cpu import CpuStats
+from agent.stats.types import FrameStats
+from agent.verdict import Decision, Verdict
+
+Image = npt.NDArray[np.uint8]
+CAL = 400
+ALPHA = 0.01
+
+
+@pytest.fixture(scope="module")
+def vtest(test_data: Path) -> list[tuple[Image, FrameStats]]:
+    cap = cv2.VideoCapture(str(test_data / "videos" / "opencv_vtest.avi"))
+    backend = CpuStats((4, 4))
+    out = []
+    try:
+        while True:
+            ok, raw = cap.read()
+            if not ok:
+                break
+            image = np.asarray(raw, dtype=np.uint8)
+            out.append((image, backend.compute(image)))
+    finally:
+        cap.release()
+    assert len(out) > CAL + 300
+    return out
+
+
+@pytest.fixture(scope="module")
+def guard(vtest: list[tuple[Image, FrameStats]]) -> Guard:
+    cal = Calibrator(CalibrationConfig(frames=CAL), (4, 4))
+    for _, stats in vtest[:CAL]:
+        cal.update(stats)
+    return Guard(cal.build(), PolicyConfig(alpha_flag=ALPHA, alpha_block=0.001))
+
+
+def _verdict(guard: Guard, seq: int, image: Image, stats: FrameStats) -> Verdict:
+    return guard.update(Frame(image, "vtest", seq, 0.0, 0.0, live=False), stats, None)
+
+
+def test_clean_held_out_rate(guard: Guard, vtest: list[tuple[Image, FrameStats]]) -> None:
+    verdicts = [_verdict(guard, i, im, st) for i, (im, st) in enumerate(vtest[CAL:], start=CAL)]
+    rate = sum(v.decision >= Decision.FLAG for v in verdicts) / len(verdicts)
+    assert rate <= 1.5 * ALPHA, [(v.seq, v.reason_codes) for v in verdicts if v.reasons][:10]
+
+
+def _noise(image: Image) -> Image:
+    rng = np.random.default_rng(0)
+    return np.clip(image + rng.normal(0.0, 10.0, image.shape), 0, 255).astype(np.uint8)
+
+
+CORRUPTIONS: dict[str, tuple[Callable[[Image], Image], str]] = {
+    "blur": (lambda im: np.asarray(cv2.GaussianBlur(im, (0, 0), 2.0), np.uint8), "blur"),
+    "dark": (lambda im: (im * 0.5).astype(np.uint8), "dark"),
+    "noise": (_noise, "noise"),
+    "cast": (lambda im: np.clip(im * np.array([0.8, 1.0, 1.2]), 0, 255).astype(np.uint8), "color_cast"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_corruptions_are_caught(guard: Guard, vtest: list[tuple[Image, FrameStats]], name: str) -> None:
+    corrupt, reason = CORRUPTIONS[name]
+    backend = CpuStats((4, 4))
+    verdicts = []
+    for i, (image, _) in enumerate(vtest[CAL::16]):
+        bad = np.ascontiguousarray(corrupt(image))
+        verdicts.append(_verdict(guard, i, bad, backend.compute(bad)))
+    assert all(v.decision >= Decision.FLAG for v in verdicts)
+    assert sum(reason in v.reason_codes for v in verdicts) >= 0.9 * len(verdicts)
+    if name == "dark":
+        assert not any("blur" in v.reason_codes for v in verdicts)

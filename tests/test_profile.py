@@ -1,0 +1,195 @@
+"""Profiles: building (Calibrator), JSON round trip, versions, compatibility, determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.errors import ConfigError, ProfileError
+from agent.frame import Frame
+from agent.scoring.calibrate import DEFAULT_TESTS, MIN_KEPT, Calibrator, split_blocks
+from agent.scoring.config import CalibrationConfig
+from agent.scoring.policy import Guard
+from agent.scoring.profile import PROFILE_VERSION, QUANTILE_LEVELS, Profile
+from agent.sources.synthetic import SyntheticCamera, SyntheticScene, parse_synthetic_uri
+from agent.stats import STATS_VERSION
+from agent.stats.cpu import CpuStats
+from agent.stats.types import SCALAR_FIELDS, TILE_FIELDS, FrameStats
+
+SHA = "1234567890abcdef" * 4
+
+
+@pytest.fixture(scope="module")
+def stats() -> list[FrameStats]:
+    spec = parse_synthetic_uri("synthetic://clean?size=96x64&seed=9&frames=200")
+    camera = SyntheticCamera(SyntheticScene(spec.seed, spec.size_wh), spec.schedule)
+    backend = CpuStats((4, 4))
+    return [backend.compute(camera.render(i)[0]) for i in range(200)]
+
+
+def calibrate(stats: list[FrameStats], **cfg: object) -> Profile:
+    cal = Calibrator(CalibrationConfig(**cfg), (4, 4), camera_id="cam1")
+    for s in stats:
+        cal.update(s)
+        if cal.done:
+            break
+    return cal.build(model_sha256=SHA, model_input_wh=(224, 224), config_hash="cafe")
+
+
+@pytest.fixture(scope="module")
+def profile(stats: list[FrameStats]) -> Profile:
+    return calibrate(stats, frames=160)
+
+
+def test_profile_contents(profile: Profile) -> None:
+    assert profile.version == PROFILE_VERSION and profile.stats_version == STATS_VERSION
+    assert (profile.width, profile.height, profile.grid) == (96, 64, (4, 4))
+    assert profile.model_sha256 == SHA and profile.model_input_wh == (224, 224) and profile.config_hash == "cafe"
+    assert profile.camera_id == "cam1" and len(profile.profile_id) == 16
+    assert profile.n_frames == 160 and profile.n_kept == 160 and profile.n_fit + profile.n_cal == 160
+    assert set(profile.statistics) == set(SCALAR_FIELDS)
+    q = profile.statistics["brightness"].quantiles
+    assert len(q) == len(QUANTILE_LEVELS) and q == sorted(q)  # type: ignore[type-var]
+    assert profile.tiles.fields == list(TILE_FIELDS) and len(profile.tiles.median) == 4
+    assert profile.robust.location and len(profile.robust.scatter) == len(profile.robust.location)
+    assert profile.test_names() == list(DEFAULT_TESTS)
+    for t in profile.tests:
+        assert len(t.calibration_scores) == profile.n_cal
+    assert profile.model is None
+
+
+def test_save_load_round_trip(profile: Profile, tmp_path: Path) -> None:
+    path = profile.save(tmp_path / "sub" / "profile.json")
+    assert [p.name for p in path.parent.iterdir()] == ["profile.json"]  # no temporary left behind
+    loaded = Profile.load(path)
+    assert loaded == profile
+    assert Profile.content_id(loaded.model_dump(mode="json")) == profile.profile_id
+    json.loads(path.read_text())  # strict JSON (no NaN literals)
+
+
+def test_profiles_are_deterministic(stats: list[FrameStats], profile: Profile) -> None:
+    again = calibrate(stats, frames=160)
+    assert again.profile_id == profile.profile_id
+    assert again.model_dump(exclude={"created_at"}) == profile.model_dump(exclude={"created_at"})
+    other = calibrate(stats, frames=160, stride=2)
+    assert other.profile_id != profile.profile_id
+
+
+def test_loaded_profile_scores_like_the_original(stats: list[FrameStats], profile: Profile, tmp_path: Path) -> None:
+    a, b = Guard(profile), Guard(Profile.load(profile.save(tmp_path / "p.json")))
+    image = np.zeros((64, 96, 3), np.uint8)
+    for i, s in enumerate(stats[160:]):
+        va, vb = a.update(Frame(image, "c", i, 0, 0), s, None), b.update(Frame(image, "c", i, 0, 0), s, None)
+        assert va.p_values == vb.p_values and va.decision == vb.decision
+
+
+def _write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: "{not json", "not valid JSON"),
+        (lambda d: [1, 2], "not an edge-guard profile"),
+        (lambda d: {**d, "format": "other"}, "not an edge-guard profile"),
+        (lambda d: {**d, "version": PROFILE_VERSION + 1}, f"format version {PROFILE_VERSION + 1}"),
+        (lambda d: {**d, "stats_version": STATS_VERSION + 7}, "stats contract"),
+        (lambda d: {k: v for k, v in d.items() if k != "tests"}, "corrupt"),
+        (lambda d: {**d, "width": "wide"}, "corrupt"),
+        (lambda d: {**d, "unexpected": 1}, "corrupt"),
+        (lambda d: {**d, "tests": [{**d["tests"][0], "calibration_scores": [None]}]}, "no calibration scores"),
+    ],
+)
+def test_bad_files_raise_profile_error(profile: Profile, tmp_path: Path, mutate: object, message: str) -> None:
+    data = profile.model_dump(mode="json")
+    with pytest.raises(ProfileError, match=message):
+        Profile.load(_write(tmp_path, mutate(data)))  # type: ignore[operator]
+
+
+def test_unknown_test_or_bad_params_raise_profile_error(profile: Profile) -> None:
+    data = profile.model_dump(mode="json")
+    renamed = {**data, "tests": [{**data["tests"][0], "name": "telepathy"}]}
+    with pytest.raises(ProfileError, match="telepathy"):
+        Profile.from_dict(renamed).build_tests()
+    ood = next(t for t in data["tests"] if t["name"] == "ood_stats")
+    broken = {**data, "tests": [{**ood, "params": {**ood["params"], "scatter": [[1.0]]}}]}
+    with pytest.raises(ProfileError, match="ood_stats"):
+        Profile.from_dict(broken).build_tests()
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ProfileError, match="edge-guard calibrate"):
+        Profile.load(tmp_path / "nope.json")
+
+
+def test_check_compatible(profile: Profile) -> None:
+    profile.check_compatible(SHA, 96, 64, (4, 4))
+    with pytest.raises(ProfileError) as err:
+        profile.check_compatible("5678" * 16, 1280, 720, (4, 4))
+    text = str(err.value)
+    assert profile.profile_id in text and "1234567890ab" in text and "567856785678" in text
+    assert "96x64" in text and "1280x720" in text and "edge-guard calibrate" in text
+    with pytest.raises(ProfileError, match="no model"):
+        profile.check_compatible(None, 96, 64, (4, 4))
+    with pytest.raises(ProfileError, match="grid 3x3"):
+        profile.check_compatible(SHA, 96, 64, (3, 3))
+
+
+def test_calibrator_skip_stride_and_progress(stats: list[FrameStats]) -> None:
+    cal = Calibrator(CalibrationConfig(frames=40, skip=10, stride=3), (4, 4))
+    for i, s in enumerate(stats[:49]):
+        cal.update(s)
+        assert cal.n == i + 1
+    assert not cal.done and cal.progress == pytest.approx(49 / 50)
+    cal.update(stats[49])
+    assert cal.done and cal.n_kept == 14  # ceil(40 / 3)
+    cal.update(stats[50])  # frames after done are ignored
+    assert cal.n_kept == 14
+    with pytest.raises(ProfileError, match=f"at least {MIN_KEPT}"):
+        cal.build()
+
+
+def test_calibrator_rejects_inconsistent_frames(stats: list[FrameStats]) -> None:
+    cal = Calibrator(CalibrationConfig(), (2, 2))
+    with pytest.raises(ProfileError, match="grid"):
+        cal.update(stats[0])
+    cal = Calibrator(CalibrationConfig(), (4, 4)).update(stats[0])
+    spec = parse_synthetic_uri("synthetic://clean?size=64x64")
+    other = CpuStats((4, 4)).compute(SyntheticScene(0, spec.size_wh).render(0)[0])
+    with pytest.raises(ProfileError, match="one size"):
+        cal.update(other)
+    with pytest.raises(ValueError, match="grid"):
+        Calibrator(CalibrationConfig(), (0, 4))
+
+
+def test_unknown_tolerance_key(stats: list[FrameStats]) -> None:
+    with pytest.raises(ConfigError, match="tolerances"):
+        calibrate(stats, frames=40, tolerances={"blurr": 0.1})
+    with pytest.raises(ValueError, match=">= 0"):
+        CalibrationConfig(tolerances={"blur": -1.0})
+
+
+@pytest.mark.parametrize(
+    ("n", "block", "fraction", "length"),
+    [
+        (300, 25, 0.5, 25),
+        (100, 25, 0.5, 10),  # shrunk to keep at least 10 blocks
+        (20, 25, 0.5, 2),
+        (1000, 7, 0.3, 7),
+    ],
+)
+def test_split_blocks(n: int, block: int, fraction: float, length: int) -> None:
+    fit, cal, used = split_blocks(n, block, fraction)
+    assert used == length
+    flat = sorted(fit + [i for b in cal for i in b])
+    assert flat == list(range(n))  # a partition
+    assert all(b == list(range(b[0], b[0] + len(b))) for b in cal)  # consecutive frames
+    assert abs(len(fit) / n - fraction) <= length / n + 0.05
+    # FIT and CALIBRATION blocks interleave: the calibration part is not one contiguous stretch
+    assert len(cal) >= 2 and cal[0][0] < max(fit) and cal[-1][0] > min(fit)

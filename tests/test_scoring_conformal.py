@@ -1,0 +1,141 @@
+"""Conformal p-values: the exact formula, validity on i.i.d. data, the GPD tail, leave-one-out."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from agent.scoring.conformal import P_MIN, ConformalScorer, fit_gpd_tail
+
+
+@pytest.mark.parametrize(
+    ("cal", "s", "expected"),
+    [
+        # p = (1 + #{cal >= s}) / (n + 1), n = 4
+        ([1.0, 2.0, 2.0, 3.0], 0.0, 5 / 5),
+        ([1.0, 2.0, 2.0, 3.0], 1.0, 5 / 5),  # ties count against the new score
+        ([1.0, 2.0, 2.0, 3.0], 1.5, 4 / 5),
+        ([1.0, 2.0, 2.0, 3.0], 2.0, 4 / 5),
+        ([1.0, 2.0, 2.0, 3.0], 2.5, 2 / 5),
+        ([1.0, 2.0, 2.0, 3.0], 3.0, 2 / 5),
+        ([1.0, 2.0, 2.0, 3.0], 9.0, 1 / 5),  # beyond every score, no tail: 1/(n+1)
+        # zero-inflated: most clean frames score exactly 0 (e.g. no clipped pixel)
+        ([0.0, 0.0, 0.0, 0.0, 0.7], 0.0, 6 / 6),
+        ([0.0, 0.0, 0.0, 0.0, 0.7], 0.1, 2 / 6),
+        # NaN calibration scores (test not applicable) are left out: n = 2
+        ([math.nan, 1.0, 2.0], 1.5, 2 / 3),
+    ],
+)
+def test_exact_formula(cal: list[float], s: float, expected: float) -> None:
+    c = ConformalScorer(cal, tail_k=0)
+    assert c.p_value(s) == pytest.approx(expected, abs=1e-15)
+    assert c.p_value(np.array([s]))[0] == pytest.approx(expected, abs=1e-15)
+
+
+def test_nan_score_is_not_evidence() -> None:
+    c = ConformalScorer([1.0, 2.0, 3.0])
+    assert c.p_value(math.nan) == 1.0
+    assert c.p_value(np.array([math.nan, 0.0]))[0] == 1.0
+
+
+def test_tolerance_widens_calibration_scores() -> None:
+    # p = (1 + #{cal + delta >= s}) / (n + 1) with delta = 0.5
+    c = ConformalScorer([1.0, 2.0, 3.0], tail_k=0, tolerance=0.5)
+    assert c.p_value(2.4) == pytest.approx(3 / 4)  # 2 + 0.5 and 3 + 0.5 >= 2.4
+    assert c.p_value(3.5) == pytest.approx(2 / 4)
+    assert c.p_value(3.6) == pytest.approx(1 / 4)
+    plain = ConformalScorer([1.0, 2.0, 3.0], tail_k=0)
+    s = np.linspace(0.0, 5.0, 101)
+    assert (c.p_value(s) >= plain.p_value(s)).all()  # widening only ever raises p
+
+
+def test_vectorized_matches_scalar() -> None:
+    rng = np.random.default_rng(3)
+    c = ConformalScorer(rng.normal(size=300), tail_k=30, resolution=0.01)
+    s = np.concatenate([rng.normal(size=200), np.linspace(2.5, 12.0, 50)])
+    vec = c.p_value(s)
+    assert vec.shape == s.shape
+    assert np.allclose(vec, [c.p_value(float(x)) for x in s], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.05, 0.2])
+def test_validity_on_iid_data(alpha: float) -> None:
+    """Averaged over calibration draws, P(p <= alpha) = floor(alpha (n+1)) / (n+1) <= alpha."""
+    rng = np.random.default_rng(12345)
+    n, reps, per_rep = 99, 300, 100
+    hits = 0
+    for _ in range(reps):
+        c = ConformalScorer(rng.standard_t(df=4, size=n), tail_k=20, resolution=1e-3)
+        hits += int((c.p_value(rng.standard_t(df=4, size=per_rep)) <= alpha).sum())
+    rate = hits / (reps * per_rep)
+    exact = math.floor(alpha * (n + 1) + 1e-9) / (n + 1)
+    # sd from the test draws and from the calibration draws (Beta coverage), each about 0.002
+    sd = math.sqrt(exact * (1 - exact) / (reps * per_rep) + exact * (1 - exact) / ((n + 2) * reps))
+    assert abs(rate - exact) <= 4 * sd + 1e-3, (rate, exact)
+
+
+def test_tail_extrapolates_below_one_over_n_plus_one_monotonically() -> None:
+    rng = np.random.default_rng(7)
+    c = ConformalScorer(rng.exponential(2.0, size=200), tail_k=40, resolution=1e-3)
+    assert c.tail is not None
+    s = np.linspace(c.max_score + 1e-9, c.max_score + 40.0, 400)
+    p = c.p_value(s)
+    assert (np.diff(p) <= 0).all()  # non-increasing
+    assert (p <= c.min_p).all() and (p > 0).all()
+    assert p[-1] < 1e-6  # far beyond: far below 1/(n+1)
+    # continuity with the empirical part just below the maximum
+    assert c.p_value(c.max_score) == pytest.approx(2 / 201)
+    assert c.p_value(1e6) >= P_MIN
+
+
+def test_gpd_fit_recovers_an_exponential_tail() -> None:
+    rng = np.random.default_rng(11)
+    x = np.sort(rng.exponential(3.0, size=20_000))
+    tail = fit_gpd_tail(x, 2000, resolution=1e-6)
+    assert tail is not None
+    assert tail.shape == pytest.approx(0.0, abs=0.05)
+    assert tail.scale == pytest.approx(3.0, rel=0.1)
+
+
+def test_tail_shape_is_clamped_and_scale_floored() -> None:
+    pareto = np.sort(np.random.default_rng(5).pareto(0.8, size=5000))  # very heavy tail
+    heavy = fit_gpd_tail(pareto, 500, resolution=1e-6)
+    assert heavy is not None and heavy.shape == 0.5
+    ties = fit_gpd_tail(np.zeros(100), 20, resolution=0.25)
+    assert ties is not None and ties.scale == 0.25 and ties.shape == 0.0
+    assert fit_gpd_tail(np.arange(8.0), 20, resolution=1.0) is not None  # k capped to n - 1 = 7
+    assert fit_gpd_tail(np.arange(5.0), 20, resolution=1.0) is None  # fewer than 5 exceedances
+
+
+def test_threshold_matches_p_value() -> None:
+    rng = np.random.default_rng(2)
+    c = ConformalScorer(rng.normal(size=199), tail_k=25, resolution=0.01)
+    for alpha in (0.2, 0.05, 0.01, 0.001):
+        t = c.threshold(alpha)
+        assert c.p_value(t + 1e-9) <= alpha
+        assert c.p_value(t - 1e-3) > alpha or alpha < c.min_p
+
+
+def test_loo_p_values_by_hand() -> None:
+    # each score against the other three: (1 + #{others >= s_i}) / (n + 1), n = 4; the unique
+    # max gets 1/(n+1) (no tail with 3 others); the tolerance does not enter; NaN gets 1
+    c = ConformalScorer([3.0, 1.0, 2.0, 2.0, math.nan], tail_k=0, tolerance=10.0)
+    assert np.allclose(c.loo_p_values(), [1 / 5, 4 / 5, 3 / 5, 3 / 5, 1.0])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"calibration_scores": []}, "at least one"),
+        ({"calibration_scores": [math.nan]}, "at least one"),
+        ({"calibration_scores": [1.0, math.inf]}, "infinite"),
+        ({"calibration_scores": [1.0], "tail_k": -1}, "tail_k"),
+        ({"calibration_scores": [1.0], "resolution": 0.0}, "resolution"),
+        ({"calibration_scores": [1.0], "tolerance": -1.0}, "tolerance"),
+    ],
+)
+def test_bad_parameters(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ConformalScorer(**kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,115 @@
+"""Family-wise combination of p-values, and the realised clean FLAG rate of the whole guard."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.frame import Frame
+from agent.scoring.calibrate import DEFAULT_TESTS, Calibrator
+from agent.scoring.config import CalibrationConfig, PolicyConfig
+from agent.scoring.family import FamilyCombiner
+from agent.scoring.policy import FAMILY_KEY, Guard
+from agent.stats.types import HIST_BINS, TILE_FIELDS, FrameStats
+from agent.verdict import Decision
+
+# Leave-one-out p-values of 4 calibration frames under 2 tests; row minima m = 0.2, 0.1, 1, 0.05.
+LOO = [[0.5, 0.2], [0.1, 0.9], [1.0, 1.0], [0.3, 0.05]]
+
+
+@pytest.mark.parametrize(
+    ("p_min", "expected"),
+    [
+        (1.0, 5 / 5),  # (1 + #{m_i <= p}) / (n + 1), n = 4
+        (0.5, 4 / 5),
+        (0.1, 3 / 5),
+        (0.06, 2 / 5),
+        (0.05, 2 / 5),
+        (0.04, 0.08),  # below every m_i: Bonferroni fallback min(1/(n+1), K * p) = 2 * 0.04
+        (0.2, 4 / 5),
+        (1e-9, 2e-9),
+    ],
+)
+def test_family_p_value_by_hand(p_min: float, expected: float) -> None:
+    fam = FamilyCombiner(LOO)
+    assert fam.p_value(p_min) == pytest.approx(expected)
+    assert fam.p_values(np.array([p_min]))[0] == pytest.approx(expected)
+
+
+def test_family_is_monotone_and_level_is_consistent() -> None:
+    rng = np.random.default_rng(0)
+    fam = FamilyCombiner(rng.uniform(size=(150, 6)))
+    grid = np.sort(np.concatenate([np.geomspace(1e-8, 1.0, 400), fam._m]))
+    p = fam.p_values(grid)
+    assert (np.diff(p) >= 0).all()
+    assert ((p > 0) & (p <= 1)).all()
+    for alpha in (0.2, 0.05, 0.01, 0.001):
+        level = fam.level(alpha)
+        assert fam.p_value(level * (1 - 1e-9)) <= alpha
+        assert fam.p_value(min(1.0, level * 1.5 + 1e-12)) > alpha or level * 1.5 >= 1.0
+
+
+def test_family_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="non-empty"):
+        FamilyCombiner(np.ones(3))
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        FamilyCombiner([[0.0, 1.0]])
+
+
+def random_stats(rng: np.random.Generator, grid: tuple[int, int] = (4, 4)) -> FrameStats:
+    """An i.i.d. draw of plausible frame statistics (log-normal levels, zero-inflated clipping)."""
+    z = rng.normal(size=10)
+    brightness = 110.0 * np.exp(0.15 * z[0])
+    contrast = 45.0 * np.exp(0.15 * z[1])
+    mean_g = brightness * np.exp(0.05 * z[2])
+    clip = 0.0 if rng.random() < 0.7 else float(rng.beta(1.0, 300.0))
+    vals = {
+        "brightness": brightness,
+        "contrast": contrast,
+        "saturation": 60.0 * np.exp(0.2 * z[3]),
+        "blur": contrast**2 * np.exp(0.3 * z[4]),
+        "noise": 3.0 * np.exp(0.2 * z[5]),
+        "dark_frac": float(rng.beta(1.0, 60.0)),
+        "clip_frac": clip,
+        "mean_b": mean_g * np.exp(0.06 * z[6]),
+        "mean_g": mean_g,
+        "mean_r": mean_g * np.exp(0.06 * z[7]),
+        "diff_prev": 2.0 * np.exp(0.3 * z[8]),
+    }
+    rows, cols = grid
+    tiles = np.empty((rows, cols, len(TILE_FIELDS)))
+    for k, name in enumerate(TILE_FIELDS):
+        jitter = np.exp(0.1 * rng.normal(size=(rows, cols)))
+        tiles[:, :, k] = vals[name] * (jitter if not name.endswith("_frac") else 1.0)
+    return FrameStats(width=64, height=48, hist=np.zeros(HIST_BINS, np.int64), tiles=tiles,
+                      **{k: float(v) for k, v in vals.items()})
+
+
+def _rate(cal_cfg: CalibrationConfig, alpha_flag: float, alpha_block: float, held_out: int) -> tuple[float, float]:
+    rng = np.random.default_rng(2024)
+    cal = Calibrator(cal_cfg, (4, 4))
+    while not cal.done:
+        cal.update(random_stats(rng))
+    guard = Guard(cal.build(), PolicyConfig(alpha_flag=alpha_flag, alpha_block=alpha_block))
+    image = np.zeros((2, 2, 3), np.uint8)
+    flags = blocks = 0
+    for i in range(held_out):
+        v = guard.update(Frame(image, "cam", i, 0.0, 0.0), random_stats(rng), None)
+        assert (v.decision >= Decision.FLAG) == (v.p_values[FAMILY_KEY] <= alpha_flag)
+        flags += v.decision >= Decision.FLAG
+        blocks += v.decision == Decision.BLOCK
+    return flags / held_out, blocks / held_out
+
+
+def test_realised_clean_flag_rate_matches_alpha_on_iid_frames() -> None:
+    """Family-wise: alpha is the share of clean frames flagged by ANY of the ~10 tests."""
+    exact = CalibrationConfig(frames=1000, tolerances=dict.fromkeys(DEFAULT_TESTS, 0.0))
+    flag, block = _rate(exact, 0.05, 0.005, 6000)
+    assert 0.025 <= flag <= 0.075, flag  # within +-50 % of alpha (sd about 0.01 here)
+    assert block <= 0.0125, block
+
+
+def test_default_tolerances_are_conservative() -> None:
+    flag, block = _rate(CalibrationConfig(frames=600), 0.05, 0.005, 3000)
+    assert flag <= 0.075, flag
+    assert block <= 0.0125, block
