@@ -1,0 +1,241 @@
+"""``edge-guard tail``: watch a fleet from any machine that can reach the broker.
+
+Subscribes to the edge-guard topics and shows a refreshing table of every camera: status,
+fps, PASS/FLAG/BLOCK rates of the last health window, open/total events, drift alarms,
+publisher backlog and drops. ``--save-frames DIR`` writes received JPEG frames to
+``DIR/<site>/<node>/<camera>/<event_id>_<seq>_<role>.jpg`` (sha256 checked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.sinks.mqtt.topics import Topics
+
+__all__ = ["CameraRow", "FleetView", "add_parser", "run_tail"]
+
+
+@dataclass
+class CameraRow:
+    """What the table knows about one camera (or one node, with ``camera`` empty)."""
+
+    site: str
+    node: str
+    camera: str
+    state: str = "?"
+    reason: str = ""
+    fps: float | None = None
+    rates: dict[str, float] = field(default_factory=dict)
+    drift_alarms: list[str] = field(default_factory=list)
+    backlog: int | None = None
+    drops: int = 0
+    health_seq: int | None = None
+    health_gaps: int = 0
+    last_health: float | None = None
+    open_events: set[str] = field(default_factory=set)
+    events: int = 0
+    frames: int = 0
+
+
+class FleetView:
+    """Folds received messages into per-camera rows and renders them as text (no I/O)."""
+
+    def __init__(self, prefix: str, save_frames: Path | None = None) -> None:
+        self.topics = Topics(prefix, "x", "x")
+        self.save_frames = save_frames
+        self.nodes: dict[tuple[str, str], CameraRow] = {}
+        self.cameras: dict[tuple[str, str, str], CameraRow] = {}
+        self.messages = 0
+        self.bad = 0
+        self.saved: list[Path] = []
+        self._lock = threading.Lock()
+
+    def feed(self, topic: str, payload: bytes, user: dict[str, str] | None = None) -> None:
+        parsed = self.topics.parse(topic)
+        if parsed is None:
+            return
+        with self._lock:
+            self.messages += 1
+            try:
+                if parsed.kind == "frames" and parsed.camera is not None:
+                    self._frame((parsed.site, parsed.node, parsed.camera), parsed.name or "x", payload, user or {})
+                elif parsed.kind in ("status", "camera_status", "health", "events"):
+                    body = json.loads(payload) if payload else {}
+                    self._json(parsed.kind, parsed.site, parsed.node, parsed.camera, body)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                self.bad += 1
+
+    def _row(self, site: str, node: str, camera: str) -> CameraRow:
+        key = (site, node, camera)
+        if key not in self.cameras:
+            self.cameras[key] = CameraRow(site, node, camera)
+        return self.cameras[key]
+
+    def _json(self, kind: str, site: str, node: str, camera: str | None, body: dict[str, Any]) -> None:
+        if kind == "status":
+            row = self.nodes.setdefault((site, node), CameraRow(site, node, ""))
+            row.state, row.reason = str(body.get("state", "?")), str(body.get("reason", ""))
+            return
+        assert camera is not None
+        row = self._row(site, node, camera)
+        if kind == "camera_status":
+            row.state, row.reason = str(body["state"]), str(body.get("reason", ""))
+        elif kind == "health":
+            s = body["summary"]
+            seq = int(s["seq"])
+            if row.health_seq is not None and seq > row.health_seq + 1:
+                row.health_gaps += seq - row.health_seq - 1
+            row.health_seq = max(seq, row.health_seq or 0)
+            row.fps = float(s.get("fps", 0.0))
+            n = max(1, int(s.get("frames_processed", 0)))
+            row.rates = {d: int(s.get("decisions", {}).get(d, 0)) / n for d in ("PASS", "FLAG", "BLOCK")}
+            row.drift_alarms = list(s.get("drift_alarms", []))
+            b = body.get("backlog", {})
+            row.backlog = int(b.get("queued_msgs", 0))
+            row.drops = int(sum(b.get("drops", {}).values()))
+            row.last_health = time.time()
+        elif kind == "events":
+            eid = str(body["event_id"])
+            if body["lifecycle"] == "new":
+                row.events += 1
+                row.open_events.add(eid)
+            elif body["lifecycle"] == "end":
+                row.open_events.discard(eid)
+
+    def _frame(self, where: tuple[str, str, str], event_id: str, payload: bytes, user: dict[str, str]) -> None:
+        site, node, camera = where
+        row = self._row(site, node, camera)
+        row.frames += 1
+        if self.save_frames is None:
+            return
+        if user.get("sha256") and hashlib.sha256(payload).hexdigest() != user["sha256"]:
+            self.bad += 1
+            return
+        folder = self.save_frames / site / node / camera
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{event_id}_{user.get('seq', 'x')}_{user.get('role', 'frame')}.jpg"
+        path.write_bytes(payload)
+        self.saved.append(path)
+
+    def render(self, now: float | None = None) -> str:
+        now = time.time() if now is None else now
+        head = ("SITE/NODE", "CAMERA", "STATE", "FPS", "PASS%", "FLAG%", "BLOCK%", "EVENTS", "DRIFT",
+                "BACKLOG", "DROPS", "HEALTH")
+        rows: list[tuple[str, ...]] = []
+        with self._lock:
+            keys = sorted(set(self.nodes) | {(s, n) for s, n, _ in self.cameras})
+            for site, node in keys:
+                nrow = self.nodes.get((site, node))
+                rows.append((f"{site}/{node}", "-", nrow.state if nrow else "?", "", "", "", "", "", "", "", "", ""))
+                for (s, n, _), r in sorted(self.cameras.items()):
+                    if (s, n) != (site, node):
+                        continue
+                    pct = {d: f"{100 * r.rates[d]:.1f}" if r.rates else "" for d in ("PASS", "FLAG", "BLOCK")}
+                    age = f"#{r.health_seq} {now - r.last_health:.0f}s ago" if r.last_health else "-"
+                    if r.health_gaps:
+                        age += f" gaps={r.health_gaps}"
+                    rows.append((
+                        "", r.camera, r.state, f"{r.fps:.1f}" if r.fps is not None else "", pct["PASS"], pct["FLAG"],
+                        pct["BLOCK"], f"{len(r.open_events)}/{r.events}", ",".join(r.drift_alarms) or "-",
+                        str(r.backlog) if r.backlog is not None else "", str(r.drops), age,
+                    ))
+        if not rows:
+            return "no edge-guard agents seen yet\n"
+        widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [head, *rows]]
+        return "\n".join(lines) + "\n"
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``edge-guard tail``."""
+    p = sub.add_parser("tail", help="watch fleet status and health from an MQTT broker",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", required=True, help="broker host")
+    p.add_argument("--port", type=int, default=None, help="broker port (default 1883, 8883 with --tls-ca)")
+    p.add_argument("--prefix", default="edge-guard/v1", help="topic prefix (default %(default)s)")
+    p.add_argument("--site", default="+", help="only this site (default: all)")
+    p.add_argument("--tls-ca", type=Path, help="CA file: connect with TLS")
+    p.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
+    p.add_argument("--tls-key", type=Path, help="client key (mutual TLS)")
+    p.add_argument("--username", help="broker user name")
+    p.add_argument("--password-file", type=Path, help="file holding the password")
+    p.add_argument("--save-frames", type=Path, metavar="DIR", help="write received JPEG frames here")
+    p.add_argument("--once", action="store_true", help="collect for --duration (default 3 s), print once, exit")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--refresh", type=float, default=1.0, help="seconds between table refreshes")
+    p.set_defaults(func=run_tail)
+
+
+def _client(args: argparse.Namespace, view: FleetView, errors: list[str]) -> mqtt.Client:
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    if args.username:
+        pw = args.password_file.read_text(encoding="utf-8").rstrip("\r\n") if args.password_file else None
+        client.username_pw_set(args.username, pw)
+    if args.tls_ca:
+        client.tls_set(ca_certs=str(args.tls_ca), certfile=str(args.tls_cert) if args.tls_cert else None,
+                       keyfile=str(args.tls_key) if args.tls_key else None)
+    base = f"{args.prefix}/{args.site}/+"
+    filters = [f"{base}/status", f"{base}/+/status", f"{base}/+/health", f"{base}/+/events"]
+    if args.save_frames is not None:
+        filters.append(f"{base}/+/frames/+")
+
+    def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if rc.value >= 0x80:
+            errors.append(f"broker {args.host} refused the connection: {rc}")
+            return
+        c.subscribe([(f, 1) for f in filters])
+
+    def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        user = dict(getattr(msg.properties, "UserProperty", []) or []) if msg.properties else {}
+        view.feed(msg.topic, bytes(msg.payload), user)
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    return client
+
+
+def run_tail(args: argparse.Namespace) -> int:
+    """Run ``edge-guard tail``; returns the exit code (1 when the broker cannot be used)."""
+    view = FleetView(args.prefix, args.save_frames)
+    errors: list[str] = []
+    client = _client(args, view, errors)
+    port = args.port or (8883 if args.tls_ca else 1883)
+    try:
+        client.connect(args.host, port)
+    except OSError as exc:
+        sys.stderr.write(f"edge-guard tail: cannot connect to {args.host}:{port}: {exc}\n")
+        return 1
+    client.loop_start()
+    duration = args.duration if args.duration is not None else (3.0 if args.once else None)
+    tty = sys.stdout.isatty()
+    t0 = time.monotonic()
+    try:
+        while duration is None or time.monotonic() - t0 < duration:
+            time.sleep(min(args.refresh, max(0.05, (duration or 1e9) - (time.monotonic() - t0))))
+            if errors:
+                sys.stderr.write(f"edge-guard tail: {errors[0]}\n")
+                return 1
+            if not args.once:
+                sys.stdout.write(("\x1b[H\x1b[2J" if tty else "\n") + view.render())
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    if args.once:
+        sys.stdout.write(view.render())
+    if args.save_frames is not None:
+        sys.stdout.write(f"{len(view.saved)} frame(s) saved under {args.save_frames}\n")
+    return 0
