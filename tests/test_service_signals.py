@@ -1,0 +1,377 @@
+"""The agent as systemd sees it: a real ``edge-guard run`` subprocess, a real NOTIFY_SOCKET.
+
+The test plays systemd's part: it binds an AF_UNIX datagram socket (a path, or a name in the
+abstract namespace), starts the agent with ``NOTIFY_SOCKET``, ``WATCHDOG_USEC`` and
+``WATCHDOG_PID`` set the way systemd sets them (WATCHDOG_PID is the main process: the shell that
+sets it ``exec``s the agent, keeping its pid), and records every datagram with its arrival time.
+
+The stall test makes inference hang on purpose *inside the child*: a small launcher wraps the
+daemon's model loader so that ``infer`` blocks forever after N frames, then runs the normal CLI.
+No test hook is compiled into the agent. Its timeline is printed (``pytest -s``) and written to
+``watchdog-timeline.txt`` in the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent import REPO_ROOT, exitcodes
+
+pytestmark = pytest.mark.integration
+
+CONFIG = """\
+camera_id: svc
+node: test
+source:
+  uri: "synthetic://clean?size=96x64&fps=30"
+  realtime: true
+calibration:
+  frames: 20
+policy:
+  alpha_flag: {alpha}
+pipeline:
+  stall_after_s: {stall_after_s}
+health:
+  interval_s: 60
+file_sink:
+  dir: {out}
+"""
+
+WATCHDOG_USEC = 1_000_000  # WatchdogSec=1: the agent pings every 0.5 s
+STALL_AFTER_S = 1.0
+
+# Runs in the child: the real CLI, with the model's infer() hanging after N frames (like a stuck
+# GPU kernel). Prints the CLOCK_MONOTONIC time of the hang, which is system-wide, to stderr.
+STALL_LAUNCHER = """\
+import sys, threading, time
+import agent.daemon as daemon
+from agent.cli import main
+
+AFTER = int(sys.argv.pop(1))
+real_load = daemon.load_model
+
+class Stalling:
+    def __init__(self, inner):
+        self._inner, self._calls = inner, 0
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+    def warmup(self):
+        return self._inner.warmup()
+    def infer(self, images):
+        self._calls += len(images)
+        if self._calls > AFTER:
+            print(f"EG-TEST inference hangs now mono={time.monotonic():.6f}", file=sys.stderr, flush=True)
+            threading.Event().wait()
+        return self._inner.infer(images)
+
+daemon.load_model = lambda cfg: Stalling(real_load(cfg))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+class NotifyListener:
+    """systemd's end of NOTIFY_SOCKET: every datagram with its CLOCK_MONOTONIC arrival time."""
+
+    def __init__(self, kind: str, tmp_path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if kind == "path":
+            path = str(tmp_path / "notify.sock")
+            self.sock.bind(path)
+            self.address = path
+        else:
+            name = f"edge-guard-test-{uuid.uuid4().hex}"
+            self.sock.bind(b"\0" + name.encode())
+            self.address = "@" + name
+        self.sock.settimeout(0.05)
+        self.messages: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            with self._lock:
+                self.messages.append((time.monotonic(), data.decode()))
+
+    def snapshot(self) -> list[tuple[float, str]]:
+        with self._lock:
+            return list(self.messages)
+
+    def times(self, field: str, since: float = 0.0) -> list[float]:
+        """Arrival times of messages with the assignment ``field`` ('WATCHDOG=1'; 'STATUS=': any)."""
+
+        def has(message: str) -> bool:
+            return any(a == field or (field.endswith("=") and a.startswith(field)) for a in message.split("\n"))
+
+        return [t for t, m in self.snapshot() if t >= since and has(m)]
+
+    def wait_for(
+        self, field: str, timeout_s: float, since: float = 0.0, alive: Callable[[], str | None] | None = None
+    ) -> float:
+        """First arrival time of ``field`` after ``since``; ``alive`` returns why to give up early."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            got = self.times(field, since)
+            if got:
+                return got[0]
+            dead = alive() if alive is not None else None
+            if dead is not None:
+                raise AssertionError(f"no {field!r}: {dead}")
+            time.sleep(0.02)
+        raise AssertionError(f"no {field!r} within {timeout_s} s; got {self.snapshot()}")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+class Agent:
+    """``edge-guard run`` started the way systemd starts it (Type=notify, WatchdogSec=1)."""
+
+    def __init__(self, tmp_path: Path, kind: str = "path", *, stall_after_frames: int | None = None) -> None:
+        self.tmp = tmp_path
+        self.out = tmp_path / "out"
+        self.config = tmp_path / "svc.yaml"
+        self.write_config()
+        self.notify = NotifyListener(kind, tmp_path)
+        self.log_path = tmp_path / "stderr.log"
+        self._log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 (closed in finish())
+        env = {
+            k: v for k, v in os.environ.items()
+            if not k.startswith(("EDGE_GUARD_", "NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_"))
+        }
+        env.update(NOTIFY_SOCKET=self.notify.address, WATCHDOG_USEC=str(WATCHDOG_USEC), ORT_DISABLE_TELEMETRY="1")
+        # The child runs in tmp_path (like WorkingDirectory=); find the package from this checkout
+        # even while the editable install is being rewritten by a concurrent `pip install -e`.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+        python = [sys.executable, "-m", "agent.cli"]
+        if stall_after_frames is not None:
+            python = [sys.executable, "-c", STALL_LAUNCHER, str(stall_after_frames)]
+        # systemd sets WATCHDOG_PID to the main pid; `exec` keeps the shell's pid for the agent.
+        argv = ["/bin/sh", "-c", 'WATCHDOG_PID=$$ exec "$@"', "sh", *python, "run", "--config", str(self.config)]
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=self._log)
+
+    def wait_notify(self, field: str, timeout_s: float, since: float = 0.0) -> float:
+        """Like NotifyListener.wait_for, failing at once (with the log) if the agent exited."""
+        return self.notify.wait_for(field, timeout_s, since, alive=self._exited)
+
+    def _exited(self) -> str | None:
+        rc = self.proc.poll()
+        return None if rc is None else f"the agent exited with status {rc}:\n{self.log[-3000:]}"
+
+    def write_config(self, alpha: float | str = 0.01) -> None:
+        text = CONFIG.format(alpha=alpha, stall_after_s=STALL_AFTER_S, out=self.out)
+        self.config.write_text(text, encoding="utf-8")
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8")
+
+    def wait_log(self, text: str, timeout_s: float, after: int = 0) -> None:
+        _wait(lambda: text in self.log[after:], timeout_s, f"{text!r} in the log:\n{self.log[-3000:]}")
+
+    def timeline(self) -> list[tuple[float, str]]:
+        """(seconds since start, message) for every datagram, plus the child's test markers."""
+        events = [(t - self.t0, m.replace("\n", " | ")) for t, m in self.notify.snapshot()]
+        for match in re.finditer(r"EG-TEST (.*) mono=([0-9.]+)", self.log):
+            events.append((float(match.group(2)) - self.t0, f"[test] {match.group(1)}"))
+        return sorted(events)
+
+    def finish(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(sig)
+            return self.proc.wait(timeout_s)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            time.sleep(0.1)  # let the last datagrams in
+            self.notify.close()
+            self._log.close()
+
+
+def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def _group(pattern: str, text: str) -> str:
+    match = re.search(pattern, text)
+    assert match is not None, f"{pattern!r} not found in {text[-2000:]!r}"
+    return match.group(1)
+
+
+def _jsonl(path: Path) -> list[dict[str, object]]:
+    if not path.exists():
+        return []
+    return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[list[Agent]]:
+    started: list[Agent] = []
+    yield started
+    for a in started:
+        if a.proc.poll() is None or not a.notify._stop.is_set():
+            a.finish(signal.SIGKILL)
+
+
+@pytest.mark.parametrize("kind", ["path", "abstract"])
+def test_ready_watchdog_status_and_clean_stop(tmp_path: Path, agents: list[Agent], kind: str) -> None:
+    agent = Agent(tmp_path, kind)
+    agents.append(agent)
+    n = agent.notify
+
+    # Start-up: status while loading, READY only once a frame went through the pipeline.
+    ready_t = agent.wait_notify("READY=1", 60)
+    before = [m for t, m in n.snapshot() if t < ready_t]
+    assert "STATUS=starting" in before
+    assert any(m.startswith("EXTEND_TIMEOUT_USEC=") for m in before)  # during the model warm-up
+    ready_msg = next(m for t, m in n.snapshot() if t == ready_t and "READY=1" in m)
+    processed = re.search(r"calibrating (\d+)/20", ready_msg) or re.search(r"PASS=(\d+)", ready_msg)
+    assert processed is not None and int(processed.group(1)) >= 1, ready_msg
+    assert "ready: the first frame went through the pipeline" in agent.log
+
+    # WATCHDOG=1 every WATCHDOG_USEC/2 while frames flow; a STATUS line with fps and counts.
+    _wait(lambda: any("PASS=" in m for _, m in n.snapshot()), 12, "a STATUS line with PASS/FLAG/BLOCK")
+    status = [m for _, m in n.snapshot() if "PASS=" in m][-1]
+    assert re.search(r"STATUS=fps=\d+\.\d PASS=\d+ FLAG=\d+ BLOCK=\d+", status), status
+    pings = n.times("WATCHDOG=1", since=ready_t)
+    span = pings[-1] - pings[0]
+    assert len(pings) >= 6 and span > 2.5, pings
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
+    assert max(gaps) < 0.9 * WATCHDOG_USEC / 1e6, gaps  # comfortably inside WatchdogSec
+    assert sum(gaps) / len(gaps) == pytest.approx(WATCHDOG_USEC / 2e6, abs=0.15)
+
+    # SIGTERM: STOPPING=1, exit 0 well within TimeoutStopSec, outputs flushed.
+    t_term = time.monotonic()
+    assert agent.finish(signal.SIGTERM) == 0, agent.log
+    assert time.monotonic() - t_term < 10
+    assert n.times("STOPPING=1", since=t_term)
+    status_records = _jsonl(agent.out / "status.jsonl")
+    assert (status_records[-1]["state"], status_records[-1]["reason"]) == ("offline", "stopped")
+    assert _jsonl(agent.out / "health.jsonl"), "the final health summary is written on stop"
+    assert "Traceback" not in agent.log
+
+
+def test_sighup_reload_valid_and_invalid(tmp_path: Path, agents: list[Agent]) -> None:
+    agent = Agent(tmp_path, "abstract")
+    agents.append(agent)
+    n = agent.notify
+    agent.wait_notify("READY=1", 60)
+
+    # Valid change: RELOADING=1 (with MONOTONIC_USEC) then READY=1, and the new alpha applies.
+    agent.write_config(alpha=0.02)
+    t_hup = time.monotonic()
+    agent.proc.send_signal(signal.SIGHUP)
+    t_reloading = agent.wait_notify("RELOADING=1", 10, since=t_hup)
+    msg = next(m for t, m in n.snapshot() if t == t_reloading and "RELOADING=1" in m)
+    usec = int(_group(r"MONOTONIC_USEC=(\d+)", msg))
+    assert t_hup * 1e6 - 1e5 <= usec <= t_reloading * 1e6 + 1e5
+    assert agent.wait_notify("READY=1", 10, since=t_reloading) >= t_reloading
+    agent.wait_log("config reloaded: applied policy.alpha_flag=0.02", 10)
+    assert agent.proc.poll() is None
+
+    # Invalid change: rejected with the reason in the log; still running, still pinging.
+    log_len = len(agent.log)
+    agent.config.write_text("policy:\n  alpha_flag: 7\n", encoding="utf-8")
+    t_hup = time.monotonic()
+    agent.proc.send_signal(signal.SIGHUP)
+    agent.wait_log("reload rejected, keeping the running config", 10, after=log_len)
+    assert "policy.alpha_flag: Input should be less than 1 (got 7)" in agent.log[log_len:]
+    assert agent.wait_notify("READY=1", 10, since=t_hup) >= t_hup  # back out of "reloading"
+    time.sleep(2.0)
+    assert agent.proc.poll() is None
+    assert len(n.times("WATCHDOG=1", since=t_hup + 0.5)) >= 3
+    assert agent.finish() == 0, agent.log
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("camera_id: svc\nsource:\n  fps: -1\nsorce: {}\n", "source.fps: Input should be greater than 0"),
+        ("camera_id: svc\nmodel:\n  path: /nonexistent/model.onnx\n", "/nonexistent/model.onnx"),
+    ],
+    ids=["invalid-yaml-values", "missing-model"],
+)
+def test_bad_config_exits_78_without_ready(tmp_path: Path, agents: list[Agent], config: str, message: str) -> None:
+    agent = Agent(tmp_path, "path")
+    agents.append(agent)
+    agent.config.write_text(config, encoding="utf-8")  # before the child reads it (it is still importing)
+    rc = agent.proc.wait(60)
+    log = agent.log
+    agent.finish()
+    assert rc == exitcodes.CONFIG == 78, log
+    assert message in log
+    assert "edge-guard: error:" in log and "Traceback" not in log
+    assert not agent.notify.times("READY=1")
+
+
+def test_stalled_inference_stops_watchdog_pings(tmp_path: Path, agents: list[Agent]) -> None:
+    frames_before_stall = 100  # 20 calibration frames, then 80 guarded ones (~3 s at 30 fps)
+    agent = Agent(tmp_path, "path", stall_after_frames=frames_before_stall)
+    agents.append(agent)
+    n = agent.notify
+    ready_t = agent.wait_notify("READY=1", 60)
+    agent.wait_log("EG-TEST inference hangs now", 30)
+    stall_t = float(_group(r"EG-TEST inference hangs now mono=([0-9.]+)", agent.log))
+    time.sleep(STALL_AFTER_S + 4.0)  # the rule needs STALL_AFTER_S; then watch a silent stretch
+    end_t = time.monotonic()
+    pings_before = n.times("WATCHDOG=1", since=ready_t)
+    pings_before = [t for t in pings_before if t <= stall_t]
+    pings_after = [t for t in n.times("WATCHDOG=1") if t > stall_t]
+    alive_while_stalled = agent.proc.poll() is None
+    agent.wait_log("watchdog: not pinging systemd: worker_stuck", 5)
+    status_records = _jsonl(agent.out / "status.jsonl")
+
+    # SIGTERM while stuck: the drain gives up after stall_after_s, the process still exits.
+    t_term = time.monotonic()
+    rc = agent.finish(signal.SIGTERM)
+    t_exit = time.monotonic()
+
+    events = agent.timeline()
+    events += [
+        (end_t - agent.t0, f"[test] end of observation, {end_t - stall_t:.1f} s after the hang"),
+        (t_term - agent.t0, "[test] SIGTERM sent"),
+        (t_exit - agent.t0, f"[test] agent exited with status {rc}"),
+    ]
+    report = "watchdog timeline (WatchdogSec=1 s, stall_after_s=1 s; t = seconds since the agent started)\n"
+    report += "\n".join(f"{t:7.3f}s  {m}" for t, m in sorted(events))
+    (tmp_path / "watchdog-timeline.txt").write_text(report + "\n", encoding="utf-8")
+    print("\n" + report)
+
+    assert len(pings_before) >= 4, report
+    # After the hang, pings go on for at most stall_after_s (+ one ping period and a tick) ...
+    assert all(t - stall_t <= STALL_AFTER_S + WATCHDOG_USEC / 2e6 + 0.4 for t in pings_after), report
+    # ... then silence: systemd would restart the service WatchdogSec after the last ping.
+    last_ping = max(pings_before + pings_after)
+    assert end_t - last_ping >= 3.0, report
+    assert alive_while_stalled, report  # the agent does not exit by itself; the watchdog is the remedy
+    assert ("degraded", "pipeline stalled") in [(s["state"], s["reason"]) for s in status_records]
+    assert rc == 0 and t_exit - t_term < 10, report
