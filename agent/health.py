@@ -25,7 +25,7 @@ class LatencySummary(BaseModel):
 
 
 class HealthSummary(BaseModel):
-    """One health summary per camera per interval (docs/health.md lists every field)."""
+    """One health summary per camera per interval (docs/architecture.md lists every field)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -38,6 +38,11 @@ class HealthSummary(BaseModel):
     frames_processed: int = Field(0, description="Frames that got a verdict in the interval.")
     frames_dropped: int = Field(0, description="Frames dropped under overload in the interval.")
     frames_corrupt: int = Field(0, description="Frames rejected as corrupt/invalid in the interval.")
+    frames_calibrated: int = Field(
+        0, description="Frames of the interval used to build the start-up profile (no verdict)."
+    )
+    phase: str = Field("guarding", description="calibrating (building the profile) or guarding.")
+    uptime_s: float = Field(0.0, description="Seconds since the daemon started.")
     fps: float = Field(0.0, description="Processed frames per second over the interval.")
     source_state: str = Field("unknown", description="Source state at the end of the interval.")
     source_reconnects: int = Field(0, description="Reconnect attempts in the interval.")

@@ -1,0 +1,268 @@
+"""The ``edge-guard`` command line.
+
+Errors are translated here, at one boundary: a `GuardError` prints one clear line (no
+traceback) and maps to an exit code — configuration problems (bad config, missing model,
+mismatched profile) to 78 (EX_CONFIG, which systemd does not restart), everything else to 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from agent import __version__, exitcodes
+from agent.calibrate_cmd import calibrate_from_config
+from agent.config import GuardConfig, load_config
+from agent.daemon import FATAL_AT_START, Daemon
+from agent.demo import add_arguments as add_demo_arguments
+from agent.demo import run_demo
+from agent.errors import ConfigError, GuardError
+from agent.logsetup import LEVELS, configure_logging
+
+__all__ = ["OPTIONAL_COMMANDS", "build_parser", "main"]
+
+logger = logging.getLogger(__name__)
+
+#: Subcommands contributed by other modules: registered when the module imports and has add_parser.
+OPTIONAL_COMMANDS: tuple[str, ...] = (
+    "agent.sinks.mqtt.tail",  # edge-guard tail
+    "agent.service",  # edge-guard install-service
+    "agent.bench",  # edge-guard bench
+    "agent.stress",  # edge-guard stress
+)
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+_MAIN_EPILOG = """\
+examples:
+  edge-guard demo                                  synthetic camera with faults, live table
+  edge-guard check-config configs/example.yaml     validate a config, list every error
+  edge-guard calibrate --config cam1.yaml --frames 600 --out cam1-profile.json
+  edge-guard run --config cam1.yaml                the daemon (what systemd runs)
+
+exit codes: 0 ok, 1 runtime failure (restart helps), 2 usage, 78 configuration error
+(bad config, missing model, mismatched profile: fix the config, restarting will not help).
+Any config value can be overridden from the environment: EDGE_GUARD_<SECTION>__<FIELD>,
+e.g. EDGE_GUARD_POLICY__ALPHA_FLAG=0.005.
+"""
+
+
+def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "max_frames", None) is not None:
+        overrides.setdefault("source", {})["max_frames"] = args.max_frames
+    if getattr(args, "source", None) is not None and args.command != "demo":
+        overrides.setdefault("source", {})["uri"] = args.source
+    return overrides
+
+
+def _load(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> GuardConfig:
+    overrides = _config_overrides(args)
+    for key, value in (extra or {}).items():
+        overrides.setdefault(key, {}).update(value)
+    cfg = load_config(args.config, overrides or None)
+    configure_logging(args.log_level or cfg.logging.level, cfg.camera_id)
+    return cfg
+
+
+# -- check-config ------------------------------------------------------------------------------------
+def config_summary(cfg: GuardConfig) -> str:
+    """One line saying what a config will do."""
+    model = "disabled" if not cfg.model.enabled else (str(cfg.model.path) if cfg.model.path else "reference model")
+    profile = (
+        str(cfg.policy.profile)
+        if cfg.policy.profile
+        else f"calibrate at start-up on {cfg.calibration.frames} frames"
+    )
+    sink = f"mqtt {cfg.mqtt.host}:{cfg.mqtt.port}" if cfg.mqtt is not None else f"files in {cfg.file_sink.dir}"
+    return (
+        f"camera {cfg.camera_id} (site {cfg.site}, node {cfg.node}); source {cfg.source.uri}; "
+        f"model {model}; stats {cfg.stats.backend} grid {cfg.stats.grid[0]}x{cfg.stats.grid[1]}; "
+        f"profile {profile}; alpha flag {cfg.policy.alpha_flag:g} block {cfg.policy.alpha_block:g}; {sink}"
+    )
+
+
+def referenced_file_errors(cfg: GuardConfig) -> list[str]:
+    """Files the config names that do not exist (``field.path: ...``)."""
+    errors: list[str] = []
+    for where, path in (
+        ("model.path", cfg.model.path if cfg.model.enabled else None),
+        ("model.labels", cfg.model.labels if cfg.model.enabled else None),
+        ("policy.profile", cfg.policy.profile),
+    ):
+        if path is not None and not Path(path).expanduser().is_file():
+            errors.append(f"{where}: file not found (got '{path}')")
+    return errors
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        print(f"INVALID: {exc}", file=sys.stdout)
+        return exitcodes.CONFIG
+    missing = referenced_file_errors(cfg)
+    if missing:
+        print(f"INVALID: {len(missing)} config error(s) in {args.file}:")
+        for line in missing:
+            print(f"  - {line}")
+        return exitcodes.CONFIG
+    print(f"OK: {config_summary(cfg)}")
+    return exitcodes.OK
+
+
+# -- run --------------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    overrides = _config_overrides(args) or None
+    daemon = Daemon(cfg, config_path=args.config, overrides=overrides, profile_out=args.profile_out)
+    return daemon.run()
+
+
+# -- calibrate --------------------------------------------------------------------------------------
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    extra = {"calibration": {"frames": args.frames}} if args.frames is not None else None
+    cfg = _load(args, extra)
+    out = args.out or cfg.policy.profile or Path("profile.json")
+    result = calibrate_from_config(cfg, out, progress=not args.no_progress)
+    print(result.summary())
+    return exitcodes.OK
+
+
+# -- demo -------------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level or "WARNING", "demo")
+    return run_demo(args)
+
+
+# -- parser -----------------------------------------------------------------------------------------
+def _sub(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, func: Handler, help_: str, epilog: str
+) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        name, help=help_, description=help_[0].upper() + help_[1:] + ".",
+        epilog=textwrap.dedent(epilog), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(func=func)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser, including optional subcommands whose modules are installed."""
+    parser = argparse.ArgumentParser(
+        prog="edge-guard",
+        description="On-device guard for camera vision models: checks every frame (statistics, model "
+        "output) against a calibrated baseline and decides PASS / FLAG / BLOCK with reasons.",
+        epilog=_MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"edge-guard {__version__}")
+    parser.add_argument("--log-level", choices=LEVELS, default=None,
+                        help="log level on stderr (default: the config's logging.level; WARNING for demo)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = _sub(sub, "check-config", cmd_check_config, "validate a config file and list every error",
+             """\
+             examples:
+               edge-guard check-config /etc/edge-guard/cam1.yaml
+               EDGE_GUARD_POLICY__ALPHA_FLAG=0.005 edge-guard check-config cam1.yaml
+
+             Prints "OK: <summary>" (exit 0) or every error with its field path (exit 78).
+             Files the config names (model.path, model.labels, policy.profile) must exist.
+             """)
+    p.add_argument("file", type=Path, help="YAML config file")
+
+    p = _sub(sub, "run", cmd_run, "run the guard daemon for one camera",
+             """\
+             examples:
+               edge-guard run --config /etc/edge-guard/cam1.yaml
+               edge-guard run --config cam1.yaml --max-frames 500     stop after 500 frames
+
+             SIGINT/SIGTERM: stop reading, drain, flush outputs, exit 0.
+             SIGHUP: re-read the config; policy alphas, health.interval_s and logging.level apply
+             live, other changes are logged as needing a restart; an invalid file is rejected.
+             Without policy.profile it calibrates on the first calibration.frames frames first.
+             """)
+    p.add_argument("--config", type=Path, required=True, help="YAML config file")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after N frames (source.max_frames)")
+    p.add_argument("--source", default=None, help="override source.uri")
+    p.add_argument("--profile-out", type=Path, default=None,
+                   help="save the start-up profile here (when calibrating at start-up)")
+
+    p = _sub(sub, "calibrate", cmd_calibrate, "build a baseline profile from clean frames",
+             """\
+             examples:
+               edge-guard calibrate --config cam1.yaml --frames 600 --out cam1-profile.json
+               edge-guard calibrate --config cam1.yaml --source clean-recording.mp4
+
+             Point it at footage of the camera in normal conditions (no faults). Then set
+             policy.profile to the written file. The profile records the model's sha256, the
+             frame size and the tile grid; using it with another model or camera is an error.
+             """)
+    p.add_argument("--config", type=Path, required=True, help="YAML config file")
+    p.add_argument("--frames", type=int, default=None, help="frames to use (default calibration.frames)")
+    p.add_argument("--out", type=Path, default=None, help="profile file (default policy.profile or profile.json)")
+    p.add_argument("--source", default=None, help="override source.uri")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+    p = _sub(sub, "demo", cmd_demo, "watch edge-guard guard a synthetic camera (or a video)",
+             """\
+             examples:
+               edge-guard demo                        synthetic camera, faults injected on a schedule
+               edge-guard demo --source ../shared/data/videos/opencv_vtest.avi
+               edge-guard demo --frames 600 --no-live
+
+             It calibrates on the first clean frames, then guards the rest with a live table,
+             and ends with each injected fault's detection rate and the clean false-alarm rate.
+             """)
+    add_demo_arguments(p)
+
+    for module_name in OPTIONAL_COMMANDS:
+        _register_optional(sub, module_name)
+    return parser
+
+
+def _register_optional(sub: argparse._SubParsersAction[argparse.ArgumentParser], module_name: str) -> None:
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        # Not built yet, or an optional dependency is missing: the command is simply not listed.
+        logger.debug("optional command module %s not available: %s", module_name, exc)
+        return
+    add_parser = getattr(module, "add_parser", None)
+    if callable(add_parser):
+        add_parser(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``edge-guard`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Handler | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return exitcodes.USAGE
+    # Until a config names the camera and level (run, calibrate), log warnings and errors.
+    configure_logging(args.log_level or "WARNING", "-")
+    try:
+        return int(func(args))
+    except FATAL_AT_START as exc:  # ConfigError, ModelError, ProfileError: restarting will not help
+        print(f"edge-guard: error: {exc}", file=sys.stderr)
+        return exitcodes.CONFIG
+    except GuardError as exc:
+        print(f"edge-guard: error: {exc}", file=sys.stderr)
+        return exitcodes.FAILURE
+    except KeyboardInterrupt:
+        print("edge-guard: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

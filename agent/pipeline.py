@@ -1,0 +1,192 @@
+"""The per-frame stages, without threads: measure (stats + model), then calibrate or guard.
+
+`Measurer` runs the statistics backend and the model on a batch of frames and times each stage.
+`Scorer` is the phase machine after it: while a start-up profile is being built it feeds
+`Calibrator`; once the profile exists it runs the `Guard` and yields verdicts. The daemon's
+worker thread, ``edge-guard calibrate`` and the demo all use these two classes, so the three
+paths cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import FrameError
+from agent.frame import Frame
+from agent.model.types import ModelOutput, ModelRunner
+from agent.scoring.calibrate import Calibrator
+from agent.scoring.config import CalibrationConfig, PolicyConfig
+from agent.scoring.policy import Guard
+from agent.scoring.profile import Profile
+from agent.stats.types import FrameStats, StatsBackend
+from agent.verdict import Verdict
+
+__all__ = ["Measured", "Measurer", "ProfileIds", "Scorer", "load_profile"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """A frame with its statistics, model output and stage latencies (ms)."""
+
+    frame: Frame
+    stats: FrameStats
+    output: ModelOutput | None
+    latency_ms: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileIds:
+    """What a profile must match: the model, the frame size and the tile grid."""
+
+    model_sha256: str | None
+    frame_size_wh: tuple[int, int]
+    grid: tuple[int, int]
+    config_hash: str
+    model_input_wh: tuple[int, int] | None = None
+
+
+class Measurer:
+    """Statistics and model output for a batch of frames, with per-stage timing."""
+
+    def __init__(self, stats: StatsBackend, model: ModelRunner | None) -> None:
+        self.stats = stats
+        self.model = model
+
+    def measure(self, frames: list[Frame]) -> tuple[list[Measured], list[tuple[Frame, FrameError]]]:
+        """Measure ``frames``; frames the stats stage rejects come back in the second list."""
+        ok: list[tuple[Frame, FrameStats, float]] = []
+        bad: list[tuple[Frame, FrameError]] = []
+        for frame in frames:
+            t0 = time.perf_counter()
+            try:
+                st = self.stats.compute(frame.image, key=frame.camera_id)
+            except FrameError as exc:
+                bad.append((frame, exc))
+                continue
+            ok.append((frame, st, (time.perf_counter() - t0) * 1e3))
+        outputs: list[ModelOutput | None] = [None] * len(ok)
+        model_ms = 0.0
+        if self.model is not None and ok:
+            t0 = time.perf_counter()
+            got = self.model.infer([f.image for f, _, _ in ok])
+            # One batched call: each frame is charged its share of the batch's time.
+            model_ms = (time.perf_counter() - t0) * 1e3 / len(ok)
+            outputs = list(got)
+        measured = [
+            Measured(frame, st, out, {"stats": st_ms, "model": model_ms})
+            for (frame, st, st_ms), out in zip(ok, outputs, strict=True)
+        ]
+        return measured, bad
+
+
+def load_profile(path: Path, model_sha256: str | None, grid: tuple[int, int],
+                 frame_size_wh: tuple[int, int] | None = None) -> Profile:
+    """Load a profile file and check it fits this model and grid, and the frame size when known.
+
+    The frame size is often unknown at start-up (the source has not decoded a frame yet); the
+    `Scorer` then checks it on the first frame.
+    """
+    profile = Profile.load(path)
+    w, h = frame_size_wh if frame_size_wh is not None else (profile.width, profile.height)
+    profile.check_compatible(model_sha256, w, h, grid)
+    return profile
+
+
+class Scorer:
+    """Calibrating -> guarding. Thread-safe: `set_alphas`/`swap_profile` come from other threads.
+
+    With ``profile=None`` the first ``calibration.skip`` measured frames are ignored, the next
+    ``calibration.frames`` build a profile (no verdicts meanwhile), then guarding starts.
+    ``on_profile`` is called with each profile that gets built (e.g. to save it).
+    """
+
+    def __init__(
+        self,
+        profile: Profile | None,
+        policy: PolicyConfig,
+        calibration: CalibrationConfig,
+        grid: tuple[int, int],
+        make_ids: Callable[[Frame], ProfileIds],
+        *,
+        on_profile: Callable[[Profile], None] | None = None,
+        camera_id: str | None = None,
+    ) -> None:
+        self._policy = policy
+        self._cal_cfg = calibration
+        self._grid = grid
+        self._make_ids = make_ids
+        self._on_profile = on_profile
+        self._lock = threading.Lock()
+        self._guard: Guard | None = None
+        self._calibrator: Calibrator | None = None
+        self.calibrated = 0
+        self.profile: Profile | None = None
+        if profile is not None:
+            self._install(profile)
+        else:
+            self._calibrator = Calibrator(calibration, grid, camera_id=camera_id)
+
+    @property
+    def phase(self) -> str:
+        """``calibrating`` or ``guarding``."""
+        return "guarding" if self._guard is not None else "calibrating"
+
+    @property
+    def calibration_target(self) -> int:
+        return self._cal_cfg.frames
+
+    def update(self, m: Measured) -> Verdict | None:
+        """Consume one measured frame; a Verdict when guarding, None while calibrating."""
+        with self._lock:
+            if self._guard is None:
+                self._calibrate(m)
+                return None
+            # The guard checks the frame size against the profile (ProfileError when it differs).
+            t0 = time.perf_counter()
+            verdict = self._guard.update(m.frame, m.stats, m.output, m.latency_ms)
+            m.latency_ms["score"] = (time.perf_counter() - t0) * 1e3
+            return verdict
+
+    def set_alphas(self, alpha_flag: float, alpha_block: float) -> None:
+        """Change the policy's FLAG/BLOCK rates (also applies to a profile built later)."""
+        with self._lock:
+            self._policy = self._policy.model_copy(update={"alpha_flag": alpha_flag, "alpha_block": alpha_block})
+            if self._guard is not None:
+                self._guard.set_alphas(alpha_flag, alpha_block)
+
+    def swap_profile(self, profile: Profile) -> None:
+        """Guard with ``profile`` from the next frame on (already checked by the caller)."""
+        with self._lock:
+            self._install(profile)
+
+    def _install(self, profile: Profile) -> None:
+        self.profile = profile
+        self._guard = Guard(profile, self._policy)
+        self._calibrator = None
+
+    def _calibrate(self, m: Measured) -> None:
+        cal = self._calibrator
+        assert cal is not None
+        cal.update(m.stats, m.output)
+        self.calibrated = max(0, cal.n - self._cal_cfg.skip)
+        if not cal.done:
+            return
+        ids = self._make_ids(m.frame)
+        profile = cal.build(
+            model_sha256=ids.model_sha256,
+            model_input_wh=ids.model_input_wh,
+            config_hash=ids.config_hash,
+            alpha_flag=self._policy.alpha_flag,
+            alpha_block=self._policy.alpha_block,
+        )
+        logger.info("calibrated on %d frames: profile %s; guarding from now on", self.calibrated, profile.profile_id)
+        self._install(profile)
+        if self._on_profile is not None:
+            self._on_profile(profile)

@@ -1,0 +1,192 @@
+"""The file sink: JSON lines and sampled JPEGs in one folder (used when no broker is configured).
+
+Layout under ``file_sink.dir``::
+
+    verdicts.jsonl   one line per FLAG/BLOCK verdict (PASS too with write_pass)
+    health.jsonl     one HealthSummary per health interval
+    status.jsonl     camera status changes (online / degraded / offline, with a reason)
+    frames/          JPEGs of sampled risky frames: <camera>_<seq>_<DECISION>.jpg
+
+Every line is flushed when written. Risky frames are sampled with a token bucket of
+``frames_per_minute`` (burst: 10 s worth, at least one; 0 saves none); each frame not saved is
+counted.
+A failing write (disk full, permissions) is counted and logged (first time, then every 100th),
+never raised into the pipeline: the guard keeps guarding when its log disk fills up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import cv2
+import numpy as np
+
+from agent.errors import ConfigError
+from agent.frame import Frame
+from agent.health import HealthSummary
+from agent.sinks.base import CameraState
+from agent.sinks.config import FileSinkConfig
+from agent.tokenbucket import TokenBucket
+from agent.verdict import Decision, Verdict
+
+__all__ = ["FileSink", "jsonable"]
+
+logger = logging.getLogger(__name__)
+
+IdsProvider = Callable[[], Mapping[str, str | None]]
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with numpy scalars/arrays turned into Python ones and NaN/inf into None."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+class FileSink:
+    """Writes verdicts, health and status as JSON lines and samples risky frames as JPEGs.
+
+    ``ids`` is called for every verdict line and adds the model/profile/config identities to it
+    (so a line can be audited without the health file).
+    """
+
+    def __init__(self, cfg: FileSinkConfig, camera_id: str, ids: IdsProvider | None = None) -> None:
+        self.cfg = cfg
+        self.camera_id = camera_id
+        self.dir = Path(cfg.dir)
+        self.frames_dir = self.dir / "frames"
+        try:
+            self.frames_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"file_sink.dir: cannot create output folder {self.dir}: {exc.strerror or exc}; "
+                "choose a writable folder"
+            ) from exc
+        self._ids = ids
+        self._lock = threading.Lock()
+        self._files: dict[str, IO[str]] = {}
+        fpm = cfg.frames_per_minute  # 0 saves no frames (each one is still counted)
+        self._bucket = TokenBucket(fpm / 60.0, max(1.0, fpm / 6.0) if fpm > 0 else 0.0)
+        self._counts: Counter[str] = Counter()
+        self._closed = False
+
+    # -- Sink protocol -------------------------------------------------------------------------
+    def publish_verdict(self, verdict: Verdict, frame: Frame) -> None:
+        """Write the verdict line (FLAG/BLOCK, PASS with write_pass) and maybe sample the frame."""
+        if verdict.decision == Decision.PASS and not self.cfg.write_pass:
+            with self._lock:
+                self._counts["verdicts_pass_skipped"] += 1
+            return
+        line = verdict.to_dict()
+        if self._ids is not None:
+            line.update(self._ids())
+        self._write_line("verdicts.jsonl", line, "verdicts_written")
+        if verdict.decision != Decision.PASS:
+            self._sample_frame(verdict, frame)
+
+    def publish_health(self, summary: HealthSummary) -> None:
+        """Append the summary to health.jsonl."""
+        self._write_line("health.jsonl", summary.model_dump(mode="json"), "health_written")
+
+    def publish_camera_status(self, camera_id: str, state: CameraState, reason: str) -> None:
+        """Append a status change to status.jsonl."""
+        line = {"camera_id": camera_id, "state": state, "reason": reason, "ts": time.time()}
+        self._write_line("status.jsonl", line, "status_written")
+
+    def stats(self) -> dict[str, float]:
+        """Counters: lines written, frames saved / rate-limited, write errors (backlog is always 0)."""
+        with self._lock:
+            out = {k: float(v) for k, v in self._counts.items()}
+        out["backlog"] = 0.0
+        return out
+
+    def close(self) -> None:
+        """Flush and close the files (idempotent)."""
+        with self._lock:
+            self._closed = True
+            for fh in self._files.values():
+                try:
+                    fh.close()
+                except OSError as exc:
+                    self._counts["write_errors"] += 1
+                    logger.warning("closing %s failed: %s", getattr(fh, "name", "?"), exc)
+            self._files.clear()
+
+    # -- internals -----------------------------------------------------------------------------
+    def _write_line(self, name: str, record: Mapping[str, Any], counter: str) -> None:
+        text = json.dumps(jsonable(dict(record)), separators=(",", ":"), allow_nan=False) + "\n"
+        with self._lock:
+            if self._closed:
+                self._counts["writes_after_close"] += 1
+                logger.warning("file sink is closed; %s line not written (counted)", name)
+                return
+            try:
+                fh = self._files.get(name)
+                if fh is None:
+                    fh = open(self.dir / name, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
+                    self._files[name] = fh
+                fh.write(text)
+                fh.flush()
+            except OSError as exc:
+                self._failed(name, exc)
+                # Reopen next time: the handle may be in a bad state after e.g. ENOSPC.
+                bad = self._files.pop(name, None)
+                if bad is not None:
+                    with contextlib.suppress(OSError):
+                        bad.close()
+                return
+            self._counts[counter] += 1
+
+    def _sample_frame(self, verdict: Verdict, frame: Frame) -> None:
+        if not self._bucket.take():
+            with self._lock:
+                self._counts["frames_rate_limited"] += 1
+            return
+        ok, buf = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality])
+        if not ok:
+            with self._lock:
+                self._counts["frames_encode_errors"] += 1
+            logger.warning("JPEG encoding of frame %d failed; not saved (counted)", frame.seq)
+            return
+        name = f"{frame.camera_id}_{frame.seq:08d}_{verdict.decision}.jpg"
+        path = self.frames_dir / name
+        tmp = path.with_suffix(".jpg.tmp")
+        try:
+            tmp.write_bytes(buf.tobytes())
+            os.replace(tmp, path)  # readers never see half a JPEG
+        except OSError as exc:
+            with self._lock:
+                self._failed(name, exc)
+            return
+        with self._lock:
+            self._counts["frames_saved"] += 1
+
+    def _failed(self, what: str, exc: OSError) -> None:
+        """Count a write error (lock held); log the first one and every 100th."""
+        self._counts["write_errors"] += 1
+        n = self._counts["write_errors"]
+        if n == 1 or n % 100 == 0:
+            logger.warning(
+                "file sink: writing %s in %s failed (%s); %d write error(s) so far, the guard keeps running",
+                what, self.dir, exc.strerror or exc, n,
+            )

@@ -1,0 +1,199 @@
+"""The command line: exit codes, messages with field paths, no tracebacks for expected errors."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent import REPO_ROOT, __version__, exitcodes
+from agent.cli import build_parser, main
+from agent.term import LiveView, ProgressBar, format_table
+
+PY = sys.executable
+SYNTH = "synthetic://custom?faults=dark:80:100&size=96x64"
+
+
+def _cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ORT_DISABLE_TELEMETRY": "1"}
+    env = {k: v for k, v in env.items() if not k.startswith("EDGE_GUARD_") and k != "NOTIFY_SOCKET"}
+    return subprocess.run([PY, "-m", "agent.cli", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd or REPO_ROOT, env=env, check=False)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _config(tmp_path: Path, extra: str = "", uri: str = SYNTH, frames: int = 120) -> Path:
+    return _write(tmp_path / "cam.yaml", f"""\
+camera_id: cli
+node: test
+source:
+  uri: "{uri}"
+  max_frames: {frames}
+calibration:
+  frames: 60
+file_sink:
+  dir: {tmp_path / "out"}
+{extra}""")
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"edge-guard {__version__}"
+    proc = _cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"edge-guard {__version__}"
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == exitcodes.USAGE
+    assert "examples:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["check-config", "run", "calibrate", "demo"])
+def test_help_teaches_with_examples(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert "examples:" in out and f"edge-guard {command}" in out
+
+
+def test_optional_commands_are_registered_when_present() -> None:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    names = set(sub.choices)
+    assert {"check-config", "run", "calibrate", "demo"} <= names
+    assert "install-service" in names  # agent.service exists and exposes add_parser
+
+
+def test_check_config_ok(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(REPO_ROOT / "configs" / "example.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("OK: camera front-door (site warehouse-7")
+    assert "source synthetic://default" in out and "model reference model" in out
+
+
+def test_check_config_lists_every_error_with_its_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = _write(tmp_path / "bad.yaml", "policy:\n  alpha_flag: 3\n  alfa: 1\npipeline:\n  queue_size: 0\n")
+    assert main(["check-config", str(bad)]) == exitcodes.CONFIG
+    out = capsys.readouterr().out
+    assert "INVALID: 3 config error(s)" in out
+    for path in ("policy.alpha_flag", "policy.alfa", "pipeline.queue_size"):
+        assert f"  - {path}:" in out
+
+
+def test_check_config_missing_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _write(tmp_path / "c.yaml", f"model:\n  path: {tmp_path}/nope.onnx\npolicy:\n  profile: {tmp_path}/p.json\n")
+    assert main(["check-config", str(cfg)]) == exitcodes.CONFIG
+    out = capsys.readouterr().out
+    assert f"model.path: file not found (got '{tmp_path}/nope.onnx')" in out
+    assert "policy.profile: file not found" in out
+
+
+def test_run_bad_config_exits_78_without_traceback(tmp_path: Path) -> None:
+    proc = _cli("run", "--config", str(_config(tmp_path, "policy:\n  alpha_flag: 2\n")))
+    assert proc.returncode == exitcodes.CONFIG
+    assert "edge-guard: error: 1 config error(s)" in proc.stderr
+    assert "policy.alpha_flag: Input should be less than 1 (got 2)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_run_missing_config_file(tmp_path: Path) -> None:
+    proc = _cli("run", "--config", str(tmp_path / "none.yaml"))
+    assert proc.returncode == exitcodes.CONFIG
+    assert f"cannot read config file {tmp_path}/none.yaml" in proc.stderr
+
+
+def test_run_missing_model_exits_78(tmp_path: Path) -> None:
+    proc = _cli("run", "--config", str(_config(tmp_path, f"model:\n  path: {tmp_path}/missing.onnx\n")))
+    assert proc.returncode == exitcodes.CONFIG
+    assert f"model file not found: {tmp_path}/missing.onnx" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unreadable_video_is_a_clear_error(tmp_path: Path) -> None:
+    video = _write(tmp_path / "broken.avi", "this is not a video")
+    proc = _cli("run", "--config", str(_config(tmp_path, uri=str(video))))
+    assert proc.returncode == exitcodes.FAILURE
+    assert f"edge-guard: error: cannot open video file {video}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_calibrate_then_run_then_mismatched_profile(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    profile = tmp_path / "profile.json"
+    proc = _cli("calibrate", "--config", str(cfg), "--frames", "60", "--out", str(profile))
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(profile.read_text())
+    assert proc.stdout.startswith(f"profile {data['profile_id']} written to {profile}")
+    assert "60 calibration frames (60 read)" in proc.stdout
+    assert "60/60 frames" in proc.stderr  # the progress bar (plain lines when not a TTY)
+    assert (data["width"], data["height"], data["n_frames"]) == (96, 64, 60)
+
+    guarded = _config(tmp_path, f"policy:\n  profile: {profile}\n")
+    proc = _cli("run", "--config", str(guarded))
+    assert proc.returncode == 0, proc.stderr
+    verdicts = [json.loads(ln) for ln in (tmp_path / "out" / "verdicts.jsonl").read_text().splitlines()]
+    assert sum(v.get("fault") == "dark" for v in verdicts) >= 18  # 20 dark frames
+
+    # the same profile with another tile grid: refused at start-up with exit 78
+    other = _config(tmp_path, f"policy:\n  profile: {profile}\nstats:\n  grid: [2, 2]\n")
+    proc = _cli("run", "--config", str(other))
+    assert proc.returncode == exitcodes.CONFIG
+    assert f"profile {data['profile_id']} was calibrated for" in proc.stderr and "grid 2x2" in proc.stderr
+
+    # another frame size: found on the first frame, still exit 78
+    resized = _config(tmp_path, f"policy:\n  profile: {profile}\n", uri=SYNTH.replace("96x64", "64x64"))
+    proc = _cli("run", "--config", str(resized))
+    assert proc.returncode == exitcodes.CONFIG
+    assert "is 64x64" in proc.stderr and "is for 96x64" in proc.stderr
+
+
+def test_calibrate_on_too_short_a_source(tmp_path: Path) -> None:
+    proc = _cli("calibrate", "--config", str(_config(tmp_path, frames=30)), "--out", str(tmp_path / "p.json"),
+                "--no-progress")
+    assert proc.returncode == exitcodes.CONFIG
+    assert "ended after 30 frames, but calibration needs 60" in proc.stderr
+    assert not (tmp_path / "p.json").exists()
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_live_view_redraws_in_place_and_keeps_log_lines() -> None:
+    out = _Tty()
+    view = LiveView(out)
+    view.show("a\nb")
+    view.show("c\nd")
+    view.write_above("log line\n")
+    view.show("e\nf")
+    text = out.getvalue()
+    assert text.count("\x1b[2A") == 2  # moved up over the 2-line block twice (redraw, log line)
+    assert text.endswith("log line\n\x1b[2Ke\n\x1b[2Kf\n")  # the block is redrawn below the log line
+    plain = io.StringIO()
+    quiet = LiveView(plain, plain_every_s=3600)
+    quiet.show("x")
+    quiet.show("y")  # not a TTY: at most one block per interval, no escapes
+    quiet.show("z", force=True)
+    assert plain.getvalue() == "x\n\nz\n\n"
+
+
+def test_progress_bar_and_table() -> None:
+    out = io.StringIO()
+    bar = ProgressBar(10, "frames", stream=out)
+    for i in range(1, 11):
+        bar.update(i)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 10 and lines[-1].startswith("[" + "#" * 30 + "] 10/10 frames")
+    assert format_table(["a", "n"], [["x", 1], ["yy", 22]], right=(1,)) == "a    n\n--  --\nx    1\nyy  22"

@@ -1,0 +1,201 @@
+"""Config loading: every error names its field path; env overrides win; the example validates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent import REPO_ROOT
+from agent.config import GuardConfig, config_hash, json_schema, load_config
+from agent.errors import ConfigError
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "edge-guard.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected_fragments"),
+    [
+        # unknown key inside a section: the full path and the hint
+        ("policy:\n  alfa_flag: 0.1\n", ["policy.alfa_flag", "unknown key"]),
+        # unknown top-level section
+        ("polcy:\n  alpha_flag: 0.1\n", ["polcy", "unknown key"]),
+        # unknown key two levels deep
+        ("source:\n  reconnect:\n    inital_s: 1\n", ["source.reconnect.inital_s", "unknown key"]),
+        # bounds: lt=1
+        ("policy:\n  alpha_flag: 2\n", ["policy.alpha_flag", "less than 1", "got 2"]),
+        # bounds: ge=1
+        ("pipeline:\n  queue_size: 0\n", ["pipeline.queue_size", "greater than or equal to 1", "got 0"]),
+        # bounds: health interval minimum
+        ("health:\n  interval_s: 0.1\n", ["health.interval_s", "got 0.1"]),
+        # wrong type
+        ("model:\n  batch_size: many\n", ["model.batch_size", "valid integer", "'many'"]),
+        # Literal choices
+        ("stats:\n  backend: tpu\n", ["stats.backend", "'tpu'"]),
+        # pattern
+        ("camera_id: 'front door'\n", ["camera_id", "pattern", "'front door'"]),
+        # cross-field: alpha_block <= alpha_flag
+        ("policy:\n  alpha_flag: 0.01\n  alpha_block: 0.05\n", ["policy", "alpha_block (0.05) must be <= alpha_flag"]),
+        # cross-field: back-off cap below the first delay
+        (
+            "source:\n  reconnect:\n    initial_s: 5\n    max_s: 1\n",
+            ["source.reconnect", "max_s (1.0) must be >= initial_s"],
+        ),
+        # field validator with expected-vs-actual
+        ("stats:\n  grid: [0, 40]\n", ["stats.grid", "each in 1..16", "[0, 40]"]),
+        # a section that is not a mapping
+        ("policy: 3\n", ["policy", "valid dictionary", "got 3"]),
+    ],
+)
+def test_invalid_values_name_their_field(tmp_path: Path, yaml_text: str, expected_fragments: list[str]) -> None:
+    path = _write(tmp_path, yaml_text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    for fragment in expected_fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_every_error_is_listed_not_just_the_first(tmp_path: Path) -> None:
+    path = _write(tmp_path, "policy:\n  alpha_flag: 2\n  alfa: 1\nmodel:\n  batch_size: 0\ncamera_id: 'a b'\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith("4 config error(s)")
+    for path_text in ("policy.alpha_flag", "policy.alfa", "model.batch_size", "camera_id"):
+        assert f"  - {path_text}:" in message
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        ("policy: [1,\n", "is not valid YAML"),  # syntax error: says so, with line/column
+        ("- a\n- b\n", "top level must be a mapping of sections, but got list"),
+        ("just a string\n", "top level must be a mapping of sections, but got str"),
+    ],
+)
+def test_file_level_errors(tmp_path: Path, yaml_text: str, expected: str) -> None:
+    path = _write(tmp_path, yaml_text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert expected in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_yaml_syntax_error_gives_the_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, "policy:\n  alpha_flag: 0.1\n   bad_indent: 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "line 3" in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_config(missing)
+    assert f"cannot read config file {missing}" in str(info.value)
+    assert "No such file" in str(info.value)
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, ""))
+    assert cfg == GuardConfig(node=cfg.node)
+
+
+def test_env_override_wins_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write(tmp_path, "policy:\n  alpha_flag: 0.02\n  alpha_block: 0.001\n")
+    assert load_config(path).policy.alpha_flag == 0.02
+    monkeypatch.setenv("EDGE_GUARD_POLICY__ALPHA_FLAG", "0.05")
+    cfg = load_config(path)
+    assert cfg.policy.alpha_flag == 0.05
+    assert cfg.policy.alpha_block == 0.001  # the rest of the section still comes from the file
+
+
+def test_bad_env_override_names_the_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGE_GUARD_POLICY__ALPHA_FLAG", "abc")
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, "{}\n"))
+    assert "policy.alpha_flag" in str(info.value)
+    assert "'abc'" in str(info.value)
+
+
+def test_unknown_env_field_in_a_section_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGE_GUARD_POLICY__ALFA", "1")
+    with pytest.raises(ConfigError, match=r"policy\.alfa: unknown key"):
+        load_config(None)
+
+
+def test_overrides_merge_into_sections(tmp_path: Path) -> None:
+    path = _write(tmp_path, "source:\n  uri: synthetic://default\n  loop: true\n")
+    cfg = load_config(path, {"source": {"max_frames": 10}})
+    assert cfg.source.loop is True
+    assert cfg.source.max_frames == 10
+
+
+def test_config_hash_is_stable_and_sensitive(tmp_path: Path) -> None:
+    a = load_config(_write(tmp_path, "node: box1\n"))
+    b = load_config(_write(tmp_path, "node: box1\n"))
+    c = load_config(_write(tmp_path, "node: box1\npolicy:\n  alpha_flag: 0.02\n"))
+    assert config_hash(a) == config_hash(b)
+    assert config_hash(a) != config_hash(c)
+    assert len(config_hash(a)) == 12
+
+
+def test_example_config_validates() -> None:
+    example = REPO_ROOT / "configs" / "example.yaml"
+    cfg = load_config(example)
+    assert cfg.camera_id == "front-door"
+    # the example documents every top-level section of the config
+    text = example.read_text(encoding="utf-8")
+    for section in GuardConfig.model_fields:
+        assert f"\n{section}:" in text or f"\n# {section}:" in text, f"section {section!r} missing"
+
+
+def test_committed_schema_is_up_to_date() -> None:
+    committed = json.loads((REPO_ROOT / "docs" / "config.schema.json").read_text(encoding="utf-8"))
+    assert committed == json_schema(), "docs/config.schema.json is stale: run scripts/export_schema.py"
+
+
+def test_every_field_has_a_description() -> None:
+    schema = json_schema()
+    missing: list[str] = []
+
+    def visit(props: dict[str, dict[str, object]], where: str) -> None:
+        for name, spec in props.items():
+            if "description" not in spec:
+                missing.append(f"{where}{name}")
+
+    visit(schema["properties"], "")
+    for def_name, definition in schema.get("$defs", {}).items():
+        visit(definition.get("properties", {}), f"{def_name}.")
+    assert not missing, f"fields without description: {missing}"
+
+
+def _commented_block(text: str, first_line: str, prefix: str) -> str:
+    """The commented-out YAML block starting at ``first_line``, uncommented."""
+    lines = text.splitlines()
+    start = lines.index(first_line)
+    block: list[str] = []
+    for line in lines[start:]:
+        if not line.startswith(prefix):
+            break
+        block.append(line[len(prefix):].split("   #")[0].rstrip())
+    return "\n".join(block) + "\n"
+
+
+def test_example_commented_blocks_validate() -> None:
+    """The commented-out alternatives in the example (MQTT, own-model preprocessing) are valid too."""
+    text = (REPO_ROOT / "configs" / "example.yaml").read_text(encoding="utf-8")
+    mqtt = yaml.safe_load(_commented_block(text, "# mqtt:", "# "))
+    model = yaml.safe_load(_commented_block(text, "  # preprocess:", "  # "))
+    assert set(mqtt) == {"mqtt"} and set(model) == {"preprocess", "output"}
+    cfg = GuardConfig(node="box", mqtt=mqtt["mqtt"], model={"path": "/opt/squeezenet.onnx", **model})
+    assert cfg.mqtt is not None and cfg.mqtt.port == 8883
+    assert cfg.model.preprocess.mean == (104.0, 117.0, 123.0)

@@ -1,0 +1,299 @@
+"""The daemon end to end on the synthetic camera: outputs, drops, crashes, stops, profiles."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import GuardConfig, load_config
+from agent.daemon import Daemon
+from agent.errors import ConfigError, ProfileError
+from agent.frame import Frame
+from agent.health import HealthSummary
+from agent.sdnotify import Notifier
+from agent.sinks.base import CameraState
+from agent.verdict import Decision, Verdict
+
+# 240 frames: 100 calibrate, then clean, a dark window, clean. Small frames keep it fast.
+SYNTH = "synthetic://custom?faults=dark:150:190&size=160x96&seed=3"
+
+
+def _cfg(tmp_path: Path, **sections: Any) -> GuardConfig:
+    base: dict[str, Any] = {
+        "camera_id": "t1",
+        "node": "test",
+        "source": {"uri": SYNTH, "max_frames": 240},
+        "calibration": {"frames": 100},
+        "file_sink": {"dir": str(tmp_path / "out")},
+        "health": {"interval_s": 1.0},
+        "pipeline": {"stall_after_s": 5.0},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return load_config(None, base)
+
+
+def _run(daemon: Daemon, timeout_s: float = 60.0) -> int:
+    """Run the daemon in a thread and fail (instead of hanging the suite) if it does not end."""
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["code"] = daemon.run(install_signals=False)
+        except BaseException as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, name="test-daemon")
+    thread.start()
+    thread.join(timeout_s)
+    assert not thread.is_alive(), f"daemon did not stop within {timeout_s} s: {daemon.progress()}"
+    if "error" in result:
+        raise result["error"]
+    return int(result["code"])
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+class Recorder:
+    """A real sink that keeps what it receives; ``on_verdict`` lets a test slow it or make it fail."""
+
+    def __init__(self, on_verdict: Callable[[Verdict], None] | None = None) -> None:
+        self.verdicts: list[Verdict] = []
+        self.health: list[HealthSummary] = []
+        self.status: list[tuple[str, str]] = []
+        self.closed = False
+        self.on_verdict = on_verdict
+
+    def publish_verdict(self, verdict: Verdict, frame: Frame) -> None:
+        if self.on_verdict is not None:
+            self.on_verdict(verdict)
+        self.verdicts.append(verdict)
+
+    def publish_health(self, summary: HealthSummary) -> None:
+        self.health.append(summary)
+
+    def publish_camera_status(self, camera_id: str, state: CameraState, reason: str) -> None:
+        self.status.append((state, reason))
+
+    def stats(self) -> dict[str, float]:
+        return {"recorder_verdicts": float(len(self.verdicts))}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_end_to_end_outputs(tmp_path: Path) -> None:
+    rec = Recorder()
+    daemon = Daemon(_cfg(tmp_path), notifier=Notifier(None), extra_sinks=[rec])
+    assert _run(daemon) == 0
+    p = daemon.progress()
+    # every frame read was processed: an unpaced synthetic camera is read losslessly
+    assert (p.frames_in, p.frames_processed, p.frames_dropped, p.frames_calibrated) == (240, 240, 0, 100)
+    assert p.phase == "guarding" and p.ready and p.finished
+    assert rec.closed and len(rec.verdicts) == 140  # every guarded frame reaches every sink
+
+    out = tmp_path / "out"
+    verdicts = _jsonl(out / "verdicts.jsonl")  # FLAG/BLOCK only (write_pass is off)
+    assert verdicts and all(v["decision"] in ("FLAG", "BLOCK") for v in verdicts)
+    dark = [v for v in verdicts if v.get("fault") == "dark"]
+    assert len(dark) >= 36, "the dark window (40 frames) must be caught"
+    assert all(v["reasons"] and v["model_sha256"] and v["profile_id"] for v in verdicts)
+    assert list((out / "frames").glob("t1_*.jpg")), "sampled risky frames are saved"
+
+    health = [HealthSummary.model_validate(h) for h in _jsonl(out / "health.jsonl")]
+    assert [h.seq for h in health] == list(range(len(health)))
+    assert sum(h.frames_in for h in health) == 240
+    assert sum(h.frames_processed for h in health) == 240
+    assert sum(h.decisions.get("FLAG", 0) + h.decisions.get("BLOCK", 0) for h in health) == len(verdicts)
+    last = health[-1]
+    assert last.phase == "guarding" and last.model_sha256 and last.profile_id and last.config_hash
+    assert last.backend["stats"] == "cpu" and last.backend["model"].startswith("onnxruntime:")
+    assert "recorder_verdicts" in last.publisher  # sink backlog/counters are reported
+    busy = max(health, key=lambda h: h.frames_processed)
+    assert set(busy.latency) >= {"read", "queue", "stats", "model"}
+    assert busy.stats["brightness"].p50 is not None and busy.confidence.p50 is not None
+    assert sum(busy.class_counts.values()) == busy.frames_processed
+
+    status = _jsonl(out / "status.jsonl")
+    assert status[0]["state"] == "online"
+    assert (status[-1]["state"], status[-1]["reason"]) == ("offline", "source ended")
+    assert rec.status == [(s["state"], s["reason"]) for s in status]
+
+
+def test_drops_oldest_when_the_worker_is_slow(tmp_path: Path) -> None:
+    # A paced camera (realtime at 200 fps) and a sink that takes 20 ms per verdict: the reader
+    # must not wait; it drops the oldest queued frame and counts it.
+    rec = Recorder(on_verdict=lambda _v: time.sleep(0.02))
+    cfg = _cfg(tmp_path, source={"uri": "synthetic://clean?size=64x48&fps=200", "realtime": True,
+                                 "max_frames": 300},
+               calibration={"frames": 40}, pipeline={"queue_size": 1})
+    daemon = Daemon(cfg, notifier=Notifier(None), extra_sinks=[rec])
+    assert _run(daemon) == 0
+    p = daemon.progress()
+    assert p.frames_in == 300
+    assert p.frames_dropped > 50
+    assert p.frames_in == p.frames_processed + p.frames_dropped  # every frame accounted for
+    health = [HealthSummary.model_validate(h) for h in _jsonl(tmp_path / "out" / "health.jsonl")]
+    assert sum(h.frames_dropped for h in health) == p.frames_dropped
+    seqs = [v.seq for v in rec.verdicts]
+    assert seqs == sorted(seqs) and seqs[-1] == 299  # order kept, the newest frame is guarded
+
+
+def test_worker_exception_exits_nonzero_and_flushes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    def explode(v: Verdict) -> None:
+        if v.seq == 120:
+            raise RuntimeError("sink exploded on purpose")
+
+    rec = Recorder(on_verdict=explode)
+    cfg = _cfg(tmp_path, source={"uri": "synthetic://clean?size=64x48", "max_frames": None})  # endless
+    daemon = Daemon(cfg, notifier=Notifier(None), extra_sinks=[rec])
+    assert _run(daemon, timeout_s=30) == 1
+    assert "worker failed: sink exploded on purpose" in caplog.text
+    assert "Traceback" in caplog.text  # logged with the stack, not swallowed
+    assert rec.closed
+    status = _jsonl(tmp_path / "out" / "status.jsonl")
+    assert status[-1]["state"] == "offline" and "sink exploded" in status[-1]["reason"]
+    health = _jsonl(tmp_path / "out" / "health.jsonl")
+    assert health[-1]["errors"] == {"thread_crash": 1}
+
+
+def test_stop_drains_and_exits_zero(tmp_path: Path) -> None:
+    rec = Recorder()
+    cfg = _cfg(tmp_path, source={"uri": "synthetic://clean?size=64x48&fps=100", "realtime": True,
+                                 "max_frames": None}, calibration={"frames": 40})
+    daemon = Daemon(cfg, notifier=Notifier(None), extra_sinks=[rec])
+
+    def stop_later() -> None:
+        while daemon.progress().frames_processed < 60:
+            time.sleep(0.02)
+        daemon.stop()
+
+    threading.Thread(target=stop_later, daemon=True).start()
+    assert _run(daemon, timeout_s=30) == 0
+    p = daemon.progress()
+    assert p.frames_in == p.frames_processed + p.frames_dropped  # the queue was drained
+    assert rec.closed and rec.status[-1] == ("offline", "stopped")
+
+
+def test_stalled_worker_degrades_camera_status(tmp_path: Path) -> None:
+    # One verdict takes 1.5 s with stall_after_s 0.5: the supervisor must report the stall
+    # (no watchdog ping, camera degraded) and recover when frames flow again.
+    def stall(v: Verdict) -> None:
+        if v.seq == 50:
+            time.sleep(1.5)
+
+    rec = Recorder(on_verdict=stall)
+    cfg = _cfg(tmp_path, source={"uri": "synthetic://clean?size=64x48&fps=50", "realtime": True, "max_frames": 180},
+               calibration={"frames": 40}, pipeline={"stall_after_s": 0.5})
+    daemon = Daemon(cfg, notifier=Notifier(None), extra_sinks=[rec])
+    assert _run(daemon) == 0
+    states = rec.status
+    stalled = states.index(("degraded", "pipeline stalled"))
+    assert ("online", "guarding") in states[stalled:], f"no recovery after the stall: {states}"
+
+
+def test_profile_from_file_and_mismatch(tmp_path: Path) -> None:
+    profile_path = tmp_path / "profile.json"
+    first = Daemon(_cfg(tmp_path, source={"max_frames": 110}), notifier=Notifier(None), profile_out=profile_path)
+    assert _run(first) == 0 and profile_path.is_file()
+
+    # the saved profile guards a new run without calibrating
+    again = Daemon(_cfg(tmp_path, policy={"profile": str(profile_path)}), notifier=Notifier(None))
+    assert _run(again) == 0
+    p = again.progress()
+    assert p.frames_calibrated == 0 and p.decisions.get("PASS", 0) > 100 and p.reasons.get("dark", 0) >= 36
+
+    # another frame size: the first frame raises ProfileError out of run() (exit 78 in the CLI)
+    other_size = _cfg(tmp_path, source={"uri": SYNTH.replace("160x96", "128x96")},
+                      policy={"profile": str(profile_path)})
+    with pytest.raises(ProfileError, match=r"is 128x96.*profile .* is for 160x96"):
+        _run(Daemon(other_size, notifier=Notifier(None)))
+
+    # another grid: refused at start-up, before any thread runs
+    other_grid = _cfg(tmp_path, stats={"grid": [2, 2]}, policy={"profile": str(profile_path)})
+    with pytest.raises(ProfileError, match=r"grid 4x4.*grid 2x2"):
+        Daemon(other_grid, notifier=Notifier(None)).start()
+
+
+def test_commands_for_mqtt(tmp_path: Path) -> None:
+    profile_path = tmp_path / "p.json"
+    cfg = _cfg(tmp_path, source={"max_frames": 110})
+    daemon = Daemon(cfg, notifier=Notifier(None), profile_out=profile_path)
+    assert daemon.snapshot() is None
+    assert _run(daemon) == 0
+    snap = daemon.snapshot()
+    assert snap is not None and snap.seq == 109 and snap.size_wh == (160, 96)
+    info = daemon.ping()
+    assert info["frames_processed"] == 110 and info["phase"] == "guarding"
+    assert info["profile_id"] and info["model_sha256"] and info["config_hash"] == daemon.config_hash
+
+    daemon.set_alphas(0.02, 0.002)
+    assert daemon.cfg.policy.alpha_flag == 0.02
+    with pytest.raises(ConfigError, match="alpha_block <= alpha_flag"):
+        daemon.set_alphas(0.01, 0.05)
+    with pytest.raises(ProfileError, match=r"no policy\.profile is configured"):
+        daemon.reload_profile()
+    daemon.cfg.policy.profile = profile_path
+    assert daemon.reload_profile() == json.loads(profile_path.read_text())["profile_id"]
+
+
+def test_ready_status_and_stopping_reach_systemd(tmp_path: Path) -> None:
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.0)
+    try:
+        daemon = Daemon(_cfg(tmp_path), notifier=Notifier(str(path)))
+        assert _run(daemon) == 0
+        messages: list[str] = []
+        while True:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except BlockingIOError:
+                break
+    finally:
+        sock.close()
+    kinds = [m.split("\n")[0] for m in messages]
+    assert kinds.count("READY=1") == 1
+    ready = kinds.index("READY=1")
+    assert "STATUS=warming up model" in kinds[:ready]
+    assert kinds[-1] == "STOPPING=1"
+    assert any(m.startswith("STATUS=fps=") or "STATUS=calibrating" in m for m in messages)
+
+
+def test_decisions_are_counted_by_reason(tmp_path: Path) -> None:
+    rec = Recorder()
+    daemon = Daemon(_cfg(tmp_path), notifier=Notifier(None), extra_sinks=[rec])
+    assert _run(daemon) == 0
+    p = daemon.progress()
+    risky = [v for v in rec.verdicts if v.decision != Decision.PASS]
+    assert p.decisions.get("FLAG", 0) + p.decisions.get("BLOCK", 0) == len(risky)
+    for code, count in p.reasons.items():
+        assert count == sum(code in v.reason_codes for v in risky)
+
+
+def test_failing_health_sink_exits_nonzero(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    class BrokenHealth(Recorder):
+        def publish_health(self, summary: HealthSummary) -> None:
+            raise OSError("health sink broke on purpose")
+
+    rec = BrokenHealth()
+    cfg = _cfg(tmp_path, source={"uri": "synthetic://clean?size=64x48&fps=50", "realtime": True, "max_frames": None})
+    daemon = Daemon(cfg, notifier=Notifier(None), extra_sinks=[rec])
+    assert _run(daemon, timeout_s=30) == 1  # the first health tick (1 s) fails: exit 1, no hang
+    assert "supervisor failed: health sink broke on purpose" in caplog.text
+    assert rec.closed  # sinks are still closed (flushed)
+    status = _jsonl(tmp_path / "out" / "status.jsonl")
+    assert status[-1]["state"] == "offline" and "health sink broke" in status[-1]["reason"]

@@ -1,0 +1,134 @@
+"""A real ``edge-guard run`` subprocess: SIGTERM stops cleanly, SIGHUP reloads or rejects."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent import REPO_ROOT
+from agent.health import HealthSummary
+
+pytestmark = pytest.mark.integration
+
+CONFIG = """\
+camera_id: sig
+node: test
+source:
+  uri: "synthetic://clean?size=96x64&fps=30"
+  realtime: true
+calibration:
+  frames: 40
+policy:
+  alpha_flag: {alpha}
+health:
+  interval_s: {interval}
+file_sink:
+  dir: {out}
+"""
+
+
+def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def _lines(path: Path) -> list[dict[str, object]]:
+    if not path.exists():
+        return []
+    return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+class Agent:
+    """``edge-guard run`` in a subprocess with its stderr in a file."""
+
+    def __init__(self, tmp_path: Path, alpha: float = 0.01, interval: float = 60.0) -> None:
+        self.out = tmp_path / "out"
+        self.config = tmp_path / "cam.yaml"
+        self.write_config(alpha, interval)
+        self.log_path = tmp_path / "stderr.log"
+        self._log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 (closed in stop())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_GUARD_") and k != "NOTIFY_SOCKET"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "run", "--config", str(self.config)],
+            cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=self._log, env={**env, "ORT_DISABLE_TELEMETRY": "1"},
+        )
+
+    def write_config(self, alpha: float, interval: float) -> None:
+        self.config.write_text(CONFIG.format(alpha=alpha, interval=interval, out=self.out), encoding="utf-8")
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8")
+
+    def wait_guarding(self) -> None:
+        _wait(lambda: ("online", "guarding") in [(s["state"], s["reason"]) for s in _lines(self.out / "status.jsonl")],
+              60, "the agent to guard")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout_s)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._log.close()
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[Agent]:
+    a = Agent(tmp_path)
+    yield a
+    if a.proc.poll() is None:
+        a.stop(signal.SIGKILL)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_exits_zero_with_outputs_flushed(agent: Agent, sig: int) -> None:
+    agent.wait_guarding()
+    t0 = time.monotonic()
+    assert agent.stop(sig) == 0, agent.log
+    assert time.monotonic() - t0 < 10
+    status = _lines(agent.out / "status.jsonl")
+    assert (status[-1]["state"], status[-1]["reason"]) == ("offline", "stopped")
+    health = [HealthSummary.model_validate(h) for h in _lines(agent.out / "health.jsonl")]
+    assert health, "the final health summary is written on stop"
+    assert sum(h.frames_in for h in health) == sum(h.frames_processed + h.frames_dropped for h in health)
+    assert f"{signal.Signals(sig).name} received: stopping" in agent.log
+    assert "Traceback" not in agent.log
+
+
+def test_sighup_applies_live_fields_and_rejects_invalid_config(agent: Agent) -> None:
+    agent.wait_guarding()
+    # valid: alpha and health interval apply live; a source change needs a restart
+    text = agent.config.read_text().replace("clean?size=96x64", "clean?size=128x64")
+    agent.config.write_text(text.replace("alpha_flag: 0.01", "alpha_flag: 0.02").replace("interval_s: 60.0",
+                                                                                           "interval_s: 1.0"))
+    agent.proc.send_signal(signal.SIGHUP)
+    _wait(lambda: "config reloaded" in agent.log, 10, "the reload")
+    assert "policy.alpha_flag=0.02" in agent.log and "applied health.interval_s=1.0" in agent.log
+    assert "restart needed to apply source.uri" in agent.log
+    _wait(lambda: len(_lines(agent.out / "health.jsonl")) >= 2, 10, "health every second")
+
+    # invalid: logged with the reason, the old config keeps running
+    agent.config.write_text("policy:\n  alpha_flag: 7\n")
+    agent.proc.send_signal(signal.SIGHUP)
+    _wait(lambda: "reload rejected" in agent.log, 10, "the rejection")
+    assert "policy.alpha_flag: Input should be less than 1 (got 7)" in agent.log
+    seen = len(_lines(agent.out / "health.jsonl"))
+    _wait(lambda: len(_lines(agent.out / "health.jsonl")) > seen, 10, "the agent to keep running")
+    assert agent.proc.poll() is None
+    assert agent.stop() == 0

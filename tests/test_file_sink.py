@@ -1,0 +1,157 @@
+"""The file sink against a real folder: lines, JSON validity, sampling rate, disk errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from agent.errors import ConfigError
+from agent.frame import Frame
+from agent.health import HealthSummary
+from agent.model.types import ModelOutput
+from agent.sinks.config import FileSinkConfig
+from agent.sinks.file import FileSink, jsonable
+from agent.stats.cpu import CpuStats
+from agent.verdict import Decision, Reason, Verdict
+
+
+def _frame(seq: int) -> Frame:
+    rng = np.random.default_rng(seq)
+    image = rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+    return Frame(image=image, camera_id="cam1", seq=seq, capture_ts=time.time(), capture_mono=time.monotonic())
+
+
+def _verdict(frame: Frame, decision: Decision) -> Verdict:
+    stats = CpuStats((2, 2)).compute(frame.image)  # diff_prev is NaN: no previous frame
+    reasons = () if decision == Decision.PASS else (Reason("blur", decision, 12.5, 0.0004, {"test": "blur"}),)
+    probs = np.array([0.7, 0.3], dtype=np.float32)
+    return Verdict(
+        camera_id=frame.camera_id, seq=frame.seq, capture_ts=frame.capture_ts, decision=decision,
+        reasons=reasons, scores={"blur": 12.5, "ood_stats": math.inf}, p_values={"blur": 0.0004, "family": 0.001},
+        stats=stats, output=ModelOutput(top1=0, confidence=0.7, probs=probs, label="car"),
+        latency_ms={"stats": 1.0}, fault="blur",
+    )
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_verdict_lines_skip_pass_and_are_strict_json(tmp_path: Path) -> None:
+    sink = FileSink(FileSinkConfig(dir=tmp_path, frames_per_minute=0), "cam1",
+                    ids=lambda: {"model_sha256": "abc", "profile_id": "p1", "config_hash": "c1"})
+    for seq, decision in enumerate([Decision.PASS, Decision.FLAG, Decision.BLOCK, Decision.PASS]):
+        frame = _frame(seq)
+        sink.publish_verdict(_verdict(frame, decision), frame)
+    sink.close()
+    text = (tmp_path / "verdicts.jsonl").read_text(encoding="utf-8")
+    assert "NaN" not in text and "Infinity" not in text  # strict JSON for any consumer
+    lines = _lines(tmp_path / "verdicts.jsonl")
+    assert [ln["decision"] for ln in lines] == ["FLAG", "BLOCK"]
+    first = lines[0]
+    assert first["seq"] == 1 and first["camera_id"] == "cam1" and first["label"] == "car"
+    assert first["reasons"] == [{"code": "blur", "decision": "FLAG", "score": 12.5, "p_value": 0.0004,
+                                 "detail": {"test": "blur"}}]
+    assert first["scores"] == {"blur": 12.5, "ood_stats": None}  # inf -> null
+    assert first["stats"]["diff_prev"] is None  # NaN -> null
+    assert first["profile_id"] == "p1" and first["model_sha256"] == "abc"
+    stats = sink.stats()
+    assert stats["verdicts_written"] == 2 and stats["verdicts_pass_skipped"] == 2
+    assert stats["frames_rate_limited"] == 2  # frames_per_minute=0: every risky frame counted, none saved
+    assert not any((tmp_path / "frames").iterdir())
+
+
+def test_write_pass_keeps_every_verdict(tmp_path: Path) -> None:
+    sink = FileSink(FileSinkConfig(dir=tmp_path, write_pass=True, frames_per_minute=0), "cam1")
+    for seq in range(5):
+        frame = _frame(seq)
+        sink.publish_verdict(_verdict(frame, Decision.PASS), frame)
+    sink.close()
+    assert [ln["seq"] for ln in _lines(tmp_path / "verdicts.jsonl")] == [0, 1, 2, 3, 4]
+
+
+def test_health_and_status_lines(tmp_path: Path) -> None:
+    sink = FileSink(FileSinkConfig(dir=tmp_path), "cam1")
+    summary = HealthSummary(camera_id="cam1", seq=3, window_start_ts=1.0, window_end_ts=2.0, frames_in=10,
+                            decisions={"PASS": 9, "FLAG": 1}, reasons={"blur": 1})
+    sink.publish_health(summary)
+    sink.publish_camera_status("cam1", "degraded", "source down")
+    sink.publish_camera_status("cam1", "online", "guarding")
+    # flushed on every line: readable before close()
+    assert HealthSummary.model_validate(_lines(tmp_path / "health.jsonl")[0]) == summary
+    status = _lines(tmp_path / "status.jsonl")
+    assert [(s["state"], s["reason"]) for s in status] == [("degraded", "source down"), ("online", "guarding")]
+    sink.close()
+
+
+def test_risky_frames_are_rate_limited_and_counted(tmp_path: Path) -> None:
+    # 60 per minute: a burst of 10 (ten seconds' worth), then 1 per second
+    sink = FileSink(FileSinkConfig(dir=tmp_path, frames_per_minute=60, jpeg_quality=90), "cam1")
+    for seq in range(30):
+        frame = _frame(seq)
+        sink.publish_verdict(_verdict(frame, Decision.BLOCK), frame)
+    sink.close()
+    saved = sorted((tmp_path / "frames").glob("*.jpg"))
+    stats = sink.stats()
+    assert len(saved) == stats["frames_saved"] == 10
+    assert stats["frames_rate_limited"] == 20
+    assert saved[0].name == "cam1_00000000_BLOCK.jpg"
+    image = cv2.imread(str(saved[0]))
+    assert image is not None and image.shape == (48, 64, 3)
+    assert not list((tmp_path / "frames").glob("*.tmp"))
+
+
+def test_disk_full_is_counted_not_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    if not os.path.exists("/dev/full"):
+        pytest.skip("/dev/full is needed to simulate a full disk")
+    (tmp_path / "health.jsonl").symlink_to("/dev/full")  # every write fails with ENOSPC
+    sink = FileSink(FileSinkConfig(dir=tmp_path), "cam1")
+    summary = HealthSummary(camera_id="cam1", seq=0, window_start_ts=1.0, window_end_ts=2.0)
+    for _ in range(3):
+        sink.publish_health(summary)
+    sink.publish_camera_status("cam1", "online", "guarding")  # other files keep working
+    sink.close()
+    stats = sink.stats()
+    assert stats["write_errors"] == 3
+    assert stats["status_written"] == 1
+    assert "No space left on device" in caplog.text
+    assert caplog.text.count("file sink: writing") == 1  # logged once, then counted
+
+
+def test_after_close_lines_are_counted(tmp_path: Path) -> None:
+    sink = FileSink(FileSinkConfig(dir=tmp_path), "cam1")
+    sink.close()
+    sink.close()  # idempotent
+    sink.publish_camera_status("cam1", "offline", "stopped")
+    assert sink.stats()["writes_after_close"] == 1
+
+
+def test_unwritable_dir_is_a_config_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"file_sink\.dir: cannot create output folder"):
+        FileSink(FileSinkConfig(dir=blocker / "sub"), "cam1")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (np.float32(1.5), 1.5),
+        (np.int64(3), 3),
+        (math.nan, None),
+        (-math.inf, None),
+        (np.array([1.0, np.nan]), [1.0, None]),
+        ({"a": (1, np.float64(np.inf))}, {"a": [1, None]}),
+        (Path("/x"), "/x"),
+    ],
+)
+def test_jsonable(value: object, expected: object) -> None:
+    assert jsonable(value) == expected
