@@ -88,9 +88,14 @@ def _onnxruntime_runner(cfg: ModelConfig, labels: Sequence[str] | None) -> Model
     return OnnxRunner(cfg, labels)
 
 
-#: model.runtime -> runner constructor; None: declared in the config but not built yet. A native
-#: TensorRT runner plugs in here (``"tensorrt": _tensorrt_runner``).
-_RUNTIMES: dict[str, RunnerFactory | None] = {"onnxruntime": _onnxruntime_runner, "tensorrt": None}
+def _tensorrt_runner(cfg: ModelConfig, labels: Sequence[str] | None) -> ModelRunner:
+    from agent.model.tensorrt_runner import TensorRTRunner  # noqa: PLC0415 (TensorRT only when used)
+
+    return TensorRTRunner(cfg, labels)
+
+
+#: model.runtime -> runner constructor; None: declared in the config but not built yet.
+_RUNTIMES: dict[str, RunnerFactory | None] = {"onnxruntime": _onnxruntime_runner, "tensorrt": _tensorrt_runner}
 
 
 def runner_factory(runtime: str) -> RunnerFactory:
