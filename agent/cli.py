@@ -8,6 +8,7 @@ mismatched profile) to 78 (EX_CONFIG, which systemd does not restart), everythin
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import logging
 import sys
@@ -120,6 +121,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 # -- run --------------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
+    # The systemd watchdog kills a wedged agent with SIGABRT (WatchdogSignal= default): dump every
+    # thread's Python stack to stderr first, so the journal shows where it hung.
+    faulthandler.enable()
     cfg = _load(args)
     overrides = _config_overrides(args) or None
     daemon = Daemon(cfg, config_path=args.config, overrides=overrides, profile_out=args.profile_out)

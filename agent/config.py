@@ -2,19 +2,24 @@
 
 Values can be overridden from the environment: ``EDGE_GUARD_<SECTION>__<FIELD>``, e.g.
 ``EDGE_GUARD_MODEL__PATH=/opt/m.onnx`` or ``EDGE_GUARD_POLICY__ALPHA_FLAG=0.005``.
-Environment values win over the file.
+Environment values win over the file. Any other ``EDGE_GUARD_*`` variable (a misspelt section
+such as ``EDGE_GUARD_MODLE__PATH``) is a config error, except the few the project reads for
+other purposes (`OTHER_ENV_VARS`).
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from agent.configbase import StrictModel
@@ -27,14 +32,29 @@ from agent.sources.config import SourceConfig
 from agent.stats.config import StatsConfig
 
 __all__ = [
+    "ENV_PREFIX",
+    "OTHER_ENV_VARS",
     "GuardConfig",
     "HealthConfig",
     "PipelineConfig",
     "config_errors",
     "config_hash",
+    "env_errors",
     "json_schema",
     "load_config",
+    "yaml_error_message",
 ]
+
+#: Prefix of the environment overrides (``EDGE_GUARD_<SECTION>__<FIELD>``).
+ENV_PREFIX = "EDGE_GUARD_"
+#: ``EDGE_GUARD_*`` variables that are not config overrides, so `load_config` does not reject them.
+#: Keep this list in step with the code: ``grep -rn 'EDGE_GUARD_' agent tests benchmarks systemd``.
+OTHER_ENV_VARS: frozenset[str] = frozenset({
+    "EDGE_GUARD_TEST_DATA",  # tests and benchmarks: the shared test data folder (tests/conftest.py)
+    "EDGE_GUARD_CACHE_DIR",  # agent.gpu.nvrtc: kernel cache folder; set by the systemd unit
+    "EDGE_GUARD_KERNEL_DIR",  # agent.gpu.nvrtc: folder of the .cu kernel sources
+    "EDGE_GUARD_STATE_DIR",  # set by systemd/edge-guard@.service (per-camera state folder)
+})
 
 
 class PipelineConfig(StrictModel):
@@ -62,7 +82,7 @@ class GuardConfig(BaseSettings):
     """Top-level config of one edge-guard instance (one camera)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="EDGE_GUARD_",
+        env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
         extra="forbid",
         validate_assignment=True,
@@ -141,7 +161,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
+            raise ConfigError(yaml_error_message(p, exc)) from exc
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -151,14 +171,74 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         data = loaded
     if overrides:
         data = _deep_merge(data, overrides)
+    lines = env_errors(os.environ)
     try:
-        return GuardConfig(**data)
+        cfg = GuardConfig(**data)
     except ValidationError as exc:
-        where = f" in {path}" if path is not None else ""
-        lines = config_errors(exc)
-        raise ConfigError(
-            f"{len(lines)} config error(s){where}:\n" + "\n".join(f"  - {ln}" for ln in lines)
-        ) from exc
+        lines += config_errors(exc)
+        raise ConfigError(_error_report(path, lines)) from exc
+    if lines:
+        raise ConfigError(_error_report(path, lines))
+    return cfg
+
+
+def _error_report(path: str | Path | None, lines: list[str]) -> str:
+    where = f" in {path}" if path is not None else ""
+    return f"{len(lines)} config error(s){where}:\n" + "\n".join(f"  - {ln}" for ln in lines)
+
+
+def yaml_error_message(path: Path, exc: yaml.YAMLError) -> str:
+    """``<path> is not valid YAML at line L, column C: <problem>`` with the offending line.
+
+    PyYAML names a parsed string ``<unicode string>``; this names the file instead.
+    """
+    mark = getattr(exc, "problem_mark", None)
+    if not isinstance(exc, yaml.MarkedYAMLError) or mark is None:
+        return f"{path} is not valid YAML: {exc}"
+    msg = f"{path} is not valid YAML at line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+    ctx = exc.context_mark
+    if exc.context and ctx is not None:
+        msg += f" ({exc.context} at line {ctx.line + 1}, column {ctx.column + 1})"
+    snippet = mark.get_snippet()
+    return f"{msg}\n{snippet}" if snippet else msg
+
+
+def env_errors(environ: Mapping[str, str]) -> list[str]:
+    """One line per ``EDGE_GUARD_*`` variable that is neither an override nor in `OTHER_ENV_VARS`.
+
+    pydantic-settings only looks up the variables of known fields, so a misspelt section
+    (``EDGE_GUARD_MODLE__PATH``) or top-level field would be silently ignored.
+    Unknown fields *inside* a section (``EDGE_GUARD_POLICY__ALFA``) are reported by the
+    section's own validation (``policy.alfa: unknown key``).
+    """
+    fields = GuardConfig.model_fields
+    sections = sorted(name for name, f in fields.items() if _is_section(f.annotation))
+    out: list[str] = []
+    for var in sorted(environ):
+        upper = var.upper()  # overrides are case-insensitive, like pydantic-settings' lookup
+        if not upper.startswith(ENV_PREFIX) or upper in OTHER_ENV_VARS:
+            continue
+        head, nested, rest = upper[len(ENV_PREFIX):].partition("__")
+        name = head.lower()
+        if name in fields and (not nested or name in sections):
+            continue
+        if name in fields:  # EDGE_GUARD_CAMERA_ID__X: a plain value has no fields
+            out.append(f"{var}: unknown environment variable ({name} is a value, not a section; "
+                       f"set {ENV_PREFIX}{head}=... instead)")
+            continue
+        guess = difflib.get_close_matches(name, sections if nested else list(fields), n=1)
+        hint = f"; did you mean {ENV_PREFIX}{guess[0].upper()}{nested}{rest}?" if guess else ""
+        out.append(
+            f"{var}: unknown environment variable (not a config field; expected {ENV_PREFIX}<FIELD> or "
+            f"{ENV_PREFIX}<SECTION>__<FIELD> with a section from {', '.join(sections)}{hint})"
+        )
+    return out
+
+
+def _is_section(annotation: Any) -> bool:
+    """True when a top-level field is a model (or optional model) that takes ``__`` sub-fields."""
+    args = getattr(annotation, "__args__", None) or (annotation,)
+    return any(isinstance(a, type) and issubclass(a, BaseModel) for a in args)
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

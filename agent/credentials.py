@@ -16,6 +16,11 @@ Example::
     pw = read_secret("mqtt-password", cfg.password_file)   # ConfigError if neither exists
     client.username_pw_set(cfg.username, pw.reveal())
     key_path = find_credential("tls-key", cfg.tls.keyfile)  # paths for ssl.load_cert_chain
+
+Config sections that offer a pair of options, ``<x>_file`` (a path) and ``<x>_credential`` (a
+systemd credential name), at most one of them set (the MQTT password, TLS key and command key),
+use `read_configured_secret` / `configured_secret_path`: the option that is set is the only
+place looked at, so the config says exactly where the secret comes from.
 """
 
 from __future__ import annotations
@@ -36,8 +41,10 @@ __all__ = [
     "MQTT_PASSWORD",
     "TLS_KEY",
     "Secret",
+    "configured_secret_path",
     "credentials_dir",
     "find_credential",
+    "read_configured_secret",
     "read_secret",
 ]
 
@@ -51,7 +58,7 @@ CMD_HMAC_KEY = "cmd-hmac-key"
 #: A larger file is not a password or key; refuse it rather than keep it in memory.
 MAX_SECRET_BYTES = 64 * 1024
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,255}$")
 
 
 class Secret:
@@ -164,16 +171,74 @@ def read_secret(
     ``$CREDENTIALS_DIRECTORY`` gets a warning (path and mode only).
     """
     path = find_credential(name, file, env=env)
+    return _read_path(name, f"credential {name!r}", path, strip_newline=strip_newline, env=env)
+
+
+def configured_secret_path(
+    file: str | Path | None,
+    credential: str | None,
+    *,
+    what: str,
+    env: Mapping[str, str] | None = None,
+) -> Path | None:
+    """Where a config's ``<x>_file`` / ``<x>_credential`` pair points; None when neither is set.
+
+    ``credential`` means ``$CREDENTIALS_DIRECTORY/<credential>`` and nothing else: a ConfigError
+    says so when the variable is not set or the file is missing. ``file`` is returned as given
+    (the caller reports a missing file in its own terms). ``what`` names the secret in messages
+    (e.g. ``"MQTT password"``). The config's validators allow at most one of the two.
+    """
+    if credential is None:
+        return None if file is None else Path(file)
+    _check_name(credential)
+    cred_dir = credentials_dir(env)
+    if cred_dir is None:
+        raise ConfigError(
+            f"the {what} is configured as credential {credential!r} but $CREDENTIALS_DIRECTORY is not set: "
+            f"run under systemd with LoadCredential={credential}:/path/to/secret, or use the *_file option instead"
+        )
+    path = cred_dir / credential
+    if not path.is_file():
+        raise ConfigError(
+            f"the {what} credential {credential!r} not found: expected a file {path} "
+            f"(check LoadCredential={credential}:... in the unit)"
+        )
+    return path
+
+
+def read_configured_secret(
+    file: str | Path | None,
+    credential: str | None,
+    *,
+    what: str,
+    strip_newline: bool = True,
+    env: Mapping[str, str] | None = None,
+) -> Secret | None:
+    """Read the secret a ``<x>_file`` / ``<x>_credential`` pair points to; None when neither is set.
+
+    Where it looks: `configured_secret_path`; how it reads (newline, size, mode checks): `read_secret`.
+    """
+    path = configured_secret_path(file, credential, what=what, env=env)
+    if path is None:
+        return None
+    if credential is None and not path.is_file():
+        raise ConfigError(f"the {what} file {path} does not exist (or is not a file); check the *_file option")
+    name = credential if credential is not None else what
+    return _read_path(name, f"the {what}", path, strip_newline=strip_newline, env=env)
+
+
+def _read_path(
+    name: str, label: str, path: Path, *, strip_newline: bool, env: Mapping[str, str] | None
+) -> Secret:
+    """Read and check the secret at ``path``; ``label`` names it in messages, never the value."""
     try:
         st = path.stat()
         if st.st_size > MAX_SECRET_BYTES:
-            raise ConfigError(
-                f"credential {name!r} at {path} must be at most {MAX_SECRET_BYTES} bytes, but it has {st.st_size}"
-            )
+            raise ConfigError(f"{label} at {path} must be at most {MAX_SECRET_BYTES} bytes, but it has {st.st_size}")
         value = path.read_bytes()
     except OSError as exc:
         raise ConfigError(
-            f"cannot read credential {name!r} at {path}: {exc.strerror or type(exc).__name__}; "
+            f"cannot read {label} at {path}: {exc.strerror or type(exc).__name__}; "
             "check the file's owner and mode (the service user must be able to read it)"
         ) from None
     if strip_newline:
@@ -182,13 +247,13 @@ def read_secret(
         elif value.endswith(b"\n"):
             value = value[:-1]
     if not value:
-        raise ConfigError(f"credential {name!r} at {path} is empty; write the secret into the file")
+        raise ConfigError(f"{label} at {path} is empty; write the secret into the file")
     cred_dir = credentials_dir(env)
     in_cred_dir = cred_dir is not None and path.parent == cred_dir
     if not in_cred_dir and stat.S_IMODE(st.st_mode) & 0o077:
         logger.warning(
-            "credential %r at %s has mode %o: readable by group/others; use chmod 600",
-            name, path, stat.S_IMODE(st.st_mode),
+            "%s at %s has mode %o: readable by group/others; use chmod 600",
+            label, path, stat.S_IMODE(st.st_mode),
         )
-    logger.info("credential %r loaded from %s (%d bytes)", name, path, len(value))
+    logger.info("%s loaded from %s (%d bytes)", label, path, len(value))
     return Secret(name, value, str(path))

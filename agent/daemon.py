@@ -131,15 +131,18 @@ class Daemon:
         logger.info("statistics backend: %s, grid %s", self.stats.name, list(self.stats.grid))
 
     def init_model(self) -> None:
-        self.model = load_model(self.cfg.model)
+        # Loading and the first inference can both take long (ONNX Runtime's TensorRT provider may
+        # build its engine when the session is created, a native runner on the first run): keep
+        # systemd's start timeout extended through both, and only report READY after them.
+        self.notifier.status("loading model")
+        with self.notifier.extending(120.0):
+            self.model = load_model(self.cfg.model)
+            if self.model is not None:
+                self.notifier.status("warming up model")
+                self.model.warmup()
         if self.model is None:
             logger.info("model disabled: statistics-only guard")
         else:
-            # The first inference can take long (TensorRT engine build): keep systemd's start
-            # timeout extended while it runs, and only report READY after it.
-            self.notifier.status("warming up model")
-            with self.notifier.extending(120.0):
-                self.model.warmup()
             logger.info("model %s (sha256 %s…) on %s, warmed up",
                         self.model.info.path, self.model.info.sha256[:12], self.model.info.provider)
         assert self.stats is not None

@@ -31,6 +31,7 @@ from typing import TextIO
 from agent import exitcodes
 from agent.config import GuardConfig, load_config
 from agent.credentials import CMD_HMAC_KEY, MQTT_PASSWORD, TLS_KEY
+from agent.datafiles import data_dir
 from agent.errors import ConfigError
 
 __all__ = [
@@ -67,9 +68,10 @@ class InstallPlan:
 
 
 def find_units_dir(explicit: Path | None = None) -> Path:
-    """The folder holding ``edge-guard@.service``: ``explicit``, the source checkout, or ./systemd."""
+    """The folder holding ``edge-guard@.service``: ``explicit``, the package's copy (wheel) or the
+    source checkout (`agent.datafiles.data_dir`), or ./systemd."""
     candidates = [explicit] if explicit is not None else [
-        Path(__file__).resolve().parent.parent / "systemd",
+        data_dir("systemd"),
         Path.cwd() / "systemd",
     ]
     for cand in candidates:

@@ -7,6 +7,11 @@
 * **worker** (``eg-worker``): stats -> model (one batched call per ``batch_size`` frames) ->
   calibrator or guard -> every sink.
 
+After a live camera reconnects (its ``reconnects`` counter moved during a ``read()``), the
+frames that follow carry a new *connection epoch*; the worker resets the statistics backend's
+previous frame for the camera before the first of them, so ``diff_prev`` never compares a
+frame with one from before the gap (it is NaN for that frame, as for the very first one).
+
 Each thread runs inside `_guarded`, which puts ``(name, exception or None)`` on the error
 queue in ``finally``: the supervisor learns of every thread's end at once and never waits on a
 thread that died silently.
@@ -31,7 +36,7 @@ __all__ = ["ErrorQueue", "Item", "Workers"]
 
 logger = logging.getLogger(__name__)
 
-Item = tuple[Frame, float]  # frame, time.monotonic() when queued
+Item = tuple[Frame, float, int]  # frame, time.monotonic() when queued, source connection epoch
 ErrorQueue = queue.Queue[tuple[str, BaseException | None]]
 
 _WAIT_S = 0.25
@@ -69,6 +74,7 @@ class Workers:
         self.first_done = threading.Event()
         self._stop_reading = threading.Event()
         self._corrupt_logged = 0
+        self._epoch = 0  # the connection epoch of the last frame the worker measured
 
     def start(self) -> None:
         """Start both threads; the first frame gets a grace period from now."""
@@ -108,6 +114,7 @@ class Workers:
             self.errors.put((name, error))
 
     def _read_loop(self) -> None:
+        epoch, reconnects = 0, self.source.reconnects
         try:
             while not self._stop_reading.is_set():
                 t0 = time.perf_counter()
@@ -116,9 +123,11 @@ class Workers:
                     if not self._stop_reading.is_set():
                         logger.info("source ended after %d frames", self.agg.totals().frames_in)
                     return
+                if self.source.reconnects != reconnects:  # the camera was down during this read
+                    epoch, reconnects = epoch + 1, self.source.reconnects
                 self.latest = frame
                 self.agg.frame_in((time.perf_counter() - t0) * 1e3)
-                item = (frame, time.monotonic())
+                item = (frame, time.monotonic(), epoch)
                 if self.paced:
                     dropped = self.queue.put(item)
                     if dropped:
@@ -144,14 +153,28 @@ class Workers:
                 self.busy_since = None
 
     def _process(self, items: list[Item]) -> None:
+        # Split the batch where the connection epoch changes (rare): the backend's previous frame
+        # must be forgotten exactly before the first frame after a reconnect.
+        start = 0
+        for i, (frame, _, epoch) in enumerate(items):
+            if epoch != self._epoch:
+                if i > start:
+                    self._process_run(items[start:i])
+                start, self._epoch = i, epoch
+                self.measurer.stats.reset(frame.camera_id)
+                logger.info("camera reconnected: frame %d is not compared with the frame before the gap", frame.seq)
+        if start < len(items):
+            self._process_run(items[start:])
+
+    def _process_run(self, items: list[Item]) -> None:
         t_get = time.monotonic()
-        measured, bad = self.measurer.measure([f for f, _ in items])
+        measured, bad = self.measurer.measure([f for f, _, _ in items])
         for frame, exc in bad:
             self.agg.corrupt()
             self._corrupt_logged += 1
             if self._corrupt_logged <= 3 or self._corrupt_logged % 100 == 0:
                 logger.warning("frame %d rejected (%d so far): %s", frame.seq, self._corrupt_logged, exc)
-        queued = {id(f): q for f, q in items}
+        queued = {id(f): q for f, q, _ in items}
         for m in measured:
             m.latency_ms["queue"] = (t_get - queued[id(m.frame)]) * 1e3
             verdict = self.scorer.update(m)

@@ -27,36 +27,14 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from mosquitto import Mosquitto, mosquitto_available  # noqa: E402
 
-from agent.frame import Frame  # noqa: E402
-from agent.health import HealthSummary  # noqa: E402
-from agent.sinks.base import CameraState  # noqa: E402
+from agent.sinks.base import NullSink  # noqa: E402
 from agent.sinks.mqtt.config import MqttConfig  # noqa: E402
 from agent.sinks.mqtt.identity import AgentIdentity  # noqa: E402
 from agent.sinks.mqtt.loadgen import LoadGen  # noqa: E402
 from agent.sinks.mqtt.sink import MqttSink  # noqa: E402
 from agent.sinks.mqtt.spool import OutMessage  # noqa: E402
-from agent.verdict import Verdict  # noqa: E402
 
 __all__ = ["main"]
-
-
-class NullSink:
-    """Receives the same calls and does nothing: the baseline for the CPU measurement."""
-
-    def publish_verdict(self, verdict: Verdict, frame: Frame) -> None:
-        pass
-
-    def publish_health(self, summary: HealthSummary) -> None:
-        pass
-
-    def publish_camera_status(self, camera_id: str, state: CameraState, reason: str) -> None:
-        pass
-
-    def stats(self) -> dict[str, float]:
-        return {}
-
-    def close(self) -> None:
-        pass
 
 
 def make_sink(broker: Mosquitto, spool: Path, args: argparse.Namespace, cameras: list[str]) -> MqttSink:

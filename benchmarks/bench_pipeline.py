@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -41,6 +40,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from agent.datafiles import shared_test_data
 from agent.frame import Frame
 from agent.gpu.squeeze import Squeeze, infer_with_squeezers, parse_squeezers
 from agent.model.config import ModelConfig, PreprocessConfig
@@ -56,11 +56,6 @@ U8 = npt.NDArray[np.uint8]
 GUARD_TARGET = 0.05
 SQUEEZE_TARGET = 2.0
 SQUEEZENET_PRE = PreprocessConfig(size=(224, 224), mean=(104.0, 117.0, 123.0))
-
-
-def _data_root() -> Path:
-    env = os.environ.get("EDGE_GUARD_TEST_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _read_frames(path: Path, n: int) -> list[U8]:
@@ -101,7 +96,7 @@ def _model_config(args: argparse.Namespace, path: Path, batch: int, providers: l
 
 def _open_runner(args: argparse.Namespace, folder: Path, n_slots: int) -> tuple[ModelRunner, ModelConfig, str]:
     """The runner for the backend, its config, and a description."""
-    model_path = Path(args.model) if args.model else _data_root() / "models" / "squeezenet1.0_fp32_upcast.onnx"
+    model_path = Path(args.model) if args.model else shared_test_data() / "models" / "squeezenet1.0_fp32_upcast.onnx"
     if args.backend == "gpu":
         try:
             from agent.model.tensorrt_runner import TensorRTRunner  # noqa: PLC0415
@@ -132,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         if reason is not None:
             print(f"no GPU: {reason}; nothing to measure for --backend gpu")
             return 0
-    video = Path(args.video) if args.video else _data_root() / "videos" / "opencv_vtest.avi"
+    video = Path(args.video) if args.video else shared_test_data() / "videos" / "opencv_vtest.avi"
     frames = _read_frames(video, args.calib + args.frames)
     if len(frames) < args.calib + 20:
         print(f"need at least {args.calib + 20} frames from {video}, got {len(frames)}", file=sys.stderr)

@@ -13,7 +13,6 @@ Target (issue 2, item 12): the fast backend ≥3x faster than the composite at 1
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from agent.datafiles import shared_test_data
 from agent.stats.cpu import CpuStats
 from agent.stats.finish import tile_bounds
 from agent.stats.reference import reference_stats
@@ -40,8 +40,7 @@ _DEFAULT_PHOTO = "images/photos/ortex_kimono.jpg"
 def _source_image(path: Path | None) -> tuple[U8, str]:
     """The benchmark photo (BGR) and a description; a seeded synthetic scene when no data."""
     if path is None:
-        root = os.environ.get("EDGE_GUARD_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-        path = Path(root) / _DEFAULT_PHOTO
+        path = shared_test_data() / _DEFAULT_PHOTO
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is not None:
         return np.asarray(image, dtype=np.uint8), str(path)

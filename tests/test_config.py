@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from agent import REPO_ROOT
-from agent.config import GuardConfig, config_hash, json_schema, load_config
+from agent.config import OTHER_ENV_VARS, GuardConfig, config_hash, json_schema, load_config
 from agent.errors import ConfigError
 
 
@@ -94,6 +95,82 @@ def test_yaml_syntax_error_gives_the_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert "line 3" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "where", "line"),
+    [
+        ("policy:\n  alpha_flag: 0.1\n   bad_indent: 2\n", "line 3, column 14", "   bad_indent: 2"),
+        ("source:\n  uri: [a,\n", "line 3, column 1", None),  # unclosed flow sequence at the end
+        ("policy:\n\talpha_flag: 0.1\n", "line 2, column 1", "\talpha_flag: 0.1"),  # a tab
+    ],
+    ids=["indent", "unclosed", "tab"],
+)
+def test_yaml_syntax_error_names_the_file_not_a_string(
+    tmp_path: Path, yaml_text: str, where: str, line: str | None
+) -> None:
+    path = _write(tmp_path, yaml_text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path} is not valid YAML at {where}: "), message
+    assert "<unicode string>" not in message
+    if line is not None:
+        assert line in message  # the offending line is quoted
+
+
+@pytest.mark.parametrize(
+    ("variable", "expected"),
+    [
+        ("EDGE_GUARD_FOO", "EDGE_GUARD_FOO: unknown environment variable"),
+        ("EDGE_GUARD_MODLE__PATH", "did you mean EDGE_GUARD_MODEL__PATH?"),  # misspelt section
+        ("EDGE_GUARD_CAMERAID", "did you mean EDGE_GUARD_CAMERA_ID?"),  # misspelt top-level field
+        ("edge_guard_polcy__alpha_flag", "did you mean EDGE_GUARD_POLICY__ALPHA_FLAG?"),  # any case
+        ("EDGE_GUARD_CAMERA_ID__X", "camera_id is a value, not a section"),
+    ],
+)
+def test_unknown_edge_guard_variables_are_errors(monkeypatch: pytest.MonkeyPatch, variable: str, expected: str) -> None:
+    monkeypatch.setenv(variable, "1")
+    with pytest.raises(ConfigError) as info:
+        load_config(None)
+    message = str(info.value)
+    assert message.startswith("1 config error(s)") and f"  - {variable}: " in message
+    assert expected in message
+
+
+def test_env_errors_are_listed_with_file_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGE_GUARD_MODLE__PATH", "/m.onnx")
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, "policy:\n  alpha_flag: 2\n"))
+    message = str(info.value)
+    assert message.startswith("2 config error(s)")
+    assert "  - EDGE_GUARD_MODLE__PATH: " in message and "  - policy.alpha_flag: " in message
+
+
+@pytest.mark.parametrize("variable", sorted(OTHER_ENV_VARS))
+def test_variables_used_for_other_purposes_are_not_config_errors(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, "/somewhere")
+    monkeypatch.setenv("EDGE_GUARD_CAMERA_ID", "cam7")  # a real top-level override still applies
+    monkeypatch.setenv("EDGE_GUARD_MQTT__HOST", "broker")  # and a section override of an optional section
+    cfg = load_config(None)
+    assert cfg.camera_id == "cam7" and cfg.mqtt is not None and cfg.mqtt.host == "broker"
+
+
+def test_other_env_vars_list_covers_the_code(repo_root: Path) -> None:
+    # Every EDGE_GUARD_* name the code, units and scripts mention is either a config override
+    # (EDGE_GUARD_<SECTION>__<FIELD> or a top-level field) or on the allow-list: add new ones there.
+    files = [repo_root / "tests" / "conftest.py"]
+    for folder in ("agent", "benchmarks", "scripts", "systemd"):
+        files += [f for f in (repo_root / folder).rglob("*") if f.is_file() and f.suffix in {".py", ".service", ""}]
+    names: set[str] = set()
+    for f in files:
+        names |= set(re.findall(r"\bEDGE_GUARD_[A-Z0-9_]*[A-Z0-9]\b", f.read_text(errors="replace")))
+    fields = GuardConfig.model_fields
+    plain = {n for n in names if "__" not in n and n.removeprefix("EDGE_GUARD_").lower() not in fields}
+    assert "EDGE_GUARD_TEST_DATA" in names  # the scan sees the code
+    assert plain - OTHER_ENV_VARS == set()
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.credentials import MAX_SECRET_BYTES, Secret, credentials_dir, find_credential, read_secret
+from agent.credentials import (
+    MAX_SECRET_BYTES,
+    Secret,
+    configured_secret_path,
+    credentials_dir,
+    find_credential,
+    read_configured_secret,
+    read_secret,
+)
 from agent.errors import ConfigError
 
 PASSWORD = "hunter2-Ü"
@@ -140,3 +148,38 @@ def test_loose_permissions_warn_with_path_and_mode_only(tmp_path: Path, caplog: 
         read_secret("mqtt-password", f, env={})
     assert "mode 644" in caplog.text and str(f) in caplog.text
     assert PASSWORD not in caplog.text
+
+
+# -- a config's <x>_file / <x>_credential pair (the MQTT password, TLS key and command key) -------------
+def test_configured_pair_looks_only_where_the_config_says(cred_dir: Path, tmp_path: Path) -> None:
+    env = {"CREDENTIALS_DIRECTORY": str(cred_dir)}
+    f = tmp_path / "pw"
+    f.write_text("from-file\n")
+    os.chmod(f, 0o600)
+    assert read_configured_secret(None, None, what="MQTT password", env=env) is None
+    # the file option reads that file even though the unit loaded a credential of the usual name
+    from_file = read_configured_secret(f, None, what="MQTT password", env=env)
+    assert from_file is not None and from_file.reveal() == "from-file" and from_file.source == str(f)
+    from_cred = read_configured_secret(None, "mqtt-password", what="MQTT password", env=env)
+    assert from_cred is not None and from_cred.reveal() == PASSWORD
+    assert configured_secret_path(None, "mqtt-password", what="x", env=env) == cred_dir / "mqtt-password"
+    # a path option is returned as given: the caller says what is wrong with a missing PEM file
+    assert configured_secret_path(tmp_path / "key.pem", None, what="TLS client key", env=env) == tmp_path / "key.pem"
+
+
+@pytest.mark.parametrize(
+    ("file", "credential", "in_systemd", "match"),
+    [
+        (None, "tls-key", False, r"TLS client key is configured as credential 'tls-key' but \$CREDENTIALS_DIRECTORY"),
+        (None, "tls-key", True, r"TLS client key credential 'tls-key' not found: expected a file .*tls-key"),
+        ("missing.pem", None, False, r"TLS client key file .*missing.pem does not exist"),
+    ],
+    ids=["no-credentials-directory", "credential-missing", "file-missing"],
+)
+def test_configured_pair_errors_name_the_secret_and_the_place(
+    cred_dir: Path, file: str | None, credential: str | None, in_systemd: bool, match: str
+) -> None:
+    env = {"CREDENTIALS_DIRECTORY": str(cred_dir)} if in_systemd else {}
+    path = cred_dir.parent / file if file is not None else None
+    with pytest.raises(ConfigError, match=match):
+        read_configured_secret(path, credential, what="TLS client key", env=env)

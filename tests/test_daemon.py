@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import read_jsonl
 
 from agent.config import GuardConfig, load_config
 from agent.daemon import Daemon
@@ -62,10 +63,6 @@ def _run(daemon: Daemon, timeout_s: float = 60.0) -> int:
     return int(result["code"])
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
 class Recorder:
     """A real sink that keeps what it receives; ``on_verdict`` lets a test slow it or make it fail."""
 
@@ -105,14 +102,14 @@ def test_end_to_end_outputs(tmp_path: Path) -> None:
     assert rec.closed and len(rec.verdicts) == 140  # every guarded frame reaches every sink
 
     out = tmp_path / "out"
-    verdicts = _jsonl(out / "verdicts.jsonl")  # FLAG/BLOCK only (write_pass is off)
+    verdicts = read_jsonl(out / "verdicts.jsonl")  # FLAG/BLOCK only (write_pass is off)
     assert verdicts and all(v["decision"] in ("FLAG", "BLOCK") for v in verdicts)
     dark = [v for v in verdicts if v.get("fault") == "dark"]
     assert len(dark) >= 36, "the dark window (40 frames) must be caught"
     assert all(v["reasons"] and v["model_sha256"] and v["profile_id"] for v in verdicts)
     assert list((out / "frames").glob("t1_*.jpg")), "sampled risky frames are saved"
 
-    health = [HealthSummary.model_validate(h) for h in _jsonl(out / "health.jsonl")]
+    health = [HealthSummary.model_validate(h) for h in read_jsonl(out / "health.jsonl")]
     assert [h.seq for h in health] == list(range(len(health)))
     assert sum(h.frames_in for h in health) == 240
     assert sum(h.frames_processed for h in health) == 240
@@ -126,7 +123,7 @@ def test_end_to_end_outputs(tmp_path: Path) -> None:
     assert busy.stats["brightness"].p50 is not None and busy.confidence.p50 is not None
     assert sum(busy.class_counts.values()) == busy.frames_processed
 
-    status = _jsonl(out / "status.jsonl")
+    status = read_jsonl(out / "status.jsonl")
     assert status[0]["state"] == "online"
     assert (status[-1]["state"], status[-1]["reason"]) == ("offline", "source ended")
     assert rec.status == [(s["state"], s["reason"]) for s in status]
@@ -145,7 +142,7 @@ def test_drops_oldest_when_the_worker_is_slow(tmp_path: Path) -> None:
     assert p.frames_in == 300
     assert p.frames_dropped > 50
     assert p.frames_in == p.frames_processed + p.frames_dropped  # every frame accounted for
-    health = [HealthSummary.model_validate(h) for h in _jsonl(tmp_path / "out" / "health.jsonl")]
+    health = [HealthSummary.model_validate(h) for h in read_jsonl(tmp_path / "out" / "health.jsonl")]
     assert sum(h.frames_dropped for h in health) == p.frames_dropped
     seqs = [v.seq for v in rec.verdicts]
     assert seqs == sorted(seqs) and seqs[-1] == 299  # order kept, the newest frame is guarded
@@ -163,9 +160,9 @@ def test_worker_exception_exits_nonzero_and_flushes(tmp_path: Path, caplog: pyte
     assert "worker failed: sink exploded on purpose" in caplog.text
     assert "Traceback" in caplog.text  # logged with the stack, not swallowed
     assert rec.closed
-    status = _jsonl(tmp_path / "out" / "status.jsonl")
+    status = read_jsonl(tmp_path / "out" / "status.jsonl")
     assert status[-1]["state"] == "offline" and "sink exploded" in status[-1]["reason"]
-    health = _jsonl(tmp_path / "out" / "health.jsonl")
+    health = read_jsonl(tmp_path / "out" / "health.jsonl")
     assert health[-1]["errors"] == {"thread_crash": 1}
 
 
@@ -269,6 +266,10 @@ def test_ready_status_and_stopping_reach_systemd(tmp_path: Path) -> None:
     assert kinds.count("READY=1") == 1
     ready = kinds.index("READY=1")
     assert "STATUS=warming up model" in kinds[:ready]
+    # the start timeout is extended from model loading on (a TensorRT engine may build then)
+    loading = kinds.index("STATUS=loading model")
+    assert loading < kinds.index("STATUS=warming up model") < ready
+    assert any(k.startswith("EXTEND_TIMEOUT_USEC=") for k in kinds[loading:ready])
     assert kinds[-1] == "STOPPING=1"
     assert any(m.startswith("STATUS=fps=") or "STATUS=calibrating" in m for m in messages)
 
@@ -295,5 +296,5 @@ def test_failing_health_sink_exits_nonzero(tmp_path: Path, caplog: pytest.LogCap
     assert _run(daemon, timeout_s=30) == 1  # the first health tick (1 s) fails: exit 1, no hang
     assert "supervisor failed: health sink broke on purpose" in caplog.text
     assert rec.closed  # sinks are still closed (flushed)
-    status = _jsonl(tmp_path / "out" / "status.jsonl")
+    status = read_jsonl(tmp_path / "out" / "status.jsonl")
     assert status[-1]["state"] == "offline" and "health sink broke" in status[-1]["reason"]

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
+import resource
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import read_jsonl, wait_until
 
 from agent import REPO_ROOT
 from agent.health import HealthSummary
@@ -33,21 +34,6 @@ health:
 file_sink:
   dir: {out}
 """
-
-
-def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
-def _lines(path: Path) -> list[dict[str, object]]:
-    if not path.exists():
-        return []
-    return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
 class Agent:
@@ -73,8 +59,9 @@ class Agent:
         return self.log_path.read_text(encoding="utf-8")
 
     def wait_guarding(self) -> None:
-        _wait(lambda: ("online", "guarding") in [(s["state"], s["reason"]) for s in _lines(self.out / "status.jsonl")],
-              60, "the agent to guard")
+        status = self.out / "status.jsonl"
+        wait_until(lambda: ("online", "guarding") in [(s["state"], s["reason"]) for s in read_jsonl(status)],
+                   60, "the agent to guard")
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20) -> int:
         if self.proc.poll() is None:
@@ -102,9 +89,9 @@ def test_stop_signal_exits_zero_with_outputs_flushed(agent: Agent, sig: int) -> 
     t0 = time.monotonic()
     assert agent.stop(sig) == 0, agent.log
     assert time.monotonic() - t0 < 10
-    status = _lines(agent.out / "status.jsonl")
+    status = read_jsonl(agent.out / "status.jsonl")
     assert (status[-1]["state"], status[-1]["reason"]) == ("offline", "stopped")
-    health = [HealthSummary.model_validate(h) for h in _lines(agent.out / "health.jsonl")]
+    health = [HealthSummary.model_validate(h) for h in read_jsonl(agent.out / "health.jsonl")]
     assert health, "the final health summary is written on stop"
     assert sum(h.frames_in for h in health) == sum(h.frames_processed + h.frames_dropped for h in health)
     assert f"{signal.Signals(sig).name} received: stopping" in agent.log
@@ -118,17 +105,28 @@ def test_sighup_applies_live_fields_and_rejects_invalid_config(agent: Agent) -> 
     agent.config.write_text(text.replace("alpha_flag: 0.01", "alpha_flag: 0.02").replace("interval_s: 60.0",
                                                                                            "interval_s: 1.0"))
     agent.proc.send_signal(signal.SIGHUP)
-    _wait(lambda: "config reloaded" in agent.log, 10, "the reload")
+    wait_until(lambda: "config reloaded" in agent.log, 10, "the reload")
     assert "policy.alpha_flag=0.02" in agent.log and "applied health.interval_s=1.0" in agent.log
     assert "restart needed to apply source.uri" in agent.log
-    _wait(lambda: len(_lines(agent.out / "health.jsonl")) >= 2, 10, "health every second")
+    wait_until(lambda: len(read_jsonl(agent.out / "health.jsonl")) >= 2, 10, "health every second")
 
     # invalid: logged with the reason, the old config keeps running
     agent.config.write_text("policy:\n  alpha_flag: 7\n")
     agent.proc.send_signal(signal.SIGHUP)
-    _wait(lambda: "reload rejected" in agent.log, 10, "the rejection")
+    wait_until(lambda: "reload rejected" in agent.log, 10, "the rejection")
     assert "policy.alpha_flag: Input should be less than 1 (got 7)" in agent.log
-    seen = len(_lines(agent.out / "health.jsonl"))
-    _wait(lambda: len(_lines(agent.out / "health.jsonl")) > seen, 10, "the agent to keep running")
+    seen = len(read_jsonl(agent.out / "health.jsonl"))
+    wait_until(lambda: len(read_jsonl(agent.out / "health.jsonl")) > seen, 10, "the agent to keep running")
     assert agent.proc.poll() is None
     assert agent.stop() == 0
+
+
+def test_watchdog_abort_dumps_every_thread_stack(agent: Agent) -> None:
+    # systemd's watchdog kills a wedged agent with SIGABRT: faulthandler puts the stacks in the journal
+    agent.wait_guarding()
+    resource.prlimit(agent.proc.pid, resource.RLIMIT_CORE, (0, 0))  # no core file in the repository
+    assert agent.stop(signal.SIGABRT) == -signal.SIGABRT
+    log = agent.log
+    assert "Fatal Python error: Aborted" in log
+    assert log.count("(most recent call first)") >= 3  # main (supervisor), reader and worker threads
+    assert "agent/workers.py" in log and "agent/daemon.py" in log

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 import pytest
+from helpers import read_jsonl
 
 from agent.errors import ConfigError
 from agent.frame import Frame
@@ -41,10 +40,6 @@ def _verdict(frame: Frame, decision: Decision) -> Verdict:
     )
 
 
-def _lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
 def test_verdict_lines_skip_pass_and_are_strict_json(tmp_path: Path) -> None:
     sink = FileSink(FileSinkConfig(dir=tmp_path, frames_per_minute=0), "cam1",
                     ids=lambda: {"model_sha256": "abc", "profile_id": "p1", "config_hash": "c1"})
@@ -54,7 +49,7 @@ def test_verdict_lines_skip_pass_and_are_strict_json(tmp_path: Path) -> None:
     sink.close()
     text = (tmp_path / "verdicts.jsonl").read_text(encoding="utf-8")
     assert "NaN" not in text and "Infinity" not in text  # strict JSON for any consumer
-    lines = _lines(tmp_path / "verdicts.jsonl")
+    lines = read_jsonl(tmp_path / "verdicts.jsonl")
     assert [ln["decision"] for ln in lines] == ["FLAG", "BLOCK"]
     first = lines[0]
     assert first["seq"] == 1 and first["camera_id"] == "cam1" and first["label"] == "car"
@@ -75,10 +70,10 @@ def test_write_pass_keeps_every_verdict(tmp_path: Path) -> None:
         frame = _frame(seq)
         sink.publish_verdict(_verdict(frame, Decision.PASS), frame)
     sink.close()
-    assert [ln["seq"] for ln in _lines(tmp_path / "verdicts.jsonl")] == [0, 1, 2, 3, 4]
+    assert [ln["seq"] for ln in read_jsonl(tmp_path / "verdicts.jsonl")] == [0, 1, 2, 3, 4]
 
 
-def test_health_and_status_lines(tmp_path: Path) -> None:
+def test_health_and_statusread_jsonl(tmp_path: Path) -> None:
     sink = FileSink(FileSinkConfig(dir=tmp_path), "cam1")
     summary = HealthSummary(camera_id="cam1", seq=3, window_start_ts=1.0, window_end_ts=2.0, frames_in=10,
                             decisions={"PASS": 9, "FLAG": 1}, reasons={"blur": 1})
@@ -86,8 +81,8 @@ def test_health_and_status_lines(tmp_path: Path) -> None:
     sink.publish_camera_status("cam1", "degraded", "source down")
     sink.publish_camera_status("cam1", "online", "guarding")
     # flushed on every line: readable before close()
-    assert HealthSummary.model_validate(_lines(tmp_path / "health.jsonl")[0]) == summary
-    status = _lines(tmp_path / "status.jsonl")
+    assert HealthSummary.model_validate(read_jsonl(tmp_path / "health.jsonl")[0]) == summary
+    status = read_jsonl(tmp_path / "status.jsonl")
     assert [(s["state"], s["reason"]) for s in status] == [("degraded", "source down"), ("online", "guarding")]
     sink.close()
 

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +36,6 @@ pytestmark = [
 PREFIX = "edge-guard/v1"
 BASE = f"{PREFIX}/lab/n1"
 AGENT: dict[str, object] = {"will_delay_s": 1, "reconnect_max_s": 1.0}
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    with Mosquitto(tmp_path / "broker") as b:
-        yield b
 
 
 def make_sink(broker: Mosquitto, tmp_path: Path, node: str = "n1", **extra: Any) -> MqttSink:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,6 @@ pytestmark = [
 PREFIX = "edge-guard/v1"
 OUTAGE_S = 60.0
 AGENT: dict[str, object] = {"reconnect_min_s": 0.2, "reconnect_max_s": 2.0, "will_delay_s": 30}
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    with Mosquitto(tmp_path / "broker") as b:  # persistence on: the collector's session survives restarts
-        yield b
 
 
 def msg_id(m: Received) -> str:

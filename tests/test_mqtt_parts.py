@@ -17,17 +17,18 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from agent.credentials import read_configured_secret
 from agent.errors import ConfigError, ProfileError
 from agent.frame import Frame
 from agent.sinks.mqtt.commands import CommandProcessor, IncomingCommand, sign_request, verify_signature
 from agent.sinks.mqtt.config import CommandsConfig, EventsConfig, MqttConfig, TlsConfig
-from agent.sinks.mqtt.credentials import read_secret
 from agent.sinks.mqtt.episodes import EpisodeTracker
-from agent.sinks.mqtt.frames import DailyBudget, Reservoir, TokenBucket, encode_jpeg
+from agent.sinks.mqtt.frames import DailyBudget, Reservoir, encode_jpeg
 from agent.sinks.mqtt.loadgen import FakeTarget, synthetic
 from agent.sinks.mqtt.schemas import CommandRequest, SetThresholdsArgs
 from agent.sinks.mqtt.tail import FleetView
 from agent.sinks.mqtt.topics import Topics, acl_example
+from agent.tokenbucket import TokenBucket
 from agent.verdict import Decision
 
 DoesNotRaise = contextlib.nullcontext
@@ -264,22 +265,33 @@ def test_strict_request_schema() -> None:
 
 
 # -- credentials ---------------------------------------------------------------------------------------
+def _secret(file: Path | None, credential: str | None, what: str) -> bytes | None:
+    """The MQTT sink's ``*_file`` / ``*_credential`` pair, read the way the sink reads it."""
+    secret = read_configured_secret(file, credential, what=what)
+    return None if secret is None else secret.reveal_bytes()
+
+
 def test_secret_from_file_and_credential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     f = tmp_path / "pw"
     f.write_bytes(b"s3cret\n")
-    assert read_secret(f, None, "MQTT password") == b"s3cret"
-    assert read_secret(None, None, "x") is None
+    assert _secret(f, None, "MQTT password") == b"s3cret"
+    assert _secret(None, None, "x") is None
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     with pytest.raises(ConfigError, match="CREDENTIALS_DIRECTORY is not set"):
-        read_secret(None, "mqtt-password", "MQTT password")
+        _secret(None, "mqtt-password", "MQTT password")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
-    assert read_secret(None, "pw", "MQTT password") == b"s3cret"
+    assert _secret(None, "pw", "MQTT password") == b"s3cret"
     with pytest.raises(ConfigError, match="not found"):
-        read_secret(None, "nope", "MQTT password")
+        _secret(None, "nope", "MQTT password")
     (tmp_path / "empty").write_bytes(b"\n")
     with pytest.raises(ConfigError, match="empty") as exc:
-        read_secret(tmp_path / "empty", None, "MQTT password")
+        _secret(tmp_path / "empty", None, "MQTT password")
     assert "s3cret" not in str(exc.value)
+    # *_file means that file only: the unit's mqtt-password credential does not replace it
+    (tmp_path / "mqtt-password").write_bytes(b"other")
+    assert _secret(f, None, "MQTT password") == b"s3cret"
+    with pytest.raises(ConfigError, match=r"the MQTT password file .*missing does not exist"):
+        _secret(tmp_path / "missing", None, "MQTT password")
 
 
 # -- schemas -----------------------------------------------------------------------------------------

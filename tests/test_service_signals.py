@@ -14,7 +14,6 @@ No test hook is compiled into the agent. Its timeline is printed (``pytest -s``)
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 import signal
@@ -28,6 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers import read_jsonl, wait_until
 
 from agent import REPO_ROOT, exitcodes
 
@@ -189,7 +189,7 @@ class Agent:
         return self.log_path.read_text(encoding="utf-8")
 
     def wait_log(self, text: str, timeout_s: float, after: int = 0) -> None:
-        _wait(lambda: text in self.log[after:], timeout_s, f"{text!r} in the log:\n{self.log[-3000:]}")
+        wait_until(lambda: text in self.log[after:], timeout_s, f"{text!r} in the log:\n{self.log[-3000:]}")
 
     def timeline(self) -> list[tuple[float, str]]:
         """(seconds since start, message) for every datagram, plus the child's test markers."""
@@ -212,25 +212,10 @@ class Agent:
             self._log.close()
 
 
-def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
 def _group(pattern: str, text: str) -> str:
     match = re.search(pattern, text)
     assert match is not None, f"{pattern!r} not found in {text[-2000:]!r}"
     return match.group(1)
-
-
-def _jsonl(path: Path) -> list[dict[str, object]]:
-    if not path.exists():
-        return []
-    return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
 @pytest.fixture
@@ -259,7 +244,7 @@ def test_ready_watchdog_status_and_clean_stop(tmp_path: Path, agents: list[Agent
     assert "ready: the first frame went through the pipeline" in agent.log
 
     # WATCHDOG=1 every WATCHDOG_USEC/2 while frames flow; a STATUS line with fps and counts.
-    _wait(lambda: any("PASS=" in m for _, m in n.snapshot()), 12, "a STATUS line with PASS/FLAG/BLOCK")
+    wait_until(lambda: any("PASS=" in m for _, m in n.snapshot()), 12, "a STATUS line with PASS/FLAG/BLOCK")
     status = [m for _, m in n.snapshot() if "PASS=" in m][-1]
     assert re.search(r"STATUS=fps=\d+\.\d PASS=\d+ FLAG=\d+ BLOCK=\d+", status), status
     pings = n.times("WATCHDOG=1", since=ready_t)
@@ -274,9 +259,9 @@ def test_ready_watchdog_status_and_clean_stop(tmp_path: Path, agents: list[Agent
     assert agent.finish(signal.SIGTERM) == 0, agent.log
     assert time.monotonic() - t_term < 10
     assert n.times("STOPPING=1", since=t_term)
-    status_records = _jsonl(agent.out / "status.jsonl")
+    status_records = read_jsonl(agent.out / "status.jsonl")
     assert (status_records[-1]["state"], status_records[-1]["reason"]) == ("offline", "stopped")
-    assert _jsonl(agent.out / "health.jsonl"), "the final health summary is written on stop"
+    assert read_jsonl(agent.out / "health.jsonl"), "the final health summary is written on stop"
     assert "Traceback" not in agent.log
 
 
@@ -348,7 +333,7 @@ def test_stalled_inference_stops_watchdog_pings(tmp_path: Path, agents: list[Age
     pings_after = [t for t in n.times("WATCHDOG=1") if t > stall_t]
     alive_while_stalled = agent.proc.poll() is None
     agent.wait_log("watchdog: not pinging systemd: worker_stuck", 5)
-    status_records = _jsonl(agent.out / "status.jsonl")
+    status_records = read_jsonl(agent.out / "status.jsonl")
 
     # SIGTERM while stuck: the drain gives up after stall_after_s, the process still exits.
     t_term = time.monotonic()

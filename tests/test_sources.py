@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from helpers import wait_until
+from mosquitto import free_port  # nothing listens there once it returns: connections are refused
 
 from agent.errors import SourceError
 from agent.frame import Frame
@@ -262,24 +261,8 @@ def test_backoff_rejects_bad_parameters(kwargs: dict[str, float], match: str) ->
 # -- live sources -------------------------------------------------------------------------------------------------
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port  # nothing listens there now: connections are refused
-
-
 def _state(source: Source) -> SourceState:
     return source.state  # a call, so that mypy does not narrow the property across statements
-
-
-def _wait(cond: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
 
 
 class _Reader:
@@ -313,7 +296,7 @@ def _tiny_backoff(uri: str) -> SourceConfig:
 @pytest.mark.parametrize(
     "uri",
     [
-        pytest.param(f"rtsp://127.0.0.1:{_closed_port()}/stream", id="rtsp-refused"),
+        pytest.param(f"rtsp://127.0.0.1:{free_port()}/stream", id="rtsp-refused"),
         pytest.param("97", id="missing-device"),
     ],
 )
@@ -322,7 +305,7 @@ def test_failing_live_source_goes_down_retries_and_stops_promptly(uri: str) -> N
     assert isinstance(source, OpenCVSource)
     assert source.live and source.state == "connecting"
     reader = _Reader(source)
-    assert _wait(lambda: source.state == "down" and source.reconnects >= 3)
+    wait_until(lambda: source.state == "down" and source.reconnects >= 3, what="3 reconnection attempts")
     assert not reader.returned_none.is_set()  # a live failure is not the end of the stream
     t0 = time.monotonic()
     source.close()
@@ -333,36 +316,14 @@ def test_failing_live_source_goes_down_retries_and_stops_promptly(uri: str) -> N
 
 
 def test_close_interrupts_a_long_backoff() -> None:
-    cfg = SourceConfig(uri=f"rtsp://127.0.0.1:{_closed_port()}/x", reconnect=ReconnectConfig(initial_s=30, max_s=60))
+    cfg = SourceConfig(uri=f"rtsp://127.0.0.1:{free_port()}/x", reconnect=ReconnectConfig(initial_s=30, max_s=60))
     source = open_source(cfg, "cam")
     reader = _Reader(source)
-    assert _wait(lambda: source.state == "down")
+    wait_until(lambda: source.state == "down", what="the source to go down")
     time.sleep(0.05)  # now inside the 30 s back-off sleep
     t0 = time.monotonic()
     source.close()
     assert reader.join(1.0) and time.monotonic() - t0 < 1.0
-
-
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture()
-def late_http_server(videos: Path) -> Iterator[tuple[int, Callable[[], None]]]:
-    """A port where nothing listens yet, and a function that starts a real HTTP file server on it."""
-    port = _closed_port()
-    servers: list[ThreadingHTTPServer] = []
-
-    def start() -> None:
-        server = ThreadingHTTPServer(("127.0.0.1", port), functools.partial(_QuietHandler, directory=str(videos)))
-        servers.append(server)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-
-    yield port, start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.mark.integration
@@ -372,7 +333,7 @@ def test_live_stream_recovers_and_keeps_seq(late_http_server: tuple[int, Callabl
     port, start = late_http_server
     source = open_source(_tiny_backoff(f"http://127.0.0.1:{port}/opencv_tree.avi"), "cam-http")
     reader = _Reader(source, limit=160)
-    assert _wait(lambda: source.state == "down" and source.reconnects >= 2)
+    wait_until(lambda: source.state == "down" and source.reconnects >= 2, what="2 refused connections")
     refused = source.reconnects
     start()
     assert reader.join(20.0)

@@ -17,14 +17,15 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from agent.datafiles import data_dir
 from agent.errors import BackendUnavailable
+from agent.fsutil import write_atomic
 
 __all__ = [
     "CACHE_ENV",
@@ -44,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 #: Environment variable naming the cache folder (kernels go to its ``kernels/`` subfolder).
 CACHE_ENV = "EDGE_GUARD_CACHE_DIR"
-#: Environment variable naming the folder that holds the ``.cu`` files (default: <repo>/kernels).
+#: Environment variable naming the folder that holds the ``.cu`` files (default: `kernel_dir`).
 KERNEL_DIR_ENV = "EDGE_GUARD_KERNEL_DIR"
 
 NVRTC_HINT = (
@@ -61,9 +62,10 @@ class KernelCompileError(BackendUnavailable):
 
 
 def kernel_dir() -> Path:
-    """Folder of the ``.cu`` files: $EDGE_GUARD_KERNEL_DIR, else ``kernels/`` at the repository root."""
+    """Folder of the ``.cu`` files: $EDGE_GUARD_KERNEL_DIR, else the package's copy (wheel) or
+    ``kernels/`` at the repository root (`agent.datafiles.data_dir`)."""
     env = os.environ.get(KERNEL_DIR_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "kernels"
+    return Path(env) if env else data_dir("kernels")
 
 
 def cache_dir() -> Path:
@@ -190,18 +192,6 @@ def cache_key(source: KernelSource, target: str, options: Iterable[str], version
     return h.hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _run_nvrtc(source: KernelSource, options: list[str], kind: Kind) -> tuple[bytes, str]:
     nvrtc = _nvrtc()
     names = [name.encode() for name, _ in source.headers]
@@ -265,7 +255,7 @@ def compile_kernel(
     logger.info("compiled %s for %s with NVRTC %d.%d (%d bytes)", source.name, target, *version, len(image))
     if path is not None:
         try:
-            _write_atomic(path, image)
+            write_atomic(path, image)
         except OSError as exc:
             logger.warning("cannot write kernel cache %s (%s); next start compiles again", path, exc)
             path = None

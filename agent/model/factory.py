@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-import agent
+from agent.datafiles import data_dir
 from agent.errors import BackendUnavailable, ModelError
 from agent.model.config import ModelConfig, PreprocessConfig
 from agent.model.types import ModelRunner
@@ -32,9 +32,10 @@ __all__ = [
     "runner_factory",
 ]
 
-#: The embedded reference model and its sidecar (preprocessing, labels, provenance).
-REFERENCE_MODEL: Path = agent.REPO_ROOT / "models" / "reference_cnn.onnx"
-REFERENCE_SIDECAR: Path = agent.REPO_ROOT / "models" / "reference_cnn.json"
+#: The embedded reference model and its sidecar (preprocessing, labels, provenance): models/ in
+#: the repository, or the copy a wheel carries (agent.datafiles).
+REFERENCE_MODEL: Path = data_dir("models") / "reference_cnn.onnx"
+REFERENCE_SIDECAR: Path = data_dir("models") / "reference_cnn.json"
 
 RunnerFactory = Callable[[ModelConfig, Sequence[str] | None], ModelRunner]
 

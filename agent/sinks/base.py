@@ -8,7 +8,7 @@ from agent.frame import Frame
 from agent.health import HealthSummary
 from agent.verdict import Verdict
 
-__all__ = ["CameraState", "Sink"]
+__all__ = ["CameraState", "NullSink", "Sink"]
 
 CameraState = Literal["online", "degraded", "offline"]
 
@@ -36,3 +36,23 @@ class Sink(Protocol):
     def close(self) -> None:
         """Flush and release resources (called once on shutdown)."""
         ...
+
+
+class NullSink:
+    """A `Sink` that receives every call and does nothing: a baseline for benchmarks, and a base
+    for sinks that only care about some calls (override those)."""
+
+    def publish_verdict(self, verdict: Verdict, frame: Frame) -> None:
+        pass
+
+    def publish_health(self, summary: HealthSummary) -> None:
+        pass
+
+    def publish_camera_status(self, camera_id: str, state: CameraState, reason: str) -> None:
+        pass
+
+    def stats(self) -> dict[str, float]:
+        return {}
+
+    def close(self) -> None:
+        pass

@@ -20,7 +20,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import threading
 import time
 from collections import Counter
@@ -33,6 +32,7 @@ import numpy as np
 
 from agent.errors import ConfigError
 from agent.frame import Frame
+from agent.fsutil import write_atomic
 from agent.health import HealthSummary
 from agent.sinks.base import CameraState
 from agent.sinks.config import FileSinkConfig
@@ -169,11 +169,8 @@ class FileSink:
             logger.warning("JPEG encoding of frame %d failed; not saved (counted)", frame.seq)
             return
         name = f"{frame.camera_id}_{frame.seq:08d}_{verdict.decision}.jpg"
-        path = self.frames_dir / name
-        tmp = path.with_suffix(".jpg.tmp")
         try:
-            tmp.write_bytes(buf.tobytes())
-            os.replace(tmp, path)  # readers never see half a JPEG
+            write_atomic(self.frames_dir / name, buf.tobytes())  # readers never see half a JPEG
         except OSError as exc:
             with self._lock:
                 self._failed(name, exc)

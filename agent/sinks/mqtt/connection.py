@@ -25,8 +25,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.credentials import configured_secret_path
 from agent.sinks.mqtt.config import MqttConfig
-from agent.sinks.mqtt.credentials import secret_path
 from agent.sinks.mqtt.spool import Spool, SpoolRow
 
 __all__ = ["Connection", "Will"]
@@ -190,7 +190,7 @@ class Connection:
         if cfg.username is not None:
             client.username_pw_set(cfg.username, self._password)
         if cfg.tls is not None:
-            key = secret_path(cfg.tls.key_file, cfg.tls.key_credential)
+            key = configured_secret_path(cfg.tls.key_file, cfg.tls.key_credential, what="TLS client key")
             client.tls_set(
                 ca_certs=str(cfg.tls.ca_file),
                 certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,

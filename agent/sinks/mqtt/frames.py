@@ -1,5 +1,5 @@
-"""Sampled frames: JPEG under a byte cap, a per-camera token bucket, a daily byte budget and an
-hourly reservoir of clean reference frames."""
+"""Sampled frames: JPEG under a byte cap, a daily byte budget and an hourly reservoir of clean
+reference frames (the per-camera rate limit is `agent.tokenbucket.TokenBucket`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy.typing as npt
 from agent.errors import PublishError
 from agent.frame import Frame
 
-__all__ = ["DailyBudget", "EncodedJpeg", "Reservoir", "TokenBucket", "encode_jpeg"]
+__all__ = ["DailyBudget", "EncodedJpeg", "Reservoir", "encode_jpeg"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,26 +55,6 @@ def encode_jpeg(
             q = max(min_quality, q - 10)
         scale *= max(0.25, min(0.9, math.sqrt(max_bytes / last) * 0.9))
     raise PublishError(f"could not encode a frame under {max_bytes} bytes (last try {last} bytes)")
-
-
-class TokenBucket:
-    """``rate_per_s`` tokens per second, at most ``burst`` stored; ``take()`` spends one."""
-
-    def __init__(self, rate_per_s: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate_per_s
-        self.burst = float(burst)
-        self._clock = clock
-        self._tokens = float(burst)
-        self._t = clock()
-
-    def take(self) -> bool:
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._t) * self.rate)
-        self._t = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
 
 
 class DailyBudget:

@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from agent.credentials import configured_secret_path, read_configured_secret
 from agent.errors import ConfigError, PublishError
 from agent.frame import Frame
 from agent.health import HealthSummary
@@ -29,13 +30,13 @@ from agent.sinks.mqtt import messages as m
 from agent.sinks.mqtt.commands import CommandProcessor, CommandTarget, IncomingCommand
 from agent.sinks.mqtt.config import MqttConfig
 from agent.sinks.mqtt.connection import Connection, Will
-from agent.sinks.mqtt.credentials import read_secret, secret_path
 from agent.sinks.mqtt.episodes import EpisodeTracker, Transition
-from agent.sinks.mqtt.frames import DailyBudget, Reservoir, TokenBucket, encode_jpeg
+from agent.sinks.mqtt.frames import DailyBudget, Reservoir, encode_jpeg
 from agent.sinks.mqtt.identity import AgentIdentity
 from agent.sinks.mqtt.schemas import CommandResponse, NodeStatusMessage
 from agent.sinks.mqtt.spool import OutMessage, Spool
 from agent.sinks.mqtt.topics import Topics
+from agent.tokenbucket import TokenBucket
 from agent.verdict import Decision, Verdict
 
 __all__ = ["MqttSink", "default_spool_path"]
@@ -72,12 +73,18 @@ class MqttSink:
         self.topics = Topics(config.prefix, identity.site, node)
         for cam in identity.cameras:
             self.topics.health(cam)  # validates camera ids as topic levels (ConfigError)
-        raw_pw = read_secret(config.password_file, config.password_credential, "MQTT password")
-        try:
-            password = raw_pw.decode("utf-8") if raw_pw is not None else None
-        except UnicodeDecodeError:
-            raise ConfigError("the MQTT password must be UTF-8 text (MQTT sends it as a string)") from None
-        key = read_secret(config.commands.hmac_key_file, config.commands.hmac_key_credential, "command signing key")
+        pw = read_configured_secret(config.password_file, config.password_credential, what="MQTT password")
+        password: str | None = None
+        if pw is not None:
+            try:
+                password = pw.reveal()
+            except ConfigError:
+                raise ConfigError(
+                    f"the MQTT password in {pw.source} must be UTF-8 text (MQTT sends it as a string)"
+                ) from None
+        key = read_configured_secret(
+            config.commands.hmac_key_file, config.commands.hmac_key_credential, what="command signing key"
+        )
         self._check_tls_files()
         self.spool = Spool(config.spool.path or default_spool_path(identity.site, node), config.spool)
         self._lock = threading.RLock()
@@ -96,7 +103,8 @@ class MqttSink:
         self._listeners: list[Callable[[OutMessage], None]] = []
         self._target: CommandTarget | None = None
         self._processor = CommandProcessor(
-            config.commands, key, snapshot_interval_s=config.frames.snapshot_min_interval_s
+            config.commands, key.reveal_bytes() if key is not None else None,
+            snapshot_interval_s=config.frames.snapshot_min_interval_s,
         )
         self._cmd_bucket = TokenBucket(config.commands.rate_per_s, config.commands.burst)
         self._cmd_queue: queue.Queue[IncomingCommand | None] = queue.Queue(config.commands.queue_size)
@@ -123,7 +131,7 @@ class MqttSink:
         if tls is None:
             return
         for what, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file),
-                           ("key", secret_path(tls.key_file, tls.key_credential))):
+                           ("key", configured_secret_path(tls.key_file, tls.key_credential, what="TLS client key"))):
             if path is not None and not Path(path).is_file():
                 raise ConfigError(f"mqtt.tls.{what}: expected a readable PEM file, but {path} does not exist")
 

@@ -1,0 +1,30 @@
+"""Small helpers shared by the tests: wait for a condition, read a JSON-lines output file."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["read_jsonl", "wait_until"]
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0, what: str = "the condition") -> None:
+    """Poll ``predicate`` until it is true; AssertionError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    if predicate():
+        return
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file, one per non-blank line ([] when it does not exist yet)."""
+    if not path.exists():
+        return []
+    return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]

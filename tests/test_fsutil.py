@@ -1,0 +1,40 @@
+"""write_atomic: whole files only, the umask respected, nothing left behind on failure."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from agent.fsutil import write_atomic
+
+
+def test_writes_replaces_and_creates_the_folder(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "f.bin"
+    write_atomic(target, b"one")
+    assert target.read_bytes() == b"one"
+    write_atomic(target, b"two" * 1000, fsync=True)
+    assert target.read_bytes() == b"two" * 1000
+    assert sorted(p.name for p in target.parent.iterdir()) == ["f.bin"]  # no temporary file left
+
+
+def test_mode_follows_the_umask_unless_given(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        write_atomic(tmp_path / "default", b"x")
+        write_atomic(tmp_path / "explicit", b"x", mode=0o600)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "default").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "explicit").stat().st_mode) == 0o600
+
+
+def test_a_failed_write_keeps_the_old_file_and_cleans_up(tmp_path: Path) -> None:
+    target = tmp_path / "f.json"
+    write_atomic(target, b"old")
+    with pytest.raises(TypeError):
+        write_atomic(target, "not bytes")  # type: ignore[arg-type]
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
