@@ -65,6 +65,11 @@ class HealthSummary(BaseModel):
     model_sha256: str | None = None
     profile_id: str | None = None
     config_hash: str | None = None
+    gpu: dict[str, float] | None = Field(
+        None,
+        description="GPU health (utilization %, memory used/total MiB, temperature C, clocks MHz) from NVML; "
+        "null when no NVIDIA driver/NVML is available.",
+    )
     publisher: dict[str, float] = Field(
         default_factory=dict, description="Publisher backlog: queued messages/bytes, oldest age, drops."
     )

@@ -182,6 +182,7 @@ class HealthAggregator:
         phase: str = "guarding",
         errors: Mapping[str, int] | None = None,
         uptime_s: float = 0.0,
+        gpu: Mapping[str, float] | None = None,
     ) -> HealthSummary:
         """Close the current window, return its summary and start the next window."""
         now_ts, now_mono = time.time(), time.monotonic()
@@ -221,6 +222,7 @@ class HealthAggregator:
             publisher=dict(publisher or {}),
             phase=phase,
             uptime_s=uptime_s,
+            gpu=dict(gpu) if gpu is not None else None,
         )
 
 

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+from agent.gpu.nvml import gpu_health
 from agent.health import HealthSummary
 from agent.healthagg import HealthAggregator
 from agent.sinks.base import CameraState, Sink
@@ -77,7 +78,7 @@ class Reporter:
             source_state=source_state, source_reconnects=reconnects, backend=backend,
             model_sha256=now_ids.get("model_sha256"), profile_id=now_ids.get("profile_id"),
             config_hash=now_ids.get("config_hash"), publisher=publisher, phase=phase,
-            uptime_s=time.monotonic() - self._start_mono,
+            uptime_s=time.monotonic() - self._start_mono, gpu=gpu_health(),
         )
         decisions = " ".join(f"{k}={v}" for k, v in sorted(summary.decisions.items())) or summary.phase
         logger.info("health #%d: fps=%.1f in=%d processed=%d dropped=%d %s", summary.seq, summary.fps,

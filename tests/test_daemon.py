@@ -17,6 +17,7 @@ from agent.config import GuardConfig, load_config
 from agent.daemon import Daemon
 from agent.errors import ConfigError, ProfileError
 from agent.frame import Frame
+from agent.gpu.nvml import gpu_health
 from agent.health import HealthSummary
 from agent.sdnotify import Notifier
 from agent.sinks.base import CameraState
@@ -118,6 +119,8 @@ def test_end_to_end_outputs(tmp_path: Path) -> None:
     assert last.phase == "guarding" and last.model_sha256 and last.profile_id and last.config_hash
     assert last.backend["stats"] == "cpu" and last.backend["model"].startswith("onnxruntime:")
     assert "recorder_verdicts" in last.publisher  # sink backlog/counters are reported
+    # NVML values on a GPU box; None (not an error) without a driver
+    assert (last.gpu is None) == (gpu_health() is None)
     busy = max(health, key=lambda h: h.frames_processed)
     assert set(busy.latency) >= {"read", "queue", "stats", "model"}
     assert busy.stats["brightness"].p50 is not None and busy.confidence.p50 is not None
