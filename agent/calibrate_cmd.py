@@ -14,7 +14,7 @@ from pathlib import Path
 from agent.config import GuardConfig, config_hash
 from agent.errors import ProfileError
 from agent.frame import Frame
-from agent.model.factory import load_model
+from agent.model.factory import load_warm_model
 from agent.pipeline import Measurer, ProfileIds, Scorer
 from agent.scoring.profile import Profile
 from agent.sources.factory import open_source
@@ -51,9 +51,7 @@ def calibrate_from_config(cfg: GuardConfig, out: Path, progress: bool = True) ->
     """Build a profile from ``cfg.source`` (skip + frames frames) and save it to ``out``."""
     t_start = time.monotonic()
     stats = create_backend(cfg.stats)
-    model = load_model(cfg.model)
-    if model is not None:
-        model.warmup()
+    model = load_warm_model(cfg.model)
     chash = config_hash(cfg)
     sha = model.info.sha256 if model is not None else None
 

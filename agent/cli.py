@@ -34,8 +34,8 @@ logger = logging.getLogger(__name__)
 OPTIONAL_COMMANDS: tuple[str, ...] = (
     "agent.sinks.mqtt.tail",  # edge-guard tail
     "agent.service",  # edge-guard install-service
-    "agent.bench",  # edge-guard bench
-    "agent.stress",  # edge-guard stress
+    "agent.fieldtools.bench",  # edge-guard bench
+    "agent.fieldtools.stress",  # edge-guard stress
 )
 
 

@@ -9,7 +9,6 @@ one desktop core; docs/field-guide.md lists the measured exceptions.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -17,13 +16,12 @@ import cv2
 import numpy as np
 
 from agent.corruptions import CORRUPTIONS, SEVERITIES
-
-DATA = Path(os.environ.get("EDGE_GUARD_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+from agent.datafiles import shared_test_data
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image", type=Path, default=DATA / "images" / "photos" / "opencv_leuvenA.jpg")
+    parser.add_argument("--image", type=Path, default=shared_test_data() / "images" / "photos" / "opencv_leuvenA.jpg")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     loaded = cv2.imread(str(args.image))

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mosquitto import Mosquitto, free_port, mosquitto_available
+from mosquitto import Mosquitto, free_port
 
 from agent import exitcodes
-from agent.bench import REPORT_FORMAT, bench_publisher
-from agent.benchreport import P99_MIN_RUNS, compare_reports, format_compare, metrics_of
 from agent.cli import main
 from agent.config import load_config
+from agent.fieldtools.bench import REPORT_FORMAT, bench_publisher
+from agent.fieldtools.benchreport import P99_MIN_RUNS, compare_reports, format_compare, metrics_of
 
 
 def _report(*, fps: float = 400.0, p50: float = 5.0, p99: float = 9.0, runs: int = 500, e2e: float = 100.0,
@@ -170,12 +170,10 @@ def test_publisher_skips_without_broker(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(not mosquitto_available(), reason="mosquitto / mosquitto_passwd not installed")
-def test_publisher_throughput_against_mosquitto(tmp_path: Path) -> None:
-    with Mosquitto(tmp_path / "broker") as broker:
-        spool = tmp_path / "agent-spool.sqlite"
-        cfg = load_config(None, {"mqtt": {"host": "127.0.0.1", "port": broker.port, "spool": {"path": str(spool)}}})
-        result = bench_publisher(cfg, 1.0)
+def test_publisher_throughput_against_mosquitto(tmp_path: Path, broker: Mosquitto) -> None:
+    spool = tmp_path / "agent-spool.sqlite"
+    cfg = load_config(None, {"mqtt": {"host": "127.0.0.1", "port": broker.port, "spool": {"path": str(spool)}}})
+    result = bench_publisher(cfg, 1.0)
     assert result["broker"] == f"127.0.0.1:{broker.port}"
     assert result["sent"] > 10
     assert result["acked"] == result["sent"], "every health message must be acknowledged"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from agent.errors import ConfigError
-from agent.gates import Gate, evaluate_gates, gate_cells, load_gates
+from agent.fieldtools.gates import Gate, evaluate_gates, gate_cells, load_gates
 
 
 def _cell(corruption: str, severity: int, **metrics: float | None) -> dict[str, Any]:

@@ -13,10 +13,9 @@ import pytest
 
 from agent import exitcodes
 from agent.cli import main
-from agent.model.types import ModelOutput
-from agent.plots import robustness_png
-from agent.probes import PROBES, confidence_slices, probe_variants
-from agent.robustness import (
+from agent.fieldtools.plots import robustness_png
+from agent.fieldtools.probes import PROBES, confidence_slices, probe_variants
+from agent.fieldtools.robustness import (
     Observed,
     changed,
     detection_agreement,
@@ -24,8 +23,9 @@ from agent.robustness import (
     fit_to_size,
     robustness_curves,
 )
+from agent.fieldtools.stressreport import format_report
+from agent.model.types import ModelOutput
 from agent.stats.cpu import CpuStats
-from agent.stressreport import format_report
 
 U8 = npt.NDArray[np.uint8]
 

@@ -28,6 +28,7 @@ __all__ = [
     "effective_model_config",
     "effective_preprocess",
     "load_model",
+    "load_warm_model",
     "read_sidecar",
     "runner_factory",
 ]
@@ -123,3 +124,15 @@ def load_model(cfg: ModelConfig) -> ModelRunner | None:
             f"reference model not found: {REFERENCE_MODEL}; rebuild it with python models/build_reference_model.py"
         )
     return factory(resolved.config, resolved.labels)
+
+
+def load_warm_model(cfg: ModelConfig) -> ModelRunner | None:
+    """`load_model`, then one warm-up inference, so the first timed or calibration frame does not
+    pay for session start-up (kernel JIT, TensorRT engine build); None when the model is disabled.
+
+    The daemon keeps the two steps apart: it reports each to systemd as it happens.
+    """
+    model = load_model(cfg)
+    if model is not None:
+        model.warmup()
+    return model

@@ -30,12 +30,19 @@ import numpy as np
 import numpy.typing as npt
 
 from agent import __version__, exitcodes
-from agent.benchreport import compare_reports, format_bench, format_compare, gpu_info, machine_info, metrics_of
 from agent.config import GuardConfig, load_config
 from agent.errors import ConfigError, GuardError, ProfileError
+from agent.fieldtools.benchreport import (
+    compare_reports,
+    format_bench,
+    format_compare,
+    gpu_info,
+    machine_info,
+    metrics_of,
+)
 from agent.frame import Frame
 from agent.logsetup import configure_logging
-from agent.model.factory import load_model
+from agent.model.factory import load_model, load_warm_model
 from agent.pipeline import load_profile
 from agent.scoring.calibrate import MIN_KEPT, Calibrator
 from agent.scoring.policy import Guard
@@ -210,9 +217,7 @@ def _bench_profile(cfg: GuardConfig, frames: list[U8], stats: Any, model: Any) -
 def bench_pipeline(cfg: GuardConfig, frames: list[U8], decode_ms: float, live: bool, budget_s: float) -> dict[str, Any]:
     """Model alone vs stats + model + guard on the same frames, alternating passes within the budget."""
     stats = create_backend(cfg.stats)
-    model = load_model(cfg.model)
-    if model is not None:
-        model.warmup()
+    model = load_warm_model(cfg.model)
     try:
         profile, origin = _bench_profile(cfg, frames, stats, model)
     except ProfileError as exc:

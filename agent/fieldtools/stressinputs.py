@@ -7,7 +7,7 @@
   frames calibrate (as ``edge-guard calibrate`` would), and the sweep takes every
   ``--every``-th frame after them (held out); with a profile it samples from the start.
   Each swept frame keeps its ``CONTEXT_FRAMES`` predecessors, so the guard's temporal tests
-  see a short clip (see agent.robustness).
+  see a short clip (see agent.fieldtools.robustness).
 
 Without ``policy.profile`` the profile is built here: on the calibration frames of the
 video, or on all clean images of the folder (then the swept images are part of the
@@ -29,10 +29,10 @@ import numpy.typing as npt
 
 from agent.config import GuardConfig, config_hash
 from agent.errors import ConfigError, ProfileError, SourceError
+from agent.fieldtools.robustness import Evaluator, fit_to_size
 from agent.frame import Frame
 from agent.model.types import ModelRunner
 from agent.pipeline import load_profile
-from agent.robustness import Evaluator, fit_to_size
 from agent.scoring.calibrate import MIN_KEPT, Calibrator
 from agent.scoring.profile import Profile
 from agent.sources.factory import open_source

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from agent.config import config_errors
+from agent.config import config_errors, yaml_error_message
 from agent.configbase import StrictModel
 from agent.corruptions import CORRUPTIONS, SEVERITIES
 from agent.errors import ConfigError
@@ -43,7 +43,7 @@ __all__ = [
     "load_gates",
 ]
 
-#: Metrics of one corruption x severity cell (see agent.robustness).
+#: Metrics of one corruption x severity cell (see agent.fieldtools.robustness).
 CORRUPTION_METRICS: tuple[str, ...] = (
     "flip_rate", "conf_drop", "mean_confidence", "accuracy",
     "guard_detect_rate", "guard_block_rate", "silent_flip_rate",
@@ -151,7 +151,8 @@ def load_gates(path: str | Path) -> list[Gate]:
     except OSError as exc:
         raise ConfigError(f"cannot read gates file {p}: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"gates file {p} is not valid YAML: {exc}") from exc
+        # Same wording as a bad config file: line, column, problem and the offending line.
+        raise ConfigError(f"gates file {yaml_error_message(p, exc)}") from exc
     if isinstance(loaded, list):
         loaded = {"gates": loaded}
     if not isinstance(loaded, dict):

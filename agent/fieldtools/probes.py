@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from agent.robustness import Evaluator, Observed, changed
+from agent.fieldtools.robustness import Evaluator, Observed, changed
 
 __all__ = ["PROBES", "confidence_slices", "probe_variants", "run_probes"]
 

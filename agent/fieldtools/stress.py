@@ -25,17 +25,17 @@ from agent import __version__, exitcodes
 from agent.config import GuardConfig, config_hash, load_config
 from agent.corruptions import CORRUPTIONS_VERSION, SEVERITIES, resolve_names
 from agent.errors import ConfigError
-from agent.gates import Gate, evaluate_gates, gate_cells, load_gates
+from agent.fieldtools.gates import Gate, evaluate_gates, gate_cells, load_gates
+from agent.fieldtools.plots import robustness_png
+from agent.fieldtools.probes import confidence_slices, run_probes
+from agent.fieldtools.robustness import Evaluator, find_cliffs, robustness_curves, sweep
+from agent.fieldtools.stressinputs import build_profile, load_inputs, parse_labels, parse_size
+from agent.fieldtools.stressreport import format_report
 from agent.logsetup import configure_logging
-from agent.model.factory import load_model
-from agent.plots import robustness_png
-from agent.probes import confidence_slices, run_probes
-from agent.robustness import Evaluator, find_cliffs, robustness_curves, sweep
+from agent.model.factory import load_warm_model
 from agent.scoring.policy import Guard
 from agent.scoring.profile import Profile
 from agent.stats.factory import create_backend
-from agent.stressinputs import build_profile, load_inputs, parse_labels, parse_size
-from agent.stressreport import format_report
 from agent.term import ProgressBar
 
 __all__ = ["REPORT_FORMAT", "StressOptions", "add_parser", "cmd_stress", "run_stress"]
@@ -117,9 +117,7 @@ def run_stress(cfg: GuardConfig, opts: StressOptions) -> tuple[dict[str, Any], i
     names += [n for n in extra_names if n not in names]  # gates' cells are always measured
     severities = sorted(set(severities) | set(extra_sevs))
     stats = create_backend(cfg.stats)
-    model = load_model(cfg.model)
-    if model is not None:
-        model.warmup()
+    model = load_warm_model(cfg.model)
     has_profile = cfg.policy.profile is not None
     size = opts.size_wh
     if has_profile and opts.images is not None:
