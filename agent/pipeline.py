@@ -19,8 +19,10 @@ from pathlib import Path
 from agent.errors import FrameError
 from agent.frame import Frame
 from agent.model.types import ModelOutput, ModelRunner
+from agent.scoring.adversarial import FeatureSqueezer
 from agent.scoring.calibrate import Calibrator
 from agent.scoring.config import CalibrationConfig, PolicyConfig
+from agent.scoring.drift import DriftEvent, DriftSnapshot
 from agent.scoring.policy import Guard
 from agent.scoring.profile import Profile
 from agent.stats.types import FrameStats, StatsBackend
@@ -39,6 +41,7 @@ class Measured:
     stats: FrameStats
     output: ModelOutput | None
     latency_ms: dict[str, float]
+    squeeze: float | None = None  # feature-squeezing distance (agent.scoring.adversarial), when enabled
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +58,10 @@ class ProfileIds:
 class Measurer:
     """Statistics and model output for a batch of frames, with per-stage timing."""
 
-    def __init__(self, stats: StatsBackend, model: ModelRunner | None) -> None:
+    def __init__(self, stats: StatsBackend, model: ModelRunner | None, squeezer: FeatureSqueezer | None = None) -> None:
         self.stats = stats
         self.model = model
+        self.squeezer = squeezer  # runs the model on the frames and their squeezed copies in one call
 
     def measure(self, frames: list[Frame]) -> tuple[list[Measured], list[tuple[Frame, FrameError]]]:
         """Measure ``frames``; frames the stats stage rejects come back in the second list."""
@@ -72,16 +76,21 @@ class Measurer:
                 continue
             ok.append((frame, st, (time.perf_counter() - t0) * 1e3))
         outputs: list[ModelOutput | None] = [None] * len(ok)
+        squeeze: list[float | None] = [None] * len(ok)
         model_ms = 0.0
         if self.model is not None and ok:
             t0 = time.perf_counter()
-            got = self.model.infer([f.image for f, _, _ in ok])
+            if self.squeezer is not None:
+                res = self.squeezer.infer([f.image for f, _, _ in ok])
+                got, squeeze = res.outputs, list(res.scores)
+            else:
+                got = self.model.infer([f.image for f, _, _ in ok])
             # One batched call: each frame is charged its share of the batch's time.
             model_ms = (time.perf_counter() - t0) * 1e3 / len(ok)
             outputs = list(got)
         measured = [
-            Measured(frame, st, out, {"stats": st_ms, "model": model_ms})
-            for (frame, st, st_ms), out in zip(ok, outputs, strict=True)
+            Measured(frame, st, out, {"stats": st_ms, "model": model_ms}, sq)
+            for (frame, st, st_ms), out, sq in zip(ok, outputs, squeeze, strict=True)
         ]
         return measured, bad
 
@@ -150,9 +159,19 @@ class Scorer:
                 return None
             # The guard checks the frame size against the profile (ProfileError when it differs).
             t0 = time.perf_counter()
-            verdict = self._guard.update(m.frame, m.stats, m.output, m.latency_ms)
+            verdict = self._guard.update(m.frame, m.stats, m.output, m.latency_ms, squeeze=m.squeeze)
             m.latency_ms["score"] = (time.perf_counter() - t0) * 1e3
             return verdict
+
+    def drift_snapshot(self) -> DriftSnapshot | None:
+        """Drift scores and alarms for the health summary (None while calibrating; any thread)."""
+        guard = self._guard
+        return None if guard is None else guard.drift_snapshot()
+
+    def drift_events(self) -> list[DriftEvent]:
+        """Sequential drift alarms raised/cleared since the last call, to publish as ``drift`` events."""
+        guard = self._guard
+        return [] if guard is None else guard.drift_events()
 
     def set_alphas(self, alpha_flag: float, alpha_block: float) -> None:
         """Change the policy's FLAG/BLOCK rates (also applies to a profile built later)."""
@@ -174,7 +193,7 @@ class Scorer:
     def _calibrate(self, m: Measured) -> None:
         cal = self._calibrator
         assert cal is not None
-        cal.update(m.stats, m.output)
+        cal.update(m.stats, m.output, image=m.frame.image, squeeze=m.squeeze, live=m.frame.live)
         self.calibrated = max(0, cal.n - self._cal_cfg.skip)
         if not cal.done:
             return

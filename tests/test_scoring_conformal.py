@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from agent.scoring.conformal import P_MIN, ConformalScorer, fit_gpd_tail
+from agent.scoring.conformal import P_MIN, ConformalScorer, fit_gpd_tail, out_of_block_p_values
 
 
 @pytest.mark.parametrize(
@@ -139,3 +139,26 @@ def test_loo_p_values_by_hand() -> None:
 def test_bad_parameters(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ConformalScorer(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("radius", "expected"),
+    [
+        # blocks 0..3 of two frames; a frame is compared with the frames of blocks farther than radius
+        (0, [1 / 7, 3 / 7, 1.0, 1.0, 5 / 7, 5 / 7, 2 / 7, 2 / 7]),  # e.g. 5 vs [0 1 2 4 6 8]: (1 + 2) / 7
+        (1, [1 / 5, 3 / 5, 1.0, 1.0, 1.0, 1.0, 2 / 5, 2 / 5]),  # e.g. 6 vs blocks 0, 1 = [9 5 0 1]: (1 + 1) / 5
+    ],
+)
+def test_out_of_block_p_values_by_hand(radius: int, expected: list[float]) -> None:
+    scores = [9.0, 5.0, 0.0, 1.0, 2.0, 4.0, 6.0, 8.0]
+    blocks = [0, 0, 1, 1, 2, 2, 3, 3]
+    p = out_of_block_p_values(scores, blocks, radius=radius, tail_k=0)
+    assert np.allclose(p, expected)
+
+
+def test_out_of_block_p_values_errors() -> None:
+    with pytest.raises(ValueError, match="one block id per score"):
+        out_of_block_p_values([1.0, 2.0], [0])
+    with pytest.raises(ValueError, match="radius"):
+        out_of_block_p_values([1.0], [0], radius=-1)
+    assert out_of_block_p_values([1.0, 2.0], [0, 0]).tolist() == [1.0, 1.0]  # nothing to compare with

@@ -4,10 +4,14 @@ A test turns an Observation into a raw score (higher = more anomalous; NaN = not
 applicable to this frame) and, once calibrated, into a one-sided conformal p-value.
 Life cycle (river style: ``update()`` then read-only results)::
 
-    test.fit(fit_observations)         # learn parameters from the FIT part (most: no-op)
+    test.fit(observations)             # learn parameters (most tests: nothing to learn)
     for obs in calibration_block:      # reset() at every block start (stateful tests)
         scores.append(test.update(obs).score)
     test.calibrate(scores, tail_k=25)
+
+Tests that learn parameters set ``fitted = True``: the calibrator then scores each block with a
+copy fitted without that block (cross-fitting, calibrate.py), so calibration scores are
+out-of-sample.
     ...
     test.update(obs).p_value           # at run time
 
@@ -62,14 +66,22 @@ class Test:
 
     ``name``: the test's id (also its reason code unless ``reason`` is set).
     ``tolerance``: the smallest score difference that matters physically, in score units.
-    Calibration scores are widened by it and it floors the conformal tail's scale
-    (conformal.ConformalScorer); ``CalibrationConfig.tolerances`` overrides it per test.
+    Calibration scores are widened by it (conformal.ConformalScorer); ``CalibrationConfig.
+    tolerances`` overrides it per test. ``resolution`` floors the scale of the extrapolated
+    tail (default: the tolerance; smaller for tests whose faults lie far beyond calibration,
+    e.g. ``frozen``, so that their p-values fall fast enough).
     """
 
     __test__ = False  # not a pytest test class
     name: ClassVar[str] = ""
     reason: ClassVar[str] = ""
     default_tolerance: ClassVar[float] = 0.0
+    #: Tail-scale floor (None: the tolerance).
+    default_resolution: ClassVar[float | None] = None
+    #: True when ``fit`` learns parameters from the frames (cross-fitted at calibration).
+    fitted: ClassVar[bool] = False
+    #: True when the test reads image-derived parts of the Observation (thumbnail, chroma).
+    needs_image: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -79,12 +91,14 @@ class Test:
     def __init__(self, cfg: CalibrationConfig | None = None) -> None:
         self.cfg = cfg if cfg is not None else CalibrationConfig()
         self.tolerance: float = float(self.cfg.tolerances.get(self.name, self.default_tolerance))
+        res = self.default_resolution if self.default_resolution is not None else self.tolerance
+        self.resolution: float = max(min(res, self.tolerance) if self.tolerance > 0 else res, _MIN_RESOLUTION)
         self.conformal: ConformalScorer | None = None
         self._score = math.nan
 
     # --- calibration ---------------------------------------------------------------------
     def fit(self, observations: Sequence[Observation]) -> None:
-        """Learn parameters from the FIT observations (default: nothing to learn)."""
+        """Learn parameters from clean observations (default: nothing to learn)."""
 
     def params(self) -> Params:
         """Parameters learned by ``fit`` (JSON-friendly)."""
@@ -98,7 +112,7 @@ class Test:
     def calibrate(self, scores: Sequence[float], tail_k: int) -> None:
         """Attach the conformal scorer built from calibration ``scores``."""
         self.conformal = ConformalScorer(
-            scores, tail_k=tail_k, resolution=max(self.tolerance, _MIN_RESOLUTION), tolerance=self.tolerance
+            scores, tail_k=tail_k, resolution=self.resolution, tolerance=self.tolerance
         )
 
     # --- streaming ------------------------------------------------------------------------
@@ -118,6 +132,11 @@ class Test:
     def score(self) -> float:
         """Raw score of the last frame (NaN: not applicable)."""
         return self._score
+
+    @property
+    def detail(self) -> dict[str, float | int | str]:
+        """Extra facts about the last score for ``Reason.detail`` (e.g. patch: the tile)."""
+        return {}
 
     @property
     def p_value(self) -> float:

@@ -4,14 +4,20 @@ Frames go through three steps:
 
 1. ``skip`` the first frames (auto-exposure settling), then keep every ``stride``-th of the
    next ``frames`` frames (``done`` turns true once ``frames`` were read).
-2. Split the kept frames into blocks of ``block`` consecutive frames (shrunk so there are at
-   least ``MIN_BLOCKS``) and give the blocks alternately to a FIT part and a CALIBRATION part
-   in the ratio ``fit_fraction``. Blocks rather than single frames, because consecutive video
-   frames are nearly identical: a FIT frame next to each calibration frame would make the
-   calibration scores in-sample and the thresholds too tight.
-3. FIT: quantile profiles, robust location/scatter, tests' parameters. CALIBRATION: every
-   test scores every frame (stateful tests restart at each block) and the scores become the
-   test's conformal calibration set.
+2. Cut the kept frames into blocks of ``block`` consecutive frames (shrunk so there are at
+   least ``MIN_BLOCKS``). Blocks rather than single frames, because consecutive video frames
+   are nearly identical: a frame is never judged against its own near-twins.
+3. Every test is fitted on all kept frames (its run-time parameters). Tests that learn
+   parameters (``Test.fitted``) are also **cross-fitted**: block b is scored by a copy fitted
+   without blocks b - g .. b + g (g = ``guard_blocks``), so every kept frame gets an
+   out-of-sample calibration score and none is wasted on a separate FIT part. Stateful tests
+   restart at every block. The scores become the tests' conformal calibration sets; the block
+   ids go into the profile, from which the policy calibrates the family-wise level on
+   out-of-block p-values (family.py).
+
+With an ``image`` per frame the Observation also carries a thumbnail (``moved``), and with a
+``squeeze`` distance the squeezing test applies; tests that never applied on the calibration
+frames are left out of the profile.
 
 Deterministic: the same frames in the same order give the same profile (and profile_id).
 """
@@ -30,11 +36,13 @@ import numpy.typing as npt
 
 from agent.errors import ProfileError
 from agent.model.types import ModelOutput
+from agent.scoring import adversarial, ood, patch, rules, tamper  # noqa: F401  (registers the tests)
 from agent.scoring.base import Test, make_test
 from agent.scoring.config import CalibrationConfig
-from agent.scoring.observation import FEATURES, Observation, observe
+from agent.scoring.observation import FEATURES, U8, Observation, observe
 from agent.scoring.profile import (
     QUANTILE_LEVELS,
+    Bins,
     Distribution,
     ModelProfile,
     Profile,
@@ -45,7 +53,7 @@ from agent.scoring.profile import (
 from agent.stats.finish import STATS_VERSION
 from agent.stats.types import SCALAR_FIELDS, TILE_FIELDS, FrameStats
 
-__all__ = ["DEFAULT_TESTS", "MIN_BLOCKS", "MIN_KEPT", "Calibrator", "split_blocks"]
+__all__ = ["DEFAULT_TESTS", "MAX_FOLDS", "MIN_BLOCKS", "MIN_KEPT", "OPTIONAL_TESTS", "Calibrator", "block_ids"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,30 +69,33 @@ DEFAULT_TESTS: tuple[str, ...] = (
     "covered",
     "frozen",
     "ood_stats",
+    "patch",
+    "adversarial_hf",
+    "defocused",
+    "moved",
 )
+#: Tests added when the calibration frames have what they need: model outputs (classifier or
+#: detector) or squeezing distances. A test that never applies is left out of the profile.
+OPTIONAL_TESTS: tuple[str, ...] = ("ood_model", "ood_detections", "adversarial_squeeze")
 MIN_BLOCKS: int = 10
+#: Quantile levels of the drift reference bins' edges (equal edges merged).
+DRIFT_EDGE_LEVELS: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95)
+#: Most cross-fitting folds (fits per fitted test) at calibration.
+MAX_FOLDS: int = 12
 #: Fewest kept frames a profile can be built from.
 MIN_KEPT: int = 20
 
 FloatArray = npt.NDArray[np.float64]
 
 
-def split_blocks(n: int, block: int, fit_fraction: float) -> tuple[list[int], list[list[int]], int]:
-    """Indices of the FIT frames, the CALIBRATION blocks, and the block length used.
+def block_ids(n: int, block: int) -> tuple[npt.NDArray[np.int64], int]:
+    """Block id of each of ``n`` kept frames (consecutive runs) and the block length used.
 
-    Block b (frames [b*L, (b+1)*L)) goes to FIT when floor((b+1)*f) > floor(b*f), which spreads
-    the FIT blocks evenly (f = 1/2: CAL, FIT, CAL, FIT, ...).
+    The length is ``block`` shrunk to n // MIN_BLOCKS so that there are at least MIN_BLOCKS
+    blocks (the last one may be shorter).
     """
     length = max(1, min(block, n // MIN_BLOCKS))
-    fit: list[int] = []
-    cal: list[list[int]] = []
-    for b, start in enumerate(range(0, n, length)):
-        idx = list(range(start, min(start + length, n)))
-        if math.floor((b + 1) * fit_fraction) > math.floor(b * fit_fraction):
-            fit.extend(idx)
-        else:
-            cal.append(idx)
-    return fit, cal, length
+    return np.arange(n, dtype=np.int64) // length, length
 
 
 def _quantiles(values: FloatArray) -> Distribution:
@@ -151,8 +162,22 @@ class Calibrator:
         """Share of the needed frames seen, 0..1 (for a progress bar)."""
         return min(1.0, self._seen / (self.cfg.skip + self.cfg.frames))
 
-    def update(self, stats: FrameStats, output: ModelOutput | None = None) -> Self:
-        """Add one clean frame's statistics and model output."""
+    def update(
+        self,
+        stats: FrameStats,
+        output: ModelOutput | None = None,
+        *,
+        image: U8 | None = None,
+        squeeze: float | None = None,
+        live: bool = True,
+    ) -> Self:
+        """Add one clean frame's statistics and model output (and its image / squeezing distance).
+
+        ``image`` (the BGR frame) calibrates the image-based tests (``moved``'s reference
+        thumbnail, ``adversarial_hf``'s chroma energy); ``squeeze`` (adversarial.FeatureSqueezer)
+        calibrates ``adversarial_squeeze``; ``live`` is ``Frame.live`` (``frozen`` applies to
+        live sources only).
+        """
         if stats.grid != self.grid:
             raise ProfileError(f"calibration expects tile grid {self.grid}, but a frame has grid {stats.grid}")
         size = (stats.width, stats.height)
@@ -167,7 +192,9 @@ class Calibrator:
         if self._seen <= self.cfg.skip or self.done:
             return self
         if self._used % self.cfg.stride == 0:
-            self._kept.append(observe(stats, output, floor=self.cfg.glare_floor))
+            self._kept.append(
+                observe(stats, output, live=live, floor=self.cfg.glare_floor, image=image, squeeze=squeeze)
+            )
         self._used += 1
         return self
 
@@ -188,16 +215,15 @@ class Calibrator:
                 f"calibration needs at least {MIN_KEPT} kept frames, but got {len(obs)} "
                 f"(frames={self.cfg.frames}, stride={self.cfg.stride}): give more clean frames"
             )
-        fit_idx, cal_blocks, length = split_blocks(len(obs), self.cfg.block, self.cfg.fit_fraction)
-        fit_obs = [obs[i] for i in fit_idx]
-        tests = self._fit_tests(fit_obs)
-        scores = self._calibration_scores(tests, [[obs[i] for i in b] for b in cal_blocks])
-        n_cal = sum(len(b) for b in cal_blocks)
+        blocks, length = block_ids(len(obs), self.cfg.block)
+        tests = self._fit_tests(obs)
+        scores = self._calibration_scores(tests, obs, blocks, length)
+        n_cal = len(obs)
         test_profiles: list[TestProfile] = []
         for test in tests:
             vals = scores[test.name]
             if all(math.isnan(v) for v in vals):
-                logger.warning("test %s never applied on calibration frames: left out of the profile", test.name)
+                logger.info("test %s never applied on calibration frames: left out of the profile", test.name)
                 continue
             test_profiles.append(
                 TestProfile(
@@ -208,7 +234,7 @@ class Calibrator:
                     calibration_scores=[None if math.isnan(v) else v for v in vals],
                 )
             )
-        ood = next(t for t in tests if t.name == "ood_stats")
+        ood_stats = next(t for t in tests if t.name == "ood_stats")
         data = {
             "profile_id": "",
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -223,43 +249,54 @@ class Calibrator:
             "calibration": self.cfg,
             "n_frames": self._used,
             "n_kept": len(obs),
-            "n_fit": len(fit_obs),
+            "n_fit": len(obs),
             "n_cal": n_cal,
             "block": length,
             "statistics": self._stat_distributions(obs),
             "features": self._feature_distributions(obs),
-            "robust": RobustProfile(**ood.params()),
+            "robust": RobustProfile(**ood_stats.params()),
             "tiles": self._tile_profile(obs),
             "model": self._model_profile(obs, tests),
+            "drift_bins": self._drift_bins(obs),
             "tests": test_profiles,
         }
         profile = Profile.model_validate(data)
         profile = profile.model_copy(update={"profile_id": Profile.content_id(profile.model_dump(mode="json"))})
         self._warn_resolution(n_cal, alpha_flag, alpha_block)
         logger.info(
-            "profile %s: %d frames kept (%d fit, %d calibration, blocks of %d), tests %s",
-            profile.profile_id, len(obs), len(fit_obs), n_cal, length, [t.name for t in test_profiles],
+            "profile %s: %d frames kept (cross-fitted in blocks of %d), tests %s",
+            profile.profile_id, len(obs), length, [t.name for t in test_profiles],
         )
         return profile
 
-    def _fit_tests(self, fit_obs: Sequence[Observation]) -> list[Test]:
-        names = list(DEFAULT_TESTS)
-        if any(o.model is not None for o in fit_obs):
-            names.append("ood_model")
+    def _fit_tests(self, obs: Sequence[Observation]) -> list[Test]:
+        names = [*DEFAULT_TESTS, *OPTIONAL_TESTS]
         tests = [make_test(name, self.cfg) for name in names]
         for test in tests:
-            test.fit(fit_obs)
+            test.fit(obs)
         return tests
 
-    @staticmethod
-    def _calibration_scores(tests: Sequence[Test], blocks: Sequence[Sequence[Observation]]) -> dict[str, list[float]]:
+    def _calibration_scores(
+        self, tests: Sequence[Test], obs: Sequence[Observation], blocks: npt.NDArray[np.int64], length: int
+    ) -> dict[str, list[float]]:
+        """Out-of-sample score of every kept frame under every test (see the module docstring)."""
+        g = self.cfg.guard_blocks
+        n_blocks = int(blocks[-1]) + 1
+        # Folds: contiguous runs of blocks (at most MAX_FOLDS fits per test, however long the clip).
+        fold_of_block = np.arange(n_blocks) * min(n_blocks, MAX_FOLDS) // n_blocks
         scores: dict[str, list[float]] = {t.name: [] for t in tests}
-        for block in blocks:
+        for fold in range(int(fold_of_block[-1]) + 1):
+            mine = np.flatnonzero(fold_of_block == fold)
+            lo, hi = max(0, int(mine[0]) - g), int(mine[-1]) + g + 1  # blocks [lo, hi) left out
+            train = [*obs[: lo * length], *obs[hi * length :]]
             for test in tests:
-                test.reset()
-            for o in block:
-                for test in tests:
-                    scores[test.name].append(test.update(o).score)
+                scorer = test
+                if test.fitted and len(train) >= MIN_KEPT // 2:
+                    scorer = make_test(test.name, self.cfg)
+                    scorer.fit(train)
+                for b in mine.tolist():
+                    scorer.reset()
+                    scores[test.name].extend(scorer.update(o).score for o in obs[b * length : (b + 1) * length])
         for test in tests:
             test.reset()
         return scores
@@ -273,6 +310,26 @@ class Calibrator:
     def _feature_distributions(obs: Sequence[Observation]) -> dict[str, Distribution]:
         x = np.stack([o.features for o in obs])
         return {f: _quantiles(x[:, j]) for j, f in enumerate(FEATURES)}
+
+    @staticmethod
+    def _drift_bins(obs: Sequence[Observation]) -> dict[str, Bins]:
+        columns: dict[str, list[float]] = {f: [float(o.features[j]) for o in obs] for j, f in enumerate(FEATURES)}
+        models = [o.model for o in obs if o.model is not None]
+        if models:
+            columns["confidence"] = [m.confidence for m in models]
+            if all(m.detections is not None for m in models):
+                columns["detections"] = [float(m.detections or 0) for m in models]
+                columns["detection_score"] = [m.boxes.mean_score if m.boxes else math.nan for m in models]
+        out: dict[str, Bins] = {}
+        for name, values in columns.items():
+            v = np.asarray(values, dtype=np.float64)
+            v = v[~np.isnan(v)]
+            if v.size < MIN_KEPT // 2:
+                continue
+            edges = np.unique(np.quantile(v, DRIFT_EDGE_LEVELS))
+            counts = np.bincount(np.searchsorted(edges, v, side="right"), minlength=edges.size + 1)
+            out[name] = Bins(edges=edges.tolist(), shares=(counts / v.size).tolist())
+        return out
 
     @staticmethod
     def _tile_profile(obs: Sequence[Observation]) -> TileProfile:
@@ -293,6 +350,8 @@ class Calibrator:
             return _quantiles(np.array([math.nan if v is None else v for v in values], dtype=np.float64))
 
         confidence = _quantiles(np.array([m.confidence for m in outs], dtype=np.float64))
+        boxes = [m.boxes for m in outs if m.boxes is not None]
+        cells = np.sum([b.cells for b in boxes], axis=0) if boxes else None
         return ModelProfile(
             score_kind=kind,
             confidence=confidence,
@@ -300,6 +359,9 @@ class Calibrator:
             energy=dist([m.energy for m in outs]),
             detections=dist([None if m.detections is None else float(m.detections) for m in outs]),
             top1_counts={str(k): v for k, v in sorted(Counter(m.top1 for m in outs).items())},
+            detection_score=dist([b.mean_score for b in boxes]) if boxes else None,
+            detection_log_area=dist([b.log_area for b in boxes]) if boxes else None,
+            detection_cells=None if cells is None else [int(c) for c in cells],
         )
 
     def _warn_resolution(self, n_cal: int, alpha_flag: float | None, alpha_block: float | None) -> None:
@@ -311,5 +373,5 @@ class Calibrator:
                     "%s=%g is below 1/(n+1)=%.4g with n=%d calibration frames: p-values that small come "
                     "from the extrapolated tail (an approximation); calibrate on about %d calibration "
                     "frames (about %d frames at this stride) for an exact conformal level",
-                    label, alpha, floor, n_cal, need, math.ceil(need / (1.0 - self.cfg.fit_fraction)) * self.cfg.stride,
+                    label, alpha, floor, n_cal, need, need * self.cfg.stride,
                 )

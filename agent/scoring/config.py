@@ -7,9 +7,32 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 
 from agent.configbase import StrictModel
+from agent.gpu.squeeze import parse_squeezers
 from agent.verdict import REASON_CODES
 
-__all__ = ["CalibrationConfig", "PolicyConfig"]
+__all__ = ["CalibrationConfig", "DriftConfig", "PolicyConfig", "SqueezeConfig", "TamperConfig"]
+
+
+class SqueezeConfig(StrictModel):
+    enabled: bool = Field(
+        False,
+        description="Feature squeezing (reason `adversarial`): run the model also on a bit-depth-reduced and a "
+        "median-filtered copy of each frame, in the same batch, and score the largest L1 distance between the "
+        "probability vectors. Costs two extra model passes per frame, hence off by default; the cheap "
+        "input-level test (`adversarial_hf`) is always on. Classifiers only.",
+    )
+    squeezers: str = Field(
+        "bits:5,median:3",
+        description="Squeezed copies, comma-separated: bits:B (bit depth B, 1..7) and median:3 (3x3 median), "
+        "applied to the model-input canvas (same definitions on CPU and GPU, agent/gpu/squeeze.py).",
+    )
+
+    @field_validator("squeezers")
+    @classmethod
+    def _check_squeezers(cls, text: str) -> str:
+        if not parse_squeezers(text):
+            raise ValueError("squeezers must name at least one squeezer, e.g. 'bits:5,median:3'")
+        return text
 
 
 class CalibrationConfig(StrictModel):
@@ -32,16 +55,18 @@ class CalibrationConfig(StrictModel):
         25,
         ge=1,
         le=100_000,
-        description="Kept frames per block. Blocks of consecutive frames go alternately to the FIT part "
-        "(quantiles, robust location/scatter) and the CALIBRATION part (conformal scores), so "
-        "calibration scores are out-of-sample even though neighbouring frames are correlated. "
-        "Shrunk automatically so that there are at least 10 blocks.",
+        description="Kept frames per block (shrunk automatically to give at least 10 blocks). Each block's "
+        "calibration scores come from tests fitted without it and its `guard_blocks` neighbours "
+        "(cross-fitting), and the family-wise level is calibrated on each frame's p-value against the "
+        "other, distant blocks only: correlated neighbouring frames never vouch for each other, so alpha "
+        "is the false-alarm rate on a stretch of video the calibration has not seen.",
     )
-    fit_fraction: float = Field(
-        0.5,
-        ge=0.2,
-        le=0.8,
-        description="Share of blocks used to FIT the scorers; the rest calibrates their p-values.",
+    guard_blocks: int = Field(
+        1,
+        ge=0,
+        le=10,
+        description="Blocks on each side of a block also left out when it is scored (a time buffer between "
+        "the frames scored and the frames they are compared with).",
     )
     tail_k: int = Field(
         25,
@@ -62,6 +87,7 @@ class CalibrationConfig(StrictModel):
         description="Per-test tolerance overrides {test: delta}: the smallest score difference that matters "
         "(calibration scores are widened by delta; see docs/detection.md for each test's default and units).",
     )
+    squeeze: SqueezeConfig = Field(default_factory=SqueezeConfig, description="Feature squeezing (adversarial).")
     glare_floor: float = Field(
         1e-3,
         gt=0,
@@ -78,6 +104,36 @@ class CalibrationConfig(StrictModel):
         if bad:
             raise ValueError(f"tolerances must be finite numbers >= 0, but got {bad}")
         return tol
+
+
+class TamperConfig(StrictModel):
+    raise_frames: int = Field(
+        3, ge=1, le=1000, description="Consecutive frames a tamper test (covered, frozen, defocused, moved) must "
+        "fire on before the tamper alarm is raised (3 frames = 0.12 s at 25 fps).",
+    )
+    clear_frames: int = Field(
+        3, ge=1, le=1000, description="Consecutive clean-looking frames that clear a raised tamper alarm.",
+    )
+    clear_alpha: float = Field(
+        0.1, gt=0, lt=1, description="Hysteresis: a raised alarm stays on (and keeps flagging) while the test's "
+        "family-wise p-value is <= this looser level; above it a frame counts towards clearing.",
+    )
+
+
+class DriftConfig(StrictModel):
+    window: int = Field(
+        250, ge=20, le=1_000_000, description="Frames in the sliding window whose distributions are compared "
+        "with the profile (PSI per statistic, confidence, classes, detections) in health summaries.",
+    )
+    false_alarm_frames: float = Field(
+        100_000.0, ge=100, description="Target mean number of clean frames between false sequential drift "
+        "alarms (about 1 h at 25 fps); the CUSUM threshold is set by a block bootstrap of the calibration "
+        "frames' out-of-block p-values (temporally correlated, not i.i.d.).",
+    )
+    allowance: float = Field(
+        1.0, gt=0, le=10, description="CUSUM allowance k in nats: per-frame surprise -ln p above its clean mean "
+        "plus k accumulates (k = 1: p-values e times smaller than on clean frames, on average).",
+    )
 
 
 class PolicyConfig(StrictModel):
@@ -100,6 +156,8 @@ class PolicyConfig(StrictModel):
     disabled_reasons: list[str] = Field(
         default_factory=list, description="Reason codes never raised (e.g. ['low_saturation'])."
     )
+    tamper: TamperConfig = Field(default_factory=TamperConfig, description="Tamper alarms with hysteresis.")
+    drift: DriftConfig = Field(default_factory=DriftConfig, description="Drift over windows (health summaries).")
 
     @field_validator("disabled_reasons")
     @classmethod

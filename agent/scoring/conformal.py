@@ -49,7 +49,7 @@ from typing import overload
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["ConformalScorer", "GPDTail", "fit_gpd_tail"]
+__all__ = ["ConformalScorer", "GPDTail", "fit_gpd_tail", "out_of_block_p_values"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -220,11 +220,9 @@ class ConformalScorer:
         frame, so that calibration and new frames' p-values lie on one grid and a new frame
         that ties a calibration frame counts as no more extreme (with n, new frames would win
         every tie and the family-wise rate would exceed alpha). The unique maximum (if any)
-        gets min(1/(n+1), p from a tail fitted to the other scores). NaN scores get 1. These are the calibration frames'
-        own p-values, used to calibrate the family-wise combination (policy). They are the
-        *plain* p-values (no tolerance): the family is calibrated on plain p-values and fed
-        widened ones, which can only raise the family p-value, so the tolerance's margin
-        survives the combination (a family calibrated on widened p-values would undo it).
+        gets min(1/(n+1), p from a tail fitted to the other scores). NaN scores get 1. These are
+        *plain* p-values (no tolerance). The policy calibrates the family on
+        ``out_of_block_p_values`` instead: on video a frame's near-twins make these too large.
         """
         out = np.ones(self._raw.shape[0], dtype=np.float64)
         ok = ~np.isnan(self._raw)
@@ -241,3 +239,45 @@ class ConformalScorer:
             p[top[0]] = min(self._p_floor, rest.p_value(float(vals[top[0]])))
         out[ok] = p
         return out
+
+
+def out_of_block_p_values(
+    scores: npt.ArrayLike,
+    blocks: npt.ArrayLike,
+    *,
+    radius: int = 1,
+    tail_k: int = 25,
+    resolution: float = 1e-6,
+    tolerance: float = 0.0,
+) -> FloatArray:
+    """Each calibration frame's p-value against the frames of *other, distant* blocks.
+
+    Frame i of block b is scored against the calibration scores of the frames whose block c
+    satisfies |c - b| > ``radius`` (its own block and ``radius`` blocks on each side left out):
+
+        p_i = (1 + #{j : |b_j - b_i| > r, s_j + delta >= s_i}) / (n_i + 1)
+
+    with n_i the number of such frames (tail-extrapolated below 1/(n_i + 1), as for a new
+    frame). This is what a *new* clean frame sees at run time: a stretch of video the
+    calibration has not seen. Leave-one-out p-values of single frames are too large on video
+    (a frame's near-twins in its own block count as "as extreme"), which makes a family-wise
+    level calibrated on them too loose; see family.py. NaN scores get 1.
+
+    >>> out_of_block_p_values([1.0, 1.0, 5.0, 5.0, 2.0, 2.0], [0, 0, 1, 1, 2, 2], radius=0, tail_k=0)
+    array([1. , 1. , 0.2, 0.2, 0.6, 0.6])
+    """
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    b = np.asarray(blocks, dtype=np.int64).ravel()
+    if b.shape != s.shape:
+        raise ValueError(f"blocks must give one block id per score ({s.shape[0]}), but got {b.shape[0]}")
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, but got {radius}")
+    out = np.ones(s.shape[0], dtype=np.float64)
+    for block in np.unique(b):
+        mine = b == block
+        others = s[np.abs(b - block) > radius]
+        if others.size == 0 or np.isnan(others).all():
+            continue  # nothing to compare with: no evidence (p = 1)
+        scorer = ConformalScorer(others, tail_k=tail_k, resolution=resolution, tolerance=tolerance)
+        out[mine] = scorer.p_value(s[mine])
+    return out

@@ -4,23 +4,34 @@ With K tests each at level alpha, a clean frame would be flagged with probabilit
 K * alpha. Instead the policy uses the minimum per-test p-value m = min_k p_k as one
 combined score and calibrates **it** conformally on the calibration frames:
 
-    p_family(m) = (1 + #{i : m_i <= m}) / (n + 1)
+    F(m) = (1 + #{i : m_i <= m}) / (n + 1)
 
-where m_i is the minimum over tests of calibration frame i's leave-one-out p-values
-(``ConformalScorer.loo_p_values``: frame i scored against the other n - 1 calibration
-frames, on the same (1 + count)/(n + 1) grid as a new frame, ties counting against the new
-frame). A frame is flagged when p_family <= alpha_flag, blocked when p_family <=
-alpha_block. Because p_family is a conformal p-value of a score that is (up to the
-leave-one-out approximation, which errs on the conservative side) exchangeable between
-calibration and new clean frames, the realised clean FLAG rate is about alpha_flag and not
-above it, whatever the correlation between tests: correlated tests (dark, covered,
-ood_stats) cost less than Bonferroni would charge. The per-test p-values fed in are the
-tolerance-widened ones while the m_i are plain, which only raises p_family.
+where m_i is the minimum over tests of calibration frame i's **out-of-block** p-values
+(``conformal.out_of_block_p_values``: frame i scored, tolerance-widened like a new frame,
+against the frames of the other, distant blocks only). On video this matters: with
+leave-one-*frame*-out p-values a frame's near-twins in its own block vouch for it, the m_i
+come out too large, the level too loose, and 15-70 % of the next clean minutes were flagged.
+A new stretch of clean video relates to the calibration as a calibration block relates to
+the other blocks, so F is the distribution of m on new clean frames, and the realised clean
+FLAG rate is about alpha_flag and not above it whatever the correlation between tests:
+correlated tests (dark, covered, ood_stats) cost less than Bonferroni would charge. A frame
+is flagged when p_family <= alpha_flag, blocked when p_family <= alpha_block.
 
 Below the empirical resolution (m smaller than every m_i) the p-value falls back on the
 Bonferroni bound, valid for any dependence between tests:
 
     p_family(m) = min(1/(n+1), K * m)
+
+**Never looser than a single test.** The combination corrects for multiplicity; it must not
+make a test more sensitive than its own conformal level. When the calibration frames are
+unremarkable under every test (tolerances widen the scores, so most m_i are near 1), the
+empirical quantile above would put the per-test level far above alpha (0.48 was seen on a
+real clip), flagging frames that no single test finds unusual. So the family p-value is
+
+    p_family(m) = max(F(m), m)
+
+which is non-decreasing and at least as large as F(m) (validity kept): a frame is flagged only
+if its smallest per-test p-value is itself <= alpha.
 
 Reasons: test k is a reason when p_family(p_k) <= alpha (the family p-value it would give
 alone). p_family is non-decreasing in m, so p_family(min_k p_k) = min_k p_family(p_k):
@@ -44,8 +55,8 @@ FloatArray = npt.NDArray[np.float64]
 class FamilyCombiner:
     """Conformal calibration of min-p over tests; see the module docstring.
 
-    ``loo_p``: (n, K) leave-one-out p-values of the n calibration frames under the K tests
-    (1 where a test does not apply).
+    ``loo_p``: (n, K) out-of-block (or leave-one-out) p-values of the n calibration frames
+    under the K tests (1 where a test does not apply).
     """
 
     def __init__(self, loo_p: npt.ArrayLike) -> None:
@@ -71,8 +82,8 @@ class FamilyCombiner:
         # count of calibration frames at least as extreme: m_i <= p_min
         count = bisect.bisect_right(self._m_list, p_min)
         if count > 0:
-            return (1 + count) / (self.n + 1)
-        return min(self._floor, self.k * p_min)
+            return max((1 + count) / (self.n + 1), p_min)
+        return max(min(self._floor, self.k * p_min), p_min)
 
     def p_values(self, p: FloatArray) -> FloatArray:
         """Vectorized ``p_value`` over per-test p-values."""
@@ -80,7 +91,7 @@ class FamilyCombiner:
         out: FloatArray = np.where(
             count > 0, (1.0 + count) / (self.n + 1), np.minimum(self._floor, self.k * p)
         )
-        return np.where(np.isnan(p), 1.0, out)
+        return np.where(np.isnan(p), 1.0, np.maximum(out, p))
 
     def level(self, alpha: float) -> float:
         """Per-test level of the combination: p_family(m) <= alpha for every m < level(alpha).
@@ -92,8 +103,8 @@ class FamilyCombiner:
             raise ValueError(f"alpha must be in (0, 1), but got {alpha}")
         j = math.floor(alpha * (self.n + 1) + 1e-12) - 1  # calibration frames allowed at or below
         if j >= 1:
-            # p_family(m) <= alpha iff #{m_i <= m} <= j iff m < m_(j+1)
-            return self._m_list[j] if j < self.n else 1.0
+            # F(m) <= alpha iff #{m_i <= m} <= j iff m < m_(j+1); and m <= alpha
+            return min(self._m_list[j] if j < self.n else 1.0, alpha)
         if j == 0:
-            return self._m_list[0]
+            return min(self._m_list[0], alpha)
         return min(self._m_list[0], alpha / self.k)

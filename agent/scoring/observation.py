@@ -21,6 +21,14 @@ and ``sharpness`` does not change when a frame is only darker):
 | ``tile_structure_hi`` | the same, 75th percentile (``covered`` tests it) |
 
 Percentiles over tiles interpolate linearly between order statistics (NumPy's default).
+
+Besides the statistics, an Observation may carry what only the image or an extra model pass
+can give: ``thumb``, a small luma thumbnail (``make_thumbnail``: area-averaged to
+``THUMB_WIDTH`` columns, ~0.2 ms at 768x432) that the ``moved`` test compares with the
+calibrated reference; ``chroma``, the per-tile high-frequency chroma noise floor
+(``chroma_energy``, ~1 ms at 768x432) that ``adversarial_hf`` reads; and ``squeeze``, the
+feature-squeezing distance (adversarial.py). They are None when not available; the tests
+that need them are then not applicable.
 """
 
 from __future__ import annotations
@@ -28,24 +36,38 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
 from agent.model.types import ModelOutput
+from agent.scoring.detector_outputs import DetectionSummary, summarize_detections
 from agent.stats.types import TILE_FIELDS, FrameStats
 
 __all__ = [
+    "CHROMA_ROWS",
     "FEATURES",
     "FEATURE_TOLERANCE",
+    "THUMB_WIDTH",
     "ModelScores",
     "Observation",
+    "chroma_energy",
     "feature_vector",
+    "make_thumbnail",
     "model_scores",
     "observe",
     "tile_structure",
 ]
 
 FloatArray = npt.NDArray[np.float64]
+U8 = npt.NDArray[np.uint8]
+
+#: Columns of the luma thumbnail kept per frame (rows follow the aspect ratio, at least 8).
+THUMB_WIDTH: int = 64
+#: chroma_energy samples about this many rows of the frame (every k-th row, k >= 1).
+CHROMA_ROWS: int = 96
+_BLOCK_H, _BLOCK_W = 2, 8  # blocks of sampled rows x columns
+_FLOOR_Q = 0.1  # a tile's noise floor: this quantile of its block means
 
 FEATURES: tuple[str, ...] = (
     "log_brightness",
@@ -122,13 +144,59 @@ def feature_vector(stats: FrameStats, floor: float = 1e-3) -> FloatArray:
     )
 
 
+def make_thumbnail(image: U8, width: int = THUMB_WIDTH) -> U8:
+    """Luma thumbnail (rows, ``width``) of a BGR uint8 frame, area-averaged (aspect kept, >= 8 rows)."""
+    h, w = image.shape[:2]
+    rows = max(8, round(width * h / max(w, 1)))
+    small = cv2.resize(image, (width, rows), interpolation=cv2.INTER_AREA)
+    gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
+    return np.ascontiguousarray(gray, dtype=np.uint8)
+
+
+def chroma_energy(image: U8, grid: tuple[int, int]) -> FloatArray:
+    """Per-tile high-frequency chroma *noise floor* (rows * cols,); NaN for tiles too small.
+
+    K = [[1, -2, 1], [-2, 4, -2], [1, -2, 1]] (Immerkaer's kernel, the product of two second
+    differences) cancels smooth structure and responds to pixel-level noise. Applied to the
+    colour differences B - G and R - G it measures high-frequency *chroma* energy, which natural
+    images hardly have (optics blur chroma; cameras subsample and denoise it) while an L-inf
+    attack perturbs each channel with its own sign pattern. |K(B - G)| + |K(R - G)| is
+    evaluated on every k-th row (k = max(1, H // CHROMA_ROWS)), averaged over blocks of 2
+    sampled rows x 8 columns, and each tile reports the 10th percentile of its blocks: the
+    tile's noise floor, unmoved by colourful edges and objects. ~1 ms at 768x432.
+    """
+    h, w = image.shape[:2]
+    rows, cols = grid
+    out = np.full(rows * cols, np.nan)
+    mid = np.arange(1, h - 1, max(1, h // CHROMA_ROWS))
+    if mid.size < 2 or w < 3 + _BLOCK_W:
+        return out
+
+    def diffs(x: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:  # (R, W, 3) -> (2, R, W)
+        return np.stack((x[:, :, 0] - x[:, :, 1], x[:, :, 2] - x[:, :, 1]))
+
+    v = diffs(image[mid - 1].astype(np.int16)) - 2 * diffs(image[mid].astype(np.int16))
+    v += diffs(image[mid + 1].astype(np.int16))  # (2, R, W) vertical second difference
+    k = np.abs(v[:, :, :-2] - 2 * v[:, :, 1:-1] + v[:, :, 2:]).sum(axis=0).astype(np.float32)  # (R, W - 2)
+    nr, nc = k.shape[0] // _BLOCK_H, k.shape[1] // _BLOCK_W
+    blocks = k[: nr * _BLOCK_H, : nc * _BLOCK_W].reshape(nr, _BLOCK_H, nc, _BLOCK_W).mean(axis=(1, 3))  # (nr, nc)
+    for i in range(rows):
+        for j in range(cols):
+            t = blocks[i * nr // rows : (i + 1) * nr // rows, j * nc // cols : (j + 1) * nc // cols].ravel()
+            if t.size:
+                q = int(_FLOOR_Q * (t.size - 1))
+                out[i * cols + j] = float(np.partition(t, q)[q])
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class ModelScores:
     """Scalar summaries of a model output used by scoring (small enough to keep per frame).
 
     ``energy`` is -logsumexp(logits) (None without logits), ``entropy`` of the class
     probabilities (None for detectors), ``confidence`` the top-1 probability or best detection
-    score, ``detections`` the number of detections (None for classifiers).
+    score, ``detections`` the number of detections (None for classifiers), ``boxes`` the
+    detections' summary (detector_outputs.py; None for classifiers).
     """
 
     top1: int
@@ -136,36 +204,61 @@ class ModelScores:
     entropy: float | None
     energy: float | None
     detections: int | None
+    boxes: DetectionSummary | None = None
 
 
-def model_scores(output: ModelOutput | None) -> ModelScores | None:
-    """Reduce a ModelOutput to ModelScores (None stays None)."""
+def model_scores(output: ModelOutput | None, width: int = 1, height: int = 1) -> ModelScores | None:
+    """Reduce a ModelOutput to ModelScores (None stays None); ``width``/``height``: the frame's size."""
     if output is None:
         return None
+    det = output.detections
     return ModelScores(
         top1=int(output.top1),
         confidence=float(output.confidence),
         entropy=output.entropy,
         energy=output.energy,
-        detections=None if output.detections is None else int(output.detections.shape[0]),
+        detections=None if det is None else int(det.shape[0]),
+        boxes=None if det is None else summarize_detections(det, width, height),
     )
 
 
 @dataclass(frozen=True, slots=True)
 class Observation:
-    """One frame as scorers see it. ``live`` is False for files/folders (no frozen test then)."""
+    """One frame as scorers see it. ``live`` is False for files/folders (no frozen test then).
+
+    ``thumb``: luma thumbnail (``make_thumbnail``) or None; ``chroma``: per-tile chroma
+    energy (``chroma_energy``) or None; ``squeeze``: feature-squeezing distance or None (see
+    the module docstring).
+    """
 
     stats: FrameStats
     features: FloatArray
     model: ModelScores | None
     live: bool = True
+    thumb: U8 | None = None
+    chroma: FloatArray | None = None
+    squeeze: float | None = None
 
     def feature(self, name: str) -> float:
         return float(self.features[FEATURES.index(name)])
 
 
 def observe(
-    stats: FrameStats, output: ModelOutput | None, *, live: bool = True, floor: float = 1e-3
+    stats: FrameStats,
+    output: ModelOutput | None,
+    *,
+    live: bool = True,
+    floor: float = 1e-3,
+    image: U8 | None = None,
+    squeeze: float | None = None,
 ) -> Observation:
-    """Build the Observation of one frame (features computed once here)."""
-    return Observation(stats=stats, features=feature_vector(stats, floor), model=model_scores(output), live=live)
+    """Build the Observation of one frame (features computed once here; the thumbnail when ``image``)."""
+    return Observation(
+        stats=stats,
+        features=feature_vector(stats, floor),
+        model=model_scores(output, stats.width, stats.height),
+        live=live,
+        thumb=None if image is None else make_thumbnail(image),
+        chroma=None if image is None else chroma_energy(image, stats.grid),
+        squeeze=squeeze,
+    )

@@ -1,13 +1,22 @@
 """Out-of-distribution tests: the whole statistics vector, and the model's own output.
 
 ``ood_stats``: robust Mahalanobis distance d(x) = sqrt((x - m)^T C^-1 (x - m)) of the
-frame's FEATURES vector x to the robust location m and scatter C fitted on the FIT part
+frame's FEATURES vector x to the robust location m and scatter C fitted on the calibration frames
 (robust.fit_robust_gaussian); p-value conformal on the CALIBRATION part.
 
 ``ood_model``: an output-based score, chosen at fit time from what the model gives:
 free energy E = -logsumexp(logits) when logits exist (Liu et al. 2020: higher energy =
 less familiar), else 1 - max-softmax (Hendrycks & Gimpel 2017) for classifiers, or
-1 - best detection score for detectors. Absent when the profile has no model.
+1 - best detection score for detectors. Absent when the profile has no model. Its default
+tolerance depends on the kind (``KIND_TOLERANCE``: 0.5 nats of energy, 0.05 of confidence):
+a model's output moves with what is in view, far more than the statistics do.
+
+``ood_detections`` (detectors; reason ``ood_model``): robust Mahalanobis distance of the
+frame's detection vector (detector_outputs.detection_vector: log(1 + count), mean score,
+median log box area) to its robust location/scatter on the calibration frames (floors
+0.3, 0.05, 0.3); a frame without detections is judged by its count alone (the other two
+imputed at their location). The spatial distribution of detections is compared over
+windows (drift.py), not per frame.
 """
 
 from __future__ import annotations
@@ -19,12 +28,15 @@ import numpy as np
 
 from agent.scoring.base import Params, Test, register
 from agent.scoring.config import CalibrationConfig
+from agent.scoring.detector_outputs import DETECTION_FEATURES, detection_vector
 from agent.scoring.observation import FEATURE_TOLERANCE, FEATURES, Observation
 from agent.scoring.robust import RobustGaussian, fit_robust_gaussian
 
-__all__ = ["MODEL_SCORE_KINDS", "OOD_FEATURES", "OodModel", "OodStats"]
+__all__ = ["KIND_TOLERANCE", "MODEL_SCORE_KINDS", "OOD_FEATURES", "OodDetections", "OodModel", "OodStats"]
 
 MODEL_SCORE_KINDS: tuple[str, ...] = ("energy", "msp", "detection")
+#: Default tolerance of ood_model per score kind (``calibration.tolerances`` overrides it).
+KIND_TOLERANCE: dict[str, float] = {"energy": 0.5, "msp": 0.05, "detection": 0.05}
 #: Features in ood_stats: all but ``motion`` (a genuine change between two clean frames, e.g.
 #: the first frame after a fault or a person stepping in, is not a property of the frame) and
 #: ``tile_structure`` (its lower quartile over tiles jumps whenever an object enters a flat
@@ -41,6 +53,7 @@ class OodStats(Test):
 
     name = "ood_stats"
     default_tolerance = 1.0
+    fitted = True
 
     def __init__(self, cfg: CalibrationConfig | None = None) -> None:
         super().__init__(cfg)
@@ -75,22 +88,27 @@ class OodModel(Test):
     """Model-output OOD score: energy (logits), else 1 - confidence (see module docstring)."""
 
     name = "ood_model"
-    default_tolerance = 0.02
+    default_tolerance = 0.05
 
     def __init__(self, cfg: CalibrationConfig | None = None) -> None:
         super().__init__(cfg)
         self.kind: str | None = None
 
+    def _set_kind(self, kind: str | None) -> None:
+        self.kind = kind
+        if kind is not None and self.name not in self.cfg.tolerances:
+            self.tolerance = self.resolution = KIND_TOLERANCE[kind]
+
     def fit(self, observations: Sequence[Observation]) -> None:
         outs = [o.model for o in observations if o.model is not None]
         if not outs:
-            raise ValueError("ood_model needs model outputs on the calibration frames, but got none")
-        if all(m.energy is not None for m in outs):
-            self.kind = "energy"
+            self._set_kind(None)  # no model: not applicable (left out of the profile)
+        elif all(m.energy is not None for m in outs):
+            self._set_kind("energy")
         elif all(m.entropy is not None for m in outs):
-            self.kind = "msp"
+            self._set_kind("msp")
         else:
-            self.kind = "detection"
+            self._set_kind("detection")
 
     def params(self) -> Params:
         return {"kind": self.kind}
@@ -99,12 +117,54 @@ class OodModel(Test):
         kind = params.get("kind")
         if kind not in MODEL_SCORE_KINDS:
             raise ValueError(f"ood_model kind must be one of {MODEL_SCORE_KINDS}, but got {kind!r}")
-        self.kind = str(kind)
+        self._set_kind(str(kind))
 
     def compute(self, obs: Observation) -> float:
         m = obs.model
-        if m is None:
+        if m is None or self.kind is None:
             return math.nan
         if self.kind == "energy":
             return math.nan if m.energy is None else m.energy
         return 1.0 - m.confidence
+
+
+#: Scatter floors of DETECTION_FEATURES: ~30 % in count or box size, 0.05 in mean score.
+DETECTION_FLOORS: tuple[float, ...] = (0.3, 0.05, 0.3)
+
+
+@register
+class OodDetections(Test):
+    """Robust distance of a detector's per-frame detection vector (see the module docstring)."""
+
+    name = "ood_detections"
+    reason = "ood_model"
+    default_tolerance = 1.0
+    fitted = True
+
+    def __init__(self, cfg: CalibrationConfig | None = None) -> None:
+        super().__init__(cfg)
+        self.model: RobustGaussian | None = None
+
+    def fit(self, observations: Sequence[Observation]) -> None:
+        boxes = [o.model.boxes for o in observations if o.model is not None]
+        rows = [detection_vector(b) for b in boxes if b is not None]
+        self.model = None
+        if len(rows) >= 2:
+            self.model = fit_robust_gaussian(np.stack(rows), np.asarray(DETECTION_FLOORS))
+
+    def params(self) -> Params:
+        if self.model is None:
+            return {}
+        return {"features": list(DETECTION_FEATURES), "location": self.model.location.tolist(),
+                "scatter": self.model.scatter.tolist()}
+
+    def load_params(self, params: Params) -> None:
+        if list(params.get("features", [])) != list(DETECTION_FEATURES):
+            got = params.get("features")
+            raise ValueError(f"ood_detections features must be {list(DETECTION_FEATURES)}, but got {got}")
+        self.model = RobustGaussian.from_arrays(params["location"], params["scatter"])
+
+    def compute(self, obs: Observation) -> float:
+        if self.model is None or obs.model is None or obs.model.boxes is None:
+            return math.nan
+        return self.model.distance(detection_vector(obs.model.boxes))

@@ -6,10 +6,17 @@
    (the profile's tests minus ``disabled_reasons``), giving a score and a conformal p-value
    p_k each (tests that do not apply to the frame, e.g. ``frozen`` on a file, are skipped);
 2. the family-wise p-value p_family = F(min_k p_k) (family.FamilyCombiner, calibrated on
-   the calibration frames' leave-one-out p-values of the same enabled tests);
+   the calibration frames' out-of-block p-values of the same enabled tests,
+   conformal.out_of_block_p_values);
 3. BLOCK if p_family <= alpha_block, FLAG if p_family <= alpha_flag, else PASS; the reasons
    are the tests with F(p_k) <= alpha_flag (each BLOCK when F(p_k) <= alpha_block), sorted by
-   p-value, so every FLAG/BLOCK names at least one reason.
+   p-value, so every FLAG/BLOCK names at least one reason;
+4. tamper alarms (tamper.TamperMonitor, hysteresis): a raised ``covered``/``frozen``/
+   ``defocused``/``moved`` alarm keeps its reason (FLAG) on frames whose F(p_k) is up to
+   ``policy.tamper.clear_alpha``; ``Guard.tamper_states`` tells when an alarm is raised or
+   cleared;
+5. drift (drift.DriftMonitor): the frame goes into the sliding windows and the sequential
+   alarm; ``Guard.drift`` gives the health-summary fields and the ``drift`` events.
 
 ``Verdict.p_values`` holds each applicable test's p_k plus ``family`` (p_family);
 ``Verdict.scores`` the raw scores. Each Reason carries p_k as ``p_value`` and F(p_k) as
@@ -30,10 +37,12 @@ from agent.frame import Frame
 from agent.model.types import ModelOutput
 from agent.scoring.base import Test
 from agent.scoring.config import PolicyConfig
-from agent.scoring.conformal import ConformalScorer
+from agent.scoring.conformal import ConformalScorer, out_of_block_p_values
+from agent.scoring.drift import DriftEvent, DriftMonitor, DriftSnapshot
 from agent.scoring.family import FamilyCombiner
 from agent.scoring.observation import observe
 from agent.scoring.profile import Profile
+from agent.scoring.tamper import TamperMonitor, TamperState
 from agent.stats.types import FrameStats
 from agent.verdict import Decision, Reason, Verdict
 
@@ -58,14 +67,19 @@ class Guard:
                 f"policy.disabled_reasons {sorted(disabled)} disables every test of profile "
                 f"{profile.profile_id} ({profile.test_names()}): enable at least one"
             )
-        loo = np.column_stack([self._conformal(t).loo_p_values() for t in self._tests])  # (n_cal, K)
-        self.family = FamilyCombiner(loo)
+        self.calibration_p = self._out_of_block(profile, self._tests)  # (n_cal, K)
+        self.family = FamilyCombiner(self.calibration_p)
+        self.tamper = TamperMonitor(cfg.tamper)
+        self._tamper_states: dict[str, TamperState] = {}
+        self._model_cols = [k for k, t in enumerate(self._tests) if t.reason == "ood_model"]
+        self.drift = DriftMonitor(profile, cfg.drift, **self._calibration_surprise())
         self._alpha_flag = cfg.alpha_flag
         self._alpha_block = cfg.alpha_block
         self.set_alphas(cfg.alpha_flag, cfg.alpha_block)
         self._size = (profile.width, profile.height)
         self._grid = tuple(profile.grid)
         self._floor = profile.calibration.glare_floor
+        self._needs_image = any(t.needs_image for t in self._tests)
         self._p_family = 1.0
 
     @staticmethod
@@ -73,6 +87,31 @@ class Guard:
         if test.conformal is None:
             raise ProfileError(f"test {test.name} has no calibration")
         return test.conformal
+
+    @staticmethod
+    def _out_of_block(profile: Profile, tests: list[Test]) -> np.ndarray:
+        """Each calibration frame's p-value under each test against the other, distant blocks."""
+        blocks = np.asarray(profile.block_ids(), dtype=np.int64)
+        cols = []
+        for test in tests:
+            c = Guard._conformal(test)
+            tp = next(t for t in profile.tests if t.name == test.name)
+            raw = np.array([np.nan if v is None else v for v in tp.calibration_scores], dtype=np.float64)
+            cols.append(out_of_block_p_values(
+                raw, blocks, radius=profile.calibration.guard_blocks, tail_k=c.tail_k,
+                resolution=c.resolution, tolerance=c.tolerance,
+            ))
+        return np.column_stack(cols)
+
+    def _calibration_surprise(self) -> dict[str, list[float]]:
+        """-ln p of the calibration frames (out-of-block), in time order, for the drift CUSUMs."""
+        p = self.calibration_p  # (n_cal, K)
+        fam = self.family.p_values(p.min(axis=1))
+        out = {"surprise_stats": (-np.log(np.maximum(fam, 1e-300))).tolist()}
+        if self._model_cols:
+            pm = p[:, self._model_cols].min(axis=1)
+            out["surprise_model"] = (-np.log(np.maximum(pm, 1e-300))).tolist()
+        return out
 
     # --- configuration --------------------------------------------------------------------
     @property
@@ -110,10 +149,25 @@ class Guard:
         """Family-wise p-value of the last frame."""
         return self._p_family
 
+    @property
+    def tamper_states(self) -> dict[str, TamperState]:
+        """Tamper alarms after the last frame (reasons whose test applied to it)."""
+        return dict(self._tamper_states)
+
+    def drift_snapshot(self) -> DriftSnapshot:
+        """Drift scores and alarms for the health summary (thread-safe)."""
+        return self.drift.snapshot()
+
+    def drift_events(self) -> list[DriftEvent]:
+        """Sequential drift alarms raised/cleared since the last call (publish as ``drift`` events)."""
+        return self.drift.pop_events()
+
     def reset(self) -> None:
         """Forget rolling state (call when the camera reconnects)."""
         for t in self._tests:
             t.reset()
+        self.tamper.reset()
+        self.drift.reset()
 
     def update(
         self,
@@ -121,8 +175,14 @@ class Guard:
         stats: FrameStats,
         output: ModelOutput | None,
         latency_ms: Mapping[str, float] | None = None,
+        *,
+        squeeze: float | None = None,
     ) -> Verdict:
-        """Score one frame and return its Verdict (adds ``latency_ms['score']``)."""
+        """Score one frame and return its Verdict (adds ``latency_ms['score']``).
+
+        ``squeeze``: the frame's feature-squeezing distance (adversarial.FeatureSqueezer),
+        when the profile was calibrated with squeezing.
+        """
         t0 = time.perf_counter()
         if (stats.width, stats.height) != self._size or stats.grid != self._grid:
             raise ProfileError(
@@ -130,10 +190,11 @@ class Guard:
                 f"{stats.grid}, but profile {self.profile.profile_id} is for {self._size[0]}x{self._size[1]} "
                 f"with grid {self._grid}: recalibrate with `edge-guard calibrate`"
             )
-        obs = observe(stats, output, live=frame.live, floor=self._floor)
+        image = frame.image if self._needs_image else None
+        obs = observe(stats, output, live=frame.live, floor=self._floor, image=image, squeeze=squeeze)
         scores: dict[str, float] = {}
         p_values: dict[str, float] = {}
-        best: dict[str, tuple[float, float, str]] = {}  # reason -> (p, score, test)
+        best: dict[str, tuple[float, float, Test]] = {}  # reason -> (p, score, test)
         for test in self._tests:
             score = test.update(obs).score
             if math.isnan(score):
@@ -143,21 +204,33 @@ class Guard:
             p_values[test.name] = p
             prev = best.get(test.reason)
             if prev is None or p < prev[0]:
-                best[test.reason] = (p, score, test.name)
+                best[test.reason] = (p, score, test)
         p_min = min((v[0] for v in best.values()), default=1.0)
         p_family = self.family.p_value(p_min)
         self._p_family = p_family
         p_values[FAMILY_KEY] = p_family
+        fam = {code: self.family.p_value(v[0]) for code, v in best.items()}
+        self._tamper_states = self.tamper.update(frame.seq, fam, self._alpha_flag)
         reasons: list[Reason] = []
-        if p_family <= self._alpha_flag:
-            for code, (p, score, name) in sorted(best.items(), key=lambda kv: kv[1][0]):
-                pf = self.family.p_value(p)
-                if pf > self._alpha_flag:
-                    break  # sorted by p and F is monotone: no further reason qualifies
-                decision = Decision.BLOCK if pf <= self._alpha_block else Decision.FLAG
-                reasons.append(Reason(code=code, decision=decision, score=score, p_value=p,
-                                      detail={"p_family": pf, "test": name}))
+        for code, (p, score, test) in sorted(best.items(), key=lambda kv: kv[1][0]):
+            pf = fam[code]
+            held = pf > self._alpha_flag and self.tamper.keeps(code, pf)
+            if pf > self._alpha_flag and not held:
+                continue
+            decision = Decision.BLOCK if pf <= self._alpha_block else Decision.FLAG
+            detail: dict[str, float | int | str] = {"p_family": pf, "test": test.name, **test.detail}
+            state = self._tamper_states.get(code)
+            if state is not None:
+                detail["tamper"] = "raised" if state.raised else "pending"
+                if state.since_seq is not None:
+                    detail["since_seq"] = state.since_seq
+            reasons.append(Reason(code=code, decision=decision, score=score, p_value=p, detail=detail))
         decision = max((r.decision for r in reasons), default=Decision.PASS)
+        surprise = {"stats": -math.log(max(p_family, 1e-300))}
+        model_p = [p_values[t.name] for t in self._tests if t.reason == "ood_model" and t.name in p_values]
+        if model_p:
+            surprise["model"] = -math.log(max(min(model_p), 1e-300))
+        self.drift.update(obs, surprise, frame.seq, frame.capture_ts, frame.camera_id)
         latency = dict(latency_ms or {})
         latency["score"] = (time.perf_counter() - t0) * 1000.0
         return Verdict(

@@ -29,7 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.errors import ProfileError
-from agent.scoring import ood, rules  # noqa: F401  (importing them registers the tests)
+from agent.scoring import adversarial, ood, patch, rules, tamper  # noqa: F401  (importing registers the tests)
 from agent.scoring.base import Test, make_test
 from agent.scoring.config import CalibrationConfig
 from agent.stats.finish import STATS_VERSION
@@ -38,6 +38,7 @@ __all__ = [
     "PROFILE_FORMAT",
     "PROFILE_VERSION",
     "QUANTILE_LEVELS",
+    "Bins",
     "Distribution",
     "ModelProfile",
     "Profile",
@@ -48,7 +49,7 @@ __all__ = [
 
 PROFILE_FORMAT = "edge-guard-profile"
 #: Bumped on any incompatible change of this file's schema or of the tests' definitions.
-PROFILE_VERSION: int = 1
+PROFILE_VERSION: int = 2
 QUANTILE_LEVELS: tuple[float, ...] = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999)
 
 OptFloat = float | None
@@ -65,8 +66,15 @@ class Distribution(_Record):
     quantiles: list[OptFloat] = Field(description="Values at quantile_levels; null when n = 0.")
 
 
+class Bins(_Record):
+    """Reference bins of one quantity for drift: bin b of v is searchsorted(edges, v, 'right')."""
+
+    edges: list[float] = Field(description="Ascending, distinct bin edges (calibration quantiles).")
+    shares: list[float] = Field(description="Share of calibration frames per bin (len(edges) + 1).")
+
+
 class RobustProfile(_Record):
-    """Robust location and scatter of the transformed statistics vector (FIT part)."""
+    """Robust location and scatter of the transformed statistics vector (all calibration frames)."""
 
     features: list[str]
     location: list[float]
@@ -90,6 +98,11 @@ class ModelProfile(_Record):
     energy: Distribution | None = None
     detections: Distribution | None = None
     top1_counts: dict[str, int] = Field(default_factory=dict, description="Top-1 class frequency.")
+    detection_score: Distribution | None = Field(None, description="Detectors: mean detection score per frame.")
+    detection_log_area: Distribution | None = Field(None, description="Detectors: median log box area share.")
+    detection_cells: list[int] | None = Field(
+        None, description="Detectors: box centres per cell of a coarse grid (detector_outputs.DETECTION_GRID)."
+    )
 
 
 class TestProfile(_Record):
@@ -121,15 +134,18 @@ class Profile(_Record):
     calibration: CalibrationConfig
     n_frames: int = Field(ge=0, description="Frames read after `skip`.")
     n_kept: int = Field(ge=0, description="Frames kept after `stride`.")
-    n_fit: int = Field(ge=0, description="Kept frames in the FIT part.")
-    n_cal: int = Field(ge=0, description="Kept frames in the CALIBRATION part.")
-    block: int = Field(ge=1, description="Block length actually used for the FIT/CALIBRATION split.")
+    n_fit: int = Field(ge=0, description="Kept frames the tests were fitted on (all, cross-fitted).")
+    n_cal: int = Field(ge=0, description="Kept frames with a calibration score (all kept frames).")
+    block: int = Field(ge=1, description="Block length actually used (calibration frame i is in block i // block).")
     quantile_levels: list[float] = Field(default_factory=lambda: list(QUANTILE_LEVELS))
     statistics: dict[str, Distribution]
     features: dict[str, Distribution]
     robust: RobustProfile
     tiles: TileProfile
     model: ModelProfile | None = None
+    drift_bins: dict[str, Bins] = Field(
+        default_factory=dict, description="Reference bins of each monitored quantity (drift.py)."
+    )
     tests: list[TestProfile]
 
     # --- identity -------------------------------------------------------------------------
@@ -223,6 +239,10 @@ class Profile(_Record):
             f"{model(model_sha256)} at {width}x{height} (grid {grid[0]}x{grid[1]}): "
             f"recalibrate with `edge-guard calibrate`"
         )
+
+    def block_ids(self) -> list[int]:
+        """Block id of every calibration frame (consecutive runs of ``block`` frames)."""
+        return [i // self.block for i in range(self.n_cal)]
 
     def test_names(self) -> list[str]:
         return [t.name for t in self.tests]

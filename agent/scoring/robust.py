@@ -1,6 +1,6 @@
 """Robust location and scatter (an MCD-like estimator in NumPy) and robust distances.
 
-Fit on the FIT part of the calibration frames:
+Fit on clean calibration frames (cross-fitted per block at calibration, calibrate.py):
 
 1. Start from the coordinate-wise median and MAD (scaled by 1.4826, floored at the
    features' ``floor_sd``) and keep the h = ceil(support * n) points closest in that

@@ -12,7 +12,7 @@ scores' conformal (1 - a) quantile (``ConformalScorer.threshold``), never a cons
 | ``blur`` | -(log(1 + blur) - 2 log(1 + contrast)) | defocus, motion blur, fog |
 | ``noise`` | log(1 + noise) | sensor noise (Immerkaer's sigma, built to ignore edges) |
 | ``low_saturation`` | -log(1 + saturation) | washed-out or monochrome image |
-| ``color_cast`` | robust distance of (cast_b, cast_r) to their FIT location | white-balance failure, tinted lens |
+| ``color_cast`` | robust distance of (cast_b, cast_r) to their calibrated location | white balance, tinted lens |
 | ``covered`` | -(75th pct. over tiles of log(1 + contrast_t) + 0.5 log(1 + blur_t)) | flat frame in most tiles |
 | ``frozen`` | -log(0.01 + max of diff_prev over the last k frames) | identical frames from a live source |
 """
@@ -127,6 +127,7 @@ class ColorCast(Test):
 
     name = "color_cast"
     default_tolerance = 1.0
+    fitted = True
     _COLS = (_I["cast_b"], _I["cast_r"])
 
     def __init__(self, cfg: CalibrationConfig | None = None) -> None:
@@ -176,7 +177,10 @@ class Frozen(Test):
     """
 
     name = "frozen"
-    default_tolerance = 0.1
+    # A factor e in the inter-frame difference: a quiet stretch (less motion than the
+    # calibration's quietest) is not a freeze; a frozen camera's difference is ~0, not 1/e.
+    default_tolerance = 1.0
+    default_resolution = 0.1
 
     def __init__(self, cfg: CalibrationConfig | None = None) -> None:
         super().__init__(cfg)

@@ -1,0 +1,269 @@
+"""Camera tampering: ``defocused`` and ``moved`` tests, and tamper alarms with hysteresis.
+
+Four reasons are tamper reasons (``TAMPER_REASONS``): ``covered`` and ``frozen`` (rules.py),
+and two tests defined here.
+
+**defocused** (blur across the whole view). Per tile, sharpness
+x_t = log(1 + blur_t) - 2 log(1 + contrast_t) (Laplacian energy relative to contrast, so an
+exposure change is not blur) is standardised against the tile's own calibrated median and
+floored robust scale (patch.TileModel): z_t = (m_t - x_t) / s_t (positive = blurrier). The
+score is the median over tiles of z_t: at least half of the view lost detail. A person
+walking past changes one or two tiles, a defocused lens all of them. ~20 us per frame.
+
+**moved** (the scene no longer matches the calibrated reference). Each frame's luma
+thumbnail (observation.make_thumbnail, 64 columns) becomes an edge map E = G_1 * |grad T|
+(Sobel magnitude, then a Gaussian of 1 thumbnail pixel so a one-pixel jitter does not
+count). The reference R is the edge map of the per-pixel median thumbnail of the
+calibration frames (the static background; passers-by are not in a median). Both are cut
+into a 4 x 4 grid of blocks and compared block by block with
+
+    NCC(a, b) = sum (a - mean a)(b - mean b) / (n sd(a) sd(b))     (0 when a or b is flat)
+
+over the blocks where the reference has structure (edge sd above 1/8 of the median block
+sd; all blocks if fewer than 4 qualify). The score is 1 - median over those blocks of NCC:
+invariant to exposure gain and offset, near 0 for the calibrated view even when a bus
+hides a few blocks, near 1 for another view (every block changed). Not applicable without
+thumbnails (frames calibrated or guarded without their image). ~0.3 ms per frame
+(thumbnail included).
+
+**Hysteresis.** A per-frame FLAG on a tamper test is evidence; a tamper *alarm* is a state.
+``Hysteresis`` raises after ``raise_frames`` consecutive frames whose family-wise p-value is
+<= alpha_flag (the frames that test flags anyway) and clears after ``clear_frames``
+consecutive frames above the looser ``clear_alpha``. While raised, the policy keeps the
+reason on frames with a p-value up to ``clear_alpha`` (a hand moving on the lens does not
+flicker the alarm) and drops it on frames that look clean, so the clearing frames cost no
+false alarms. With the defaults (3, 3) an alarm is raised 2 frames after the first tampered
+frame (80 ms at 25 fps) and cleared on the third clean frame.
+
+>>> h = Hysteresis(raise_frames=3, clear_frames=2)
+>>> events = []
+>>> for i, (on, off) in enumerate([(1, 0), (1, 0), (1, 0), (0, 0), (1, 0), (0, 1), (0, 1), (0, 1)]):
+...     if h.update(bool(on), bool(off)).changed:
+...         events.append((i, h.raised))
+>>> events
+[(2, True), (6, False)]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Self
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from agent.scoring.base import Params, Test, register
+from agent.scoring.config import CalibrationConfig, TamperConfig
+from agent.scoring.observation import U8, Observation
+from agent.scoring.patch import TILE_FEATURES, TileTest
+
+__all__ = [
+    "TAMPER_REASONS",
+    "Defocused",
+    "Hysteresis",
+    "Moved",
+    "TamperMonitor",
+    "TamperState",
+    "block_ncc",
+    "edge_map",
+    "ncc",
+]
+
+FloatArray = npt.NDArray[np.float64]
+F32 = npt.NDArray[np.float32]
+
+TAMPER_REASONS: tuple[str, ...] = ("covered", "frozen", "defocused", "moved")
+#: Blocks (rows, cols) of the thumbnail compared one by one by ``moved``.
+MOVED_BLOCKS: tuple[int, int] = (4, 4)
+_SHARP = TILE_FEATURES.index("sharpness")
+
+
+@register
+class Defocused(TileTest):
+    """Median over tiles of the per-tile sharpness drop (robust z); see the module docstring."""
+
+    name = "defocused"
+    default_tolerance = 0.5
+
+    def compute(self, obs: Observation) -> float:
+        z = -self._z(obs)[:, _SHARP]  # (T,) positive = blurrier than the tile's profile
+        z = z[~np.isnan(z)]
+        return float(np.median(z)) if z.size else math.nan
+
+
+def edge_map(thumb: U8) -> F32:
+    """Gaussian-smoothed Sobel gradient magnitude of a luma thumbnail (float32, same shape)."""
+    t = thumb.astype(np.float32)
+    gx = cv2.Sobel(t, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(t, cv2.CV_32F, 0, 1, ksize=3)
+    mag = cv2.magnitude(gx, gy)
+    return np.asarray(cv2.GaussianBlur(mag, (0, 0), 1.0), dtype=np.float32)
+
+
+def ncc(a: F32, b: F32) -> float:
+    """Normalised cross-correlation of two equally shaped arrays (0 when either is flat)."""
+    x = a.astype(np.float64).ravel()
+    y = b.astype(np.float64).ravel()
+    x = x - x.mean()
+    y = y - y.mean()
+    den = math.sqrt(float(x @ x) * float(y @ y))
+    return float(x @ y) / den if den > 1e-9 else 0.0
+
+
+def _blocks(a: F32, grid: tuple[int, int]) -> list[F32]:
+    rows, cols = grid
+    h, w = a.shape
+    ys = [i * h // rows for i in range(rows + 1)]
+    xs = [j * w // cols for j in range(cols + 1)]
+    return [a[ys[i] : ys[i + 1], xs[j] : xs[j + 1]] for i in range(rows) for j in range(cols)]
+
+
+def block_ncc(frame_edges: F32, ref_edges: F32, grid: tuple[int, int] = MOVED_BLOCKS) -> float:
+    """Median over the reference's structured blocks of the blockwise NCC (module docstring)."""
+    fb, rb = _blocks(frame_edges, grid), _blocks(ref_edges, grid)
+    sd = np.array([float(b.std()) for b in rb])
+    keep = np.flatnonzero(sd > np.median(sd) / 8.0)
+    if keep.size < 4:
+        keep = np.arange(len(rb))
+    return float(np.median([ncc(fb[k], rb[k]) for k in keep]))
+
+
+@register
+class Moved(Test):
+    """1 - blockwise median NCC of the frame's edge map with the reference's (module docstring)."""
+
+    name = "moved"
+    # A crowd near the camera hides several blocks: 1 - median NCC reached 0.15 on a busy clean
+    # view (calibration: < 0.05); another view, a tilted or zoomed camera score 0.5-1.
+    default_tolerance = 0.2
+    default_resolution = 0.05
+    fitted = True
+    needs_image = True
+
+    def __init__(self, cfg: CalibrationConfig | None = None) -> None:
+        super().__init__(cfg)
+        self.reference: U8 | None = None
+        self._ref_edges: F32 | None = None
+
+    def fit(self, observations: Sequence[Observation]) -> None:
+        thumbs = [o.thumb for o in observations if o.thumb is not None]
+        if not thumbs:
+            self.reference, self._ref_edges = None, None
+            return
+        median = np.median(np.stack(thumbs), axis=0)  # (rows, cols) the static background
+        self._set(np.asarray(np.round(median), dtype=np.uint8))
+
+    def _set(self, reference: U8) -> None:
+        self.reference = reference
+        self._ref_edges = edge_map(reference)
+
+    def params(self) -> Params:
+        return {} if self.reference is None else {"reference": self.reference.tolist()}
+
+    def load_params(self, params: Params) -> None:
+        ref = np.asarray(params.get("reference", []), dtype=np.float64)
+        if ref.ndim != 2 or ref.shape[0] < 3 or ref.shape[1] < 3 or ref.min() < 0 or ref.max() > 255:
+            raise ValueError(f"moved: reference must be a 2-D thumbnail of 0..255 values, but got shape {ref.shape}")
+        self._set(ref.astype(np.uint8))
+
+    def compute(self, obs: Observation) -> float:
+        if obs.thumb is None or self._ref_edges is None:
+            return math.nan
+        if obs.thumb.shape != self._ref_edges.shape:
+            raise ValueError(f"moved: thumbnail {obs.thumb.shape} does not match the reference {self._ref_edges.shape}")
+        return 1.0 - block_ncc(edge_map(obs.thumb), self._ref_edges)
+
+
+class Hysteresis:
+    """Two-level alarm: raise on ``raise_frames`` consecutive "on" frames, clear on
+    ``clear_frames`` consecutive "off" frames (river style: ``update`` then read properties).
+
+    ``on``: strong evidence (the test fires at the flag level); ``off``: clean evidence (above
+    the clearing level). A frame that is neither restarts both runs.
+    """
+
+    def __init__(self, raise_frames: int = 3, clear_frames: int = 3) -> None:
+        if raise_frames < 1 or clear_frames < 1:
+            raise ValueError(f"raise_frames and clear_frames must be >= 1, but got {raise_frames}, {clear_frames}")
+        self.raise_frames = raise_frames
+        self.clear_frames = clear_frames
+        self._raised = False
+        self._changed = False
+        self._run = 0
+        self.n = 0
+
+    def update(self, on: bool, off: bool) -> Self:
+        """One frame's evidence; read ``raised`` and ``changed`` afterwards."""
+        self.n += 1
+        was = self._raised
+        hit = off if self._raised else on
+        self._run = self._run + 1 if hit else 0
+        if self._run >= (self.clear_frames if self._raised else self.raise_frames):
+            self._raised = not self._raised
+            self._run = 0
+        self._changed = self._raised != was
+        return self
+
+    def reset(self) -> None:
+        self._raised = self._changed = False
+        self._run = 0
+
+    @property
+    def raised(self) -> bool:
+        """True while the alarm is on."""
+        return self._raised
+
+    @property
+    def changed(self) -> bool:
+        """True when the last update raised or cleared the alarm."""
+        return self._changed
+
+
+@dataclass(frozen=True, slots=True)
+class TamperState:
+    """One tamper alarm after a frame: on or off, whether this frame changed it, since when."""
+
+    reason: str
+    raised: bool
+    changed: bool
+    since_seq: int | None
+
+
+class TamperMonitor:
+    """Hysteresis alarms for the tamper reasons, fed with each frame's family-wise p-values."""
+
+    def __init__(self, cfg: TamperConfig | None = None, reasons: Sequence[str] = TAMPER_REASONS) -> None:
+        self.cfg = cfg if cfg is not None else TamperConfig()
+        self._alarms = {r: Hysteresis(self.cfg.raise_frames, self.cfg.clear_frames) for r in reasons}
+        self._since: dict[str, int | None] = dict.fromkeys(reasons)
+
+    def update(self, seq: int, p_family: Mapping[str, float], alpha_flag: float) -> dict[str, TamperState]:
+        """Feed one frame: ``p_family[reason]`` = F(p) of the reason's test (missing = not applicable)."""
+        out: dict[str, TamperState] = {}
+        for reason, alarm in self._alarms.items():
+            pf = p_family.get(reason)
+            if pf is None:
+                continue
+            alarm.update(pf <= alpha_flag, pf > self.cfg.clear_alpha)
+            if alarm.changed:
+                self._since[reason] = seq if alarm.raised else None
+            out[reason] = TamperState(reason, alarm.raised, alarm.changed, self._since[reason])
+        return out
+
+    def keeps(self, reason: str, p_family: float) -> bool:
+        """True when a raised alarm keeps ``reason`` on a frame with family p-value ``p_family``."""
+        alarm = self._alarms.get(reason)
+        return alarm is not None and alarm.raised and p_family <= self.cfg.clear_alpha
+
+    @property
+    def raised(self) -> list[str]:
+        """Tamper reasons currently in alarm."""
+        return [r for r, a in self._alarms.items() if a.raised]
+
+    def reset(self) -> None:
+        for alarm in self._alarms.values():
+            alarm.reset()
+        self._since = dict.fromkeys(self._alarms)

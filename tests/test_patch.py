@@ -1,0 +1,120 @@
+"""The patch test: static, localized deviations with the tile in Reason.detail; moving or global ones ignored."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from agent.frame import Frame
+from agent.scoring.calibrate import Calibrator
+from agent.scoring.config import CalibrationConfig, PolicyConfig
+from agent.scoring.observation import observe
+from agent.scoring.patch import PATCH_FRAMES, Patch, TileModel, localized
+from agent.scoring.policy import Guard
+from agent.sources.synthetic import SyntheticCamera, SyntheticScene, parse_synthetic_uri
+from agent.stats.cpu import CpuStats
+from agent.verdict import Verdict
+
+Image = npt.NDArray[np.uint8]
+CAL = 200
+W, H = 256, 144
+
+
+@pytest.fixture(scope="module")
+def images() -> list[Image]:
+    spec = parse_synthetic_uri(f"synthetic://clean?size={W}x{H}&seed=6&frames=260")
+    camera = SyntheticCamera(SyntheticScene(spec.seed, spec.size_wh), spec.schedule)
+    return [camera.render(i)[0] for i in range(260)]
+
+
+@pytest.fixture(scope="module")
+def guard(images: list[Image]) -> Guard:
+    backend = CpuStats((4, 4))
+    cal = Calibrator(CalibrationConfig(frames=CAL), (4, 4))
+    for image in images[:CAL]:
+        cal.update(backend.compute(image), image=image)
+    return Guard(cal.build(), PolicyConfig())
+
+
+def sticker(image: Image, x: int, y: int) -> Image:
+    """A saturated, high-contrast printed square (an adversarial-patch-like sticker) at (x, y)."""
+    out = image.copy()
+    s = 28
+    block = np.indices((s, s)).sum(axis=0) // 4 % 2  # checkerboard of 4-px squares
+    out[y : y + s, x : x + s] = np.where(block[:, :, None] == 1, (0, 0, 255), (255, 255, 0)).astype(np.uint8)
+    return out
+
+
+def glare_spot(image: Image, x: int, y: int) -> Image:
+    out = image.copy()
+    cv2.circle(out, (x, y), 14, (255, 255, 255), -1)
+    return out
+
+
+def run(guard: Guard, frames: list[Image]) -> list[Verdict]:
+    guard.reset()
+    backend = CpuStats((4, 4))
+    return [guard.update(Frame(im, "cam", i, float(i), float(i)), backend.compute(im), None)
+            for i, im in enumerate(frames)]
+
+
+@pytest.mark.parametrize(
+    ("name", "inject", "tile"),
+    [
+        ("sticker", lambda im: sticker(im, 200, 10), (0, 3)),  # top-right tile
+        ("glare spot", lambda im: glare_spot(im, 40, 120), (3, 0)),  # bottom-left tile
+    ],
+)
+def test_static_patch_is_found_with_its_tile(
+    guard: Guard, images: list[Image], name: str, inject: Callable[[Image], Image], tile: tuple[int, int]
+) -> None:
+    held = images[CAL : CAL + 30]
+    verdicts = run(guard, [inject(im) for im in held])
+    hits = [v for v in verdicts if "patch" in v.reason_codes]
+    # from the PATCH_FRAMES-th frame on (persistence), every frame
+    assert len(hits) >= len(held) - PATCH_FRAMES, (name, len(hits))
+    for v in hits:
+        reason = next(r for r in v.reasons if r.code == "patch")
+        assert (reason.detail["tile_row"], reason.detail["tile_col"]) == tile, reason.detail
+
+
+def test_clean_and_global_changes_are_not_patches(guard: Guard, images: list[Image]) -> None:
+    held = images[CAL:]
+    assert not any("patch" in v.reason_codes for v in run(guard, held))
+    darker = [(im * 0.6).astype(np.uint8) for im in held[:20]]
+    assert not any("patch" in v.reason_codes for v in run(guard, darker))  # dark, not patch
+
+
+def test_a_moving_object_is_not_a_patch(guard: Guard, images: list[Image]) -> None:
+    """The same sticker sweeping across the view is content, not a patch (tiles are not still)."""
+    held = images[CAL : CAL + 30]
+    moving = [sticker(im, 8 * i % (W - 30), 60) for i, im in enumerate(held)]
+    assert not any("patch" in v.reason_codes for v in run(guard, moving))
+
+
+def test_localized_removes_the_frame_wide_shift() -> None:
+    d = np.zeros((16, 5))
+    d[:, 2] = 0.5  # every tile more saturated: global
+    d[9, 0] = 0.4  # one tile brighter
+    scale = np.full((16, 5), 0.05)
+    scale[3] = 0.2  # a busy tile: the shared shift must not depend on its spread
+    c = localized(d, scale)
+    assert c[:, 2].max() == 0.0 and c[9, 0] == pytest.approx(8.0)
+
+
+def test_tile_model_round_trip_and_errors(images: list[Image]) -> None:
+    backend = CpuStats((4, 4))
+    obs = [observe(backend.compute(im), None) for im in images[:40]]
+    test = Patch()
+    test.fit(obs)
+    again = Patch()
+    again.load_params(test.params())
+    assert np.allclose(again.tiles.median, test.tiles.median) and np.allclose(again.still, test.still)  # type: ignore[union-attr,arg-type]
+    with pytest.raises(ValueError, match="tiles"):
+        TileModel.from_params({"median": [[0.0]], "scale": [[1.0]]})
+    with pytest.raises(ValueError, match="still"):
+        again.load_params({**test.params(), "still": [1.0]})

@@ -1,0 +1,164 @@
+"""Tamper alarms: hysteresis (golden indices), defocused and moved tests, edge-map similarity."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from agent.frame import Frame
+from agent.scoring.calibrate import Calibrator
+from agent.scoring.config import CalibrationConfig, PolicyConfig, TamperConfig
+from agent.scoring.observation import make_thumbnail, observe
+from agent.scoring.policy import Guard
+from agent.scoring.tamper import Hysteresis, Moved, TamperMonitor, edge_map, ncc
+from agent.sources.synthetic import SyntheticCamera, SyntheticScene, parse_synthetic_uri
+from agent.stats.cpu import CpuStats
+from agent.stats.types import FrameStats
+from agent.verdict import Decision
+
+Image = npt.NDArray[np.uint8]
+Stream = list[tuple[Image, FrameStats, str | None]]
+CAL = 250
+URI = ("synthetic://custom?faults=covered:290:330,frozen:350:390,blur:410:450,scene_change:470:510"
+       "&size=192x108&seed=2&frames=540")
+
+
+@pytest.fixture(scope="module")
+def stream() -> Stream:
+    spec = parse_synthetic_uri(URI)
+    camera = SyntheticCamera(SyntheticScene(spec.seed, spec.size_wh, style=spec.style), spec.schedule)
+    backend = CpuStats((4, 4))
+    out: Stream = []
+    for i in range(540):
+        image, _, fault = camera.render(i)
+        out.append((image, backend.compute(image), fault))
+    return out
+
+
+@pytest.fixture(scope="module")
+def guard(stream: Stream) -> Guard:
+    cal = Calibrator(CalibrationConfig(frames=CAL), (4, 4))
+    for image, stats, fault in stream[:CAL]:
+        assert fault is None
+        cal.update(stats, image=image)
+    return Guard(cal.build(), PolicyConfig())
+
+
+def test_tamper_alarms_golden_indices(guard: Guard, stream: Stream) -> None:
+    """Each alarm is raised on the 3rd tampered frame and cleared on the 3rd clean one (seeded stream)."""
+    guard.reset()
+    events = []
+    clean_flags = []
+    for i, (image, stats, fault) in enumerate(stream[CAL:], start=CAL):
+        v = guard.update(Frame(image, "cam", i, float(i), float(i), live=True, fault=fault), stats, None)
+        events += [(i, r, s.raised) for r, s in guard.tamper_states.items() if s.changed]
+        if fault is None and v.decision != Decision.PASS:
+            clean_flags.append(i)
+        if fault is not None and i >= {"covered": 292, "frozen": 353, "blur": 412, "scene_change": 472}[fault]:
+            # a raised alarm is in the verdict's reasons with its state
+            raised = [r for r in v.reasons if r.detail.get("tamper") == "raised"]
+            assert raised, (i, fault, v.reason_codes)
+    assert events == [
+        (292, "covered", True), (292, "moved", True), (332, "covered", False), (332, "moved", False),
+        (353, "frozen", True), (392, "frozen", False),
+        (412, "covered", True), (412, "defocused", True), (452, "covered", False), (452, "defocused", False),
+        (472, "covered", True), (472, "moved", True), (512, "covered", False), (512, "moved", False),
+    ]
+    # raised within 1 s at 25 fps, cleared when the condition ends, no false alarm in between
+    assert clean_flags == []
+
+
+def test_hysteresis_golden_on_seeded_noise() -> None:
+    rng = np.random.default_rng(11)
+    on = rng.random(200) < np.where(np.arange(200) // 50 % 2 == 1, 0.9, 0.02)  # evidence in 50..99, 150..199
+    off = ~on & (rng.random(200) < 0.9)
+    h = Hysteresis(raise_frames=3, clear_frames=3)
+    changes = [(i, h.raised) for i in range(200) if h.update(bool(on[i]), bool(off[i])).changed]
+    assert changes == [(52, True), (102, False), (152, True)]
+
+
+@pytest.mark.parametrize(
+    ("raise_frames", "clear_frames", "expected"),
+    [
+        (1, 1, [(0, True), (4, False)]),
+        (2, 1, [(1, True), (4, False)]),
+        (3, 2, [(2, True), (5, False)]),
+        (5, 1, []),  # never 5 consecutive "on" frames
+    ],
+)
+def test_hysteresis_table(raise_frames: int, clear_frames: int, expected: list[tuple[int, bool]]) -> None:
+    on = [1, 1, 1, 1, 0, 0, 0]
+    off = [0, 0, 0, 0, 1, 1, 1]
+    h = Hysteresis(raise_frames, clear_frames)
+    assert [(i, h.raised) for i in range(7) if h.update(bool(on[i]), bool(off[i])).changed] == expected
+
+
+def test_hysteresis_rejects_bad_parameters() -> None:
+    with pytest.raises(ValueError, match=">= 1"):
+        Hysteresis(0, 3)
+
+
+def test_monitor_keeps_reason_only_below_clear_level() -> None:
+    mon = TamperMonitor(TamperConfig(raise_frames=2, clear_frames=2, clear_alpha=0.1))
+    for seq in range(2):
+        mon.update(seq, {"covered": 1e-6}, alpha_flag=0.01)
+    assert mon.raised == ["covered"]
+    assert mon.keeps("covered", 0.05) and not mon.keeps("covered", 0.5) and not mon.keeps("moved", 0.05)
+    states = mon.update(2, {"covered": 0.5}, alpha_flag=0.01)
+    assert states["covered"].raised and states["covered"].since_seq == 1
+    states = mon.update(3, {"covered": 0.5}, alpha_flag=0.01)
+    assert not states["covered"].raised and states["covered"].changed and mon.raised == []
+
+
+def test_ncc_is_gain_and_offset_invariant() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.random((20, 30)).astype(np.float32)
+    assert ncc(a, 3.0 * a + 7.0) == pytest.approx(1.0)
+    assert ncc(a, -a) == pytest.approx(-1.0)
+    assert ncc(a, np.zeros_like(a)) == 0.0  # flat: no evidence of similarity
+
+
+def test_moved_scores_another_view_high(stream: Stream) -> None:
+    clean = [observe(s, None, image=im) for im, s, f in stream[:CAL]]
+    test = Moved()
+    test.fit(clean)
+    same = [test.update(o).score for o in clean[::10]]
+    image = stream[100][0]
+    h, w = image.shape[:2]
+    moved = {
+        "tilted": np.roll(image, h // 6, axis=0),
+        "zoomed": cv2.resize(image[h // 8 : h - h // 8, w // 8 : w - w // 8], (w, h)),
+        "rotated": cv2.warpAffine(image, cv2.getRotationMatrix2D((w / 2, h / 2), 8, 1.0), (w, h),
+                                  borderMode=cv2.BORDER_REFLECT),
+        "other scene": stream[490][0],
+    }
+    for name, raw in moved.items():
+        view: Image = np.ascontiguousarray(raw, dtype=np.uint8)
+        score = test.update(observe(CpuStats((4, 4)).compute(view), None, image=view)).score
+        assert score > 0.5 > max(same), (name, score, max(same))
+    brighter = np.clip(image.astype(np.float32) * 1.3 + 10, 0, 255).astype(np.uint8)
+    assert test.update(observe(CpuStats((4, 4)).compute(brighter), None, image=brighter)).score < 0.3
+    # the reference survives a JSON round trip
+    again = Moved()
+    again.load_params(test.params())
+    assert again.reference is not None and test.reference is not None
+    assert np.array_equal(again.reference, test.reference)
+    with pytest.raises(ValueError, match="thumbnail"):
+        again.load_params({"reference": [1, 2, 3]})
+
+
+def test_moved_not_applicable_without_image(stream: Stream) -> None:
+    test = Moved()
+    test.fit([observe(s, None) for _, s, _ in stream[:20]])
+    assert test.params() == {} and np.isnan(test.update(observe(stream[0][1], None)).score)
+
+
+def test_edge_map_shape_and_thumbnail() -> None:
+    image = np.zeros((90, 160, 3), np.uint8)
+    cv2.rectangle(image, (40, 20), (120, 70), (255, 255, 255), -1)
+    thumb = make_thumbnail(image)
+    assert thumb.shape == (36, 64) and thumb.dtype == np.uint8
+    edges = edge_map(thumb)
+    assert edges.shape == thumb.shape and float(edges[18, 32]) < float(edges.max()) / 10  # flat inside
