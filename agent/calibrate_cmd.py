@@ -14,8 +14,9 @@ from pathlib import Path
 from agent.config import GuardConfig, config_hash
 from agent.errors import ProfileError
 from agent.frame import Frame
-from agent.model.factory import load_warm_model
+from agent.model.factory import effective_preprocess, load_warm_model
 from agent.pipeline import Measurer, ProfileIds, Scorer
+from agent.scoring.adversarial import make_squeezer
 from agent.scoring.profile import Profile
 from agent.sources.factory import open_source
 from agent.stats.factory import create_backend
@@ -58,7 +59,11 @@ def calibrate_from_config(cfg: GuardConfig, out: Path, progress: bool = True) ->
     def ids(frame: Frame) -> ProfileIds:
         return ProfileIds(sha, frame.size_wh, stats.grid, chash)
 
-    measurer = Measurer(stats, model)
+    # The squeezer calibrates the adversarial_squeeze test; only when calibration.squeeze is on.
+    squeezer = None
+    if cfg.calibration.squeeze.enabled and model is not None:
+        squeezer = make_squeezer(model, effective_preprocess(cfg.model), cfg.calibration.squeeze)
+    measurer = Measurer(stats, model, squeezer)
     scorer = Scorer(None, cfg.policy, cfg.calibration, stats.grid, ids, camera_id=cfg.camera_id)
     needed = cfg.calibration.skip + cfg.calibration.frames
     bar = ProgressBar(needed, "frames") if progress else None

@@ -36,11 +36,13 @@ from agent.errors import ConfigError, GuardError, ModelError, ProfileError
 from agent.frame import Frame
 from agent.healthagg import HealthAggregator
 from agent.logsetup import set_level
-from agent.model.factory import load_model
+from agent.model.factory import effective_preprocess, load_model
 from agent.model.types import ModelRunner
 from agent.pipeline import Measurer, ProfileIds, Scorer, load_profile
 from agent.reload import plan_reload
 from agent.reporting import Reporter
+from agent.scoring.adversarial import make_squeezer
+from agent.scoring.drift import DriftSnapshot
 from agent.scoring.profile import Profile
 from agent.sdnotify import Notifier, watchdog_interval_s
 from agent.signals import install_handlers
@@ -97,7 +99,7 @@ class Daemon:
         self.model: ModelRunner | None = None
         self.scorer: Scorer | None = None
         self.sinks: list[Sink] = []
-        self.reporter = Reporter(cfg.camera_id, self.agg, self.sinks)
+        self.reporter = Reporter(cfg.camera_id, self.agg, self.sinks, drift=self._drift_snapshot)
         self.workers: Workers | None = None
         self._measurer: Measurer | None = None
         self._errors: ErrorQueue = queue.Queue()
@@ -146,7 +148,15 @@ class Daemon:
             logger.info("model %s (sha256 %s…) on %s, warmed up",
                         self.model.info.path, self.model.info.sha256[:12], self.model.info.provider)
         assert self.stats is not None
-        self._measurer = Measurer(self.stats, self.model)
+        # Only when calibration.squeeze is on (off by default: two extra model passes per frame);
+        # make_squeezer still says None (with a warning) for a detector.
+        squeeze_cfg = self.cfg.calibration.squeeze
+        squeezer = None
+        if squeeze_cfg.enabled and self.model is not None:
+            squeezer = make_squeezer(self.model, effective_preprocess(self.cfg.model), squeeze_cfg)
+        if squeezer is not None:
+            logger.info("feature squeezing on (%s): extra model passes per frame", squeeze_cfg.squeezers)
+        self._measurer = Measurer(self.stats, self.model, squeezer)
 
     def init_profile(self) -> None:
         assert self.stats is not None
@@ -429,6 +439,9 @@ class Daemon:
     # -- helpers -----------------------------------------------------------------------------------
     def _source_state(self) -> str:
         return str(getattr(self.source, "state", "unknown")) if self.source is not None else "unknown"
+
+    def _drift_snapshot(self) -> DriftSnapshot | None:
+        return self.scorer.drift_snapshot() if self.scorer is not None else None
 
     def _model_sha(self) -> str | None:
         return self.model.info.sha256 if self.model is not None else None

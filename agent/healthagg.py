@@ -13,7 +13,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -183,8 +183,13 @@ class HealthAggregator:
         errors: Mapping[str, int] | None = None,
         uptime_s: float = 0.0,
         gpu: Mapping[str, float] | None = None,
+        drift: Mapping[str, float] | None = None,
+        drift_alarms: Sequence[str] = (),
     ) -> HealthSummary:
-        """Close the current window, return its summary and start the next window."""
+        """Close the current window, return its summary and start the next window.
+
+        ``drift`` / ``drift_alarms`` come from the guard's drift monitor (``Scorer.drift_snapshot``).
+        """
         now_ts, now_mono = time.time(), time.monotonic()
         with self._lock:
             w = self._window
@@ -223,6 +228,8 @@ class HealthAggregator:
             phase=phase,
             uptime_s=uptime_s,
             gpu=dict(gpu) if gpu is not None else None,
+            drift=dict(drift or {}),
+            drift_alarms=list(drift_alarms),
         )
 
 

@@ -15,10 +15,11 @@ from collections.abc import Callable, Mapping, Sequence
 from agent.gpu.nvml import gpu_health
 from agent.health import HealthSummary
 from agent.healthagg import HealthAggregator
+from agent.scoring.drift import DriftSnapshot
 from agent.sinks.base import CameraState, Sink
 from agent.sources.base import Source
 
-__all__ = ["ROUTINE_REASONS", "Reporter"]
+__all__ = ["ROUTINE_REASONS", "DriftProvider", "Reporter"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,13 +27,24 @@ logger = logging.getLogger(__name__)
 ROUTINE_REASONS: frozenset[str] = frozenset({"stopped", "source ended"})
 
 
-class Reporter:
-    """Publishes camera status and health for one camera (called from the supervisor only)."""
+#: Returns the guard's current drift scores and alarms (None while calibrating): ``Scorer.drift_snapshot``.
+DriftProvider = Callable[[], DriftSnapshot | None]
 
-    def __init__(self, camera_id: str, agg: HealthAggregator, sinks: Sequence[Sink]) -> None:
+
+class Reporter:
+    """Publishes camera status and health for one camera (called from the supervisor only).
+
+    ``drift``, when given, is asked for the drift scores and alarms of each health summary (the
+    scorer is built after the reporter and owned by the daemon, so it is reached through a callable).
+    """
+
+    def __init__(
+        self, camera_id: str, agg: HealthAggregator, sinks: Sequence[Sink], drift: DriftProvider | None = None
+    ) -> None:
         self.camera_id = camera_id
         self.agg = agg
         self.sinks = sinks
+        self.drift = drift
         self.camera_state: tuple[CameraState, str] | None = None
         self._start_mono = time.monotonic()
         self._reconnects_seen = 0
@@ -74,11 +86,13 @@ class Reporter:
         for sink in self.sinks:
             publisher.update(sink.stats())
         now_ids = ids()
+        snap = self.drift() if self.drift is not None else None
         summary = self.agg.summarize(
             source_state=source_state, source_reconnects=reconnects, backend=backend,
             model_sha256=now_ids.get("model_sha256"), profile_id=now_ids.get("profile_id"),
             config_hash=now_ids.get("config_hash"), publisher=publisher, phase=phase,
             uptime_s=time.monotonic() - self._start_mono, gpu=gpu_health(),
+            drift=snap.scores if snap is not None else None, drift_alarms=snap.alarms if snap is not None else (),
         )
         decisions = " ".join(f"{k}={v}" for k, v in sorted(summary.decisions.items())) or summary.phase
         logger.info("health #%d: fps=%.1f in=%d processed=%d dropped=%d %s", summary.seq, summary.fps,

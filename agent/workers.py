@@ -5,7 +5,7 @@
   camera is never blocked; a source read faster than real time (a file, an unpaced synthetic
   camera) waits for room instead, so nothing is lost.
 * **worker** (``eg-worker``): stats -> model (one batched call per ``batch_size`` frames) ->
-  calibrator or guard -> every sink.
+  calibrator or guard -> every sink (verdicts, and the guard's ``drift`` events via ``publish_event``).
 
 After a live camera reconnects (its ``reconnects`` counter moved during a ``read()``), the
 frames that follow carry a new *connection epoch*; the worker resets the statistics backend's
@@ -178,6 +178,11 @@ class Workers:
         for m in measured:
             m.latency_ms["queue"] = (t_get - queued[id(m.frame)]) * 1e3
             verdict = self.scorer.update(m)
+            # Sequential drift alarms raised/cleared by this frame (rare): one event each, to every sink.
+            for event in self.scorer.drift_events():
+                record = event.to_dict()
+                for sink in self.sinks:
+                    sink.publish_event(record)
             if verdict is None:  # calibrating
                 self.agg.record(m.stats, m.output, m.latency_ms)
             else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 import threading
 import time
@@ -71,6 +72,7 @@ class Recorder:
         self.verdicts: list[Verdict] = []
         self.health: list[HealthSummary] = []
         self.status: list[tuple[str, str]] = []
+        self.events: list[dict[str, object]] = []
         self.closed = False
         self.on_verdict = on_verdict
 
@@ -84,6 +86,9 @@ class Recorder:
 
     def publish_camera_status(self, camera_id: str, state: CameraState, reason: str) -> None:
         self.status.append((state, reason))
+
+    def publish_event(self, event: dict[str, object]) -> None:
+        self.events.append(event)
 
     def stats(self) -> dict[str, float]:
         return {"recorder_verdicts": float(len(self.verdicts))}
@@ -121,6 +126,10 @@ def test_end_to_end_outputs(tmp_path: Path) -> None:
     assert "recorder_verdicts" in last.publisher  # sink backlog/counters are reported
     # NVML values on a GPU box; None (not an error) without a driver
     assert (last.gpu is None) == (gpu_health() is None)
+    # Drift scores (window PSIs, CUSUM S/h) from the guard once it is guarding; none while calibrating.
+    assert last.drift and all(k.startswith(("psi.", "cusum.")) for k in last.drift)
+    assert "cusum.stats" in last.drift and isinstance(last.drift_alarms, list)
+    assert not any(h.drift for h in health if h.phase == "calibrating")
     busy = max(health, key=lambda h: h.frames_processed)
     assert set(busy.latency) >= {"read", "queue", "stats", "model"}
     assert busy.stats["brightness"].p50 is not None and busy.confidence.p50 is not None
@@ -286,6 +295,43 @@ def test_decisions_are_counted_by_reason(tmp_path: Path) -> None:
     assert p.decisions.get("FLAG", 0) + p.decisions.get("BLOCK", 0) == len(risky)
     for code, count in p.reasons.items():
         assert count == sum(code in v.reason_codes for v in risky)
+
+
+def test_sustained_change_raises_a_drift_event_in_every_sink(tmp_path: Path) -> None:
+    # 180 dark frames after calibration: a sustained change, so the stats CUSUM raises its alarm once.
+    rec = Recorder()
+    cfg = _cfg(tmp_path, source={"uri": "synthetic://custom?faults=dark:150:330&size=160x96&seed=3",
+                                 "max_frames": 360})
+    assert _run(Daemon(cfg, notifier=Notifier(None), extra_sinks=[rec])) == 0
+    starts = [e for e in rec.events if e["lifecycle"] == "start"]
+    assert starts and all(e["type"] == "drift" and e["camera_id"] == "t1" for e in rec.events)
+    assert 150 <= int(str(starts[0]["seq"])) < 330, "raised during the dark stretch"
+    written = read_jsonl(tmp_path / "out" / "events.jsonl")
+    assert [(e["detector"], e["lifecycle"], e["seq"]) for e in written] == [
+        (e["detector"], e["lifecycle"], e["seq"]) for e in rec.events]
+    assert starts[0]["detector"] in rec.health[-1].drift_alarms or any(e["lifecycle"] == "end" for e in rec.events)
+
+
+def test_feature_squeezing_scores_reach_the_verdicts(tmp_path: Path) -> None:
+    # calibration.squeeze on: the daemon runs the reference classifier on squeezed copies too, so
+    # the adversarial_squeeze test is calibrated and scored (off by default: no score at all).
+    rec = Recorder()
+    cfg = _cfg(tmp_path, source={"uri": "synthetic://clean?size=96x64&seed=5", "max_frames": 30},
+               calibration={"frames": 20, "squeeze": {"enabled": True}})
+    daemon = Daemon(cfg, notifier=Notifier(None), extra_sinks=[rec])
+    assert _run(daemon) == 0
+    assert len(rec.verdicts) == 10
+    scores = [v.scores.get("adversarial_squeeze") for v in rec.verdicts]
+    assert all(s is not None and 0.0 <= s <= 2.0 for s in scores), scores
+    assert daemon.scorer is not None and daemon.scorer.profile is not None
+    assert "adversarial_squeeze" in {t.name for t in daemon.scorer.profile.tests}
+
+    plain = Recorder()
+    off = Daemon(_cfg(tmp_path / "off", source={"uri": "synthetic://clean?size=96x64&seed=5", "max_frames": 30},
+                      calibration={"frames": 20}), notifier=Notifier(None), extra_sinks=[plain])
+    assert _run(off) == 0
+    assert plain.verdicts and all("adversarial_squeeze" not in v.scores or math.isnan(v.scores["adversarial_squeeze"])
+                                  for v in plain.verdicts)
 
 
 def test_failing_health_sink_exits_nonzero(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

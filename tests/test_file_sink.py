@@ -16,6 +16,7 @@ from agent.errors import ConfigError
 from agent.frame import Frame
 from agent.health import HealthSummary
 from agent.model.types import ModelOutput
+from agent.scoring.drift import DriftEvent
 from agent.sinks.config import FileSinkConfig
 from agent.sinks.file import FileSink, jsonable
 from agent.stats.cpu import CpuStats
@@ -84,6 +85,21 @@ def test_health_and_statusread_jsonl(tmp_path: Path) -> None:
     assert HealthSummary.model_validate(read_jsonl(tmp_path / "health.jsonl")[0]) == summary
     status = read_jsonl(tmp_path / "status.jsonl")
     assert [(s["state"], s["reason"]) for s in status] == [("degraded", "source down"), ("online", "guarding")]
+    sink.close()
+
+
+def test_drift_events_go_to_events_jsonl(tmp_path: Path) -> None:
+    ids = {"model_sha256": "ab" * 32, "profile_id": "p1", "config_hash": "c1"}
+    sink = FileSink(FileSinkConfig(dir=tmp_path), "cam1", ids=lambda: ids)
+    event = DriftEvent("cam1", "stats", "start", 412, 1700000000.5, 14.25, 13.9).to_dict()
+    sink.publish_event(event)
+    sink.publish_event({**event, "lifecycle": "end", "seq": 530, "statistic": math.nan})
+    lines = read_jsonl(tmp_path / "events.jsonl")  # flushed per line, strict JSON (NaN -> null)
+    assert [(e["type"], e["detector"], e["lifecycle"], e["seq"]) for e in lines] == [
+        ("drift", "stats", "start", 412), ("drift", "stats", "end", 530)]
+    assert lines[0]["statistic"] == 14.25 and lines[0]["threshold"] == 13.9 and lines[1]["statistic"] is None
+    assert all(e["camera_id"] == "cam1" and e["profile_id"] == "p1" and e["ts"] > 0 for e in lines)
+    assert sink.stats()["events_written"] == 2
     sink.close()
 
 

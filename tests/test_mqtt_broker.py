@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from paho.mqtt.properties import Properties
 
 from agent.frame import Frame
 from agent.health import HealthSummary
+from agent.scoring.drift import DriftEvent
 from agent.sinks.mqtt.config import MqttConfig
 from agent.sinks.mqtt.identity import AgentIdentity
 from agent.sinks.mqtt.loadgen import FakeTarget, synthetic
@@ -148,6 +150,28 @@ def test_round_trip_of_every_topic_and_schema(broker: Mosquitto, tmp_path: Path)
     assert first.user["event_id"] == events[0]["event_id"] and first.user["decision"] == "BLOCK"
     assert responses[b"corr-snapshot"]["result"]["sha256"] == next(
         m.user["sha256"] for m in frames if m.user["role"] == "snapshot")
+
+
+def test_drift_event_round_trip(broker: Mosquitto, tmp_path: Path) -> None:
+    col = Collector(broker.host, broker.port, f"{BASE}/cam0/events")
+    sink = make_sink(broker, tmp_path)
+    assert sink.conn.wait_connected(10)
+    start = DriftEvent("cam0", "model", "start", 812, 1700000000.25, 21.5, 19.0).to_dict()
+    sink.publish_event(start)
+    sink.publish_event({**start, "lifecycle": "end", "seq": 990, "statistic": math.inf})
+    msgs = col.wait_for(lambda ms: len(ms) >= 2, 10)
+    sink.close()
+    col.close()
+    bodies = [m.json() for m in msgs]
+    for m, body in zip(msgs, bodies, strict=True):
+        assert m.topic == f"{BASE}/cam0/events" and m.content_type == "application/json"
+        assert PAYLOAD_TYPES["drift_event"].model_validate(body) and m.user["msg_id"] == body["msg_id"]
+    assert [(b["type"], b["lifecycle"], b["frame_seq"], b["seq"]) for b in bodies] == [
+        ("drift_event", "start", 812, 0), ("drift_event", "end", 990, 1)]
+    assert bodies[0]["detector"] == "model" and bodies[0]["statistic"] == 21.5 and bodies[0]["threshold"] == 19.0
+    assert bodies[1]["statistic"] is None, "JSON has no inf: null"
+    assert bodies[0]["camera_id"] == "cam0" and bodies[0]["profile_id"] == "p1"
+    assert sink.spool.queued_msgs == 0, "acknowledged (QoS 1) before close returned"
 
 
 def test_retained_status_for_late_subscribers(broker: Mosquitto, tmp_path: Path) -> None:

@@ -29,6 +29,12 @@ class Sink(Protocol):
         """Called when a camera's state changes."""
         ...
 
+    def publish_event(self, event: dict[str, object]) -> None:
+        """Called for each pipeline event that is not a verdict, e.g. a sequential drift alarm
+        (``{"type": "drift", "camera_id", "detector", "lifecycle": "start"|"end", "seq", "capture_ts",
+        "statistic", "threshold"}``, agent.scoring.drift.DriftEvent.to_dict)."""
+        ...
+
     def stats(self) -> dict[str, float]:
         """Backlog/drop counters for the next health summary."""
         ...
@@ -49,6 +55,9 @@ class NullSink:
         pass
 
     def publish_camera_status(self, camera_id: str, state: CameraState, reason: str) -> None:
+        pass
+
+    def publish_event(self, event: dict[str, object]) -> None:
         pass
 
     def stats(self) -> dict[str, float]:

@@ -5,6 +5,7 @@ Layout under ``file_sink.dir``::
     verdicts.jsonl   one line per FLAG/BLOCK verdict (PASS too with write_pass)
     health.jsonl     one HealthSummary per health interval
     status.jsonl     camera status changes (online / degraded / offline, with a reason)
+    events.jsonl     pipeline events other than verdicts (``drift`` alarms start / end)
     frames/          JPEGs of sampled risky frames: <camera>_<seq>_<DECISION>.jpg
 
 Every line is flushed when written. Risky frames are sampled with a token bucket of
@@ -112,6 +113,14 @@ class FileSink:
         """Append a status change to status.jsonl."""
         line = {"camera_id": camera_id, "state": state, "reason": reason, "ts": time.time()}
         self._write_line("status.jsonl", line, "status_written")
+
+    def publish_event(self, event: dict[str, object]) -> None:
+        """Append the event (e.g. a ``drift`` alarm start/end) to events.jsonl, with the ids and ``ts``."""
+        line: dict[str, object] = {**event}
+        if self._ids is not None:
+            line.update(self._ids())
+        line.setdefault("ts", time.time())
+        self._write_line("events.jsonl", line, "events_written")
 
     def stats(self) -> dict[str, float]:
         """Counters: lines written, frames saved / rate-limited, write errors (backlog is always 0)."""

@@ -17,6 +17,7 @@ from agent.sinks.mqtt.schemas import (
     Backlog,
     CameraStatusMessage,
     CommandResponse,
+    DriftEventMessage,
     EventMessage,
     HealthMessage,
     IdentityModel,
@@ -31,6 +32,7 @@ __all__ = [
     "Envelopes",
     "camera_status",
     "command_response",
+    "drift_event",
     "event",
     "frame_properties",
     "health",
@@ -140,6 +142,24 @@ def event(env: Envelopes, t: Transition) -> EventMessage:
         "duration_s": max(0.0, ep.last_ts - ep.start_ts), "frames": ep.frames, "flag_frames": ep.flag_frames,
         "block_frames": ep.block_frames, "worst": worst_frame(ep.worst), "end_reason": t.end_reason,
     })
+
+
+def drift_event(env: Envelopes, event: Mapping[str, object]) -> DriftEventMessage:
+    """A ``drift`` event dict (agent.scoring.drift.DriftEvent.to_dict) as a versioned payload.
+
+    The frame's ``seq`` becomes ``frame_seq`` (``seq`` is the envelope's message counter)."""
+    camera_id = str(event["camera_id"])
+    return DriftEventMessage.model_validate({
+        **env("drift_event", camera_id),
+        "detector": event["detector"], "lifecycle": event["lifecycle"], "frame_seq": event["seq"],
+        "capture_ts": event["capture_ts"], "statistic": _opt_float(event.get("statistic")),
+        "threshold": _opt_float(event.get("threshold")),
+    })
+
+
+def _opt_float(x: object) -> float | None:
+    """A finite number, or None (JSON has no NaN/inf; anything else is not a number here)."""
+    return _num(float(x)) if isinstance(x, int | float) else None
 
 
 def command_response(

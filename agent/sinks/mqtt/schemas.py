@@ -21,6 +21,7 @@ __all__ = [
     "CameraStatusMessage",
     "CommandRequest",
     "CommandResponse",
+    "DriftEventMessage",
     "EventMessage",
     "FrameProperties",
     "HealthMessage",
@@ -177,6 +178,23 @@ class EventMessage(Payload):
     )
 
 
+class DriftEventMessage(Payload):
+    """``<camera>/events``: a sequential drift alarm raised (``start``) or cleared (``end``).
+
+    Published on the same topic as episodes; tell them apart by ``type``. Drift is a slow,
+    sustained change of the scene or the model's outputs against the calibrated profile (a CUSUM
+    per detector crossing its threshold), not a single risky frame.
+    """
+
+    type: Literal["drift_event"] = "drift_event"
+    detector: str = Field(description="Drift detector (CUSUM) that raised or cleared its alarm: stats or model.")
+    lifecycle: Literal["start", "end"] = Field(description="start: alarm raised; end: alarm cleared.")
+    frame_seq: int = Field(ge=0, description="Sequence number of the frame that raised/cleared the alarm.")
+    capture_ts: float = Field(description="Capture time of that frame (epoch seconds).")
+    statistic: float | None = Field(description="The detector's CUSUM statistic at that frame (null if not finite).")
+    threshold: float | None = Field(description="The detector's alarm threshold (null if not finite).")
+
+
 class FrameProperties(_Model):
     """MQTT 5 user properties of a ``<camera>/frames/<event_id>`` message (the payload is raw JPEG bytes,
     content type image/jpeg). All values are strings on the wire."""
@@ -256,6 +274,7 @@ PAYLOAD_TYPES: dict[str, type[Payload]] = {
     "camera_status": CameraStatusMessage,
     "health": HealthMessage,
     "event": EventMessage,
+    "drift_event": DriftEventMessage,
     "command_response": CommandResponse,
 }
 
@@ -267,6 +286,7 @@ def schema_catalog() -> dict[str, type[BaseModel]]:
         "camera-status": CameraStatusMessage,
         "health": HealthMessage,
         "event": EventMessage,
+        "drift-event": DriftEventMessage,
         "frame-properties": FrameProperties,
         "command-request": CommandRequest,
         "command-response": CommandResponse,

@@ -215,6 +215,18 @@ class MqttSink:
                     self._emit_event(t)
             self._put_camera_status(camera_id)
 
+    def publish_event(self, event: dict[str, object]) -> None:
+        """Spool a pipeline event for ``<camera>/events`` (QoS 1, kept like episodes).
+
+        Only ``type: drift`` exists so far (as a ``drift_event`` payload); other types are logged and
+        skipped rather than published without a schema."""
+        if event.get("type") != "drift":
+            logger.warning("event of unknown type %r not published", event.get("type"))
+            return
+        with self._lock:
+            msg = m.drift_event(self._env, event)
+            self._put("event", self.topics.events(str(event["camera_id"])), msg)
+
     def stats(self) -> dict[str, float]:
         """Flat counters for the health summary's ``publisher`` field."""
         b = self.backlog()

@@ -105,7 +105,8 @@ class FleetView:
             row.backlog = int(b.get("queued_msgs", 0))
             row.drops = int(sum(b.get("drops", {}).values()))
             row.last_health = time.time()
-        elif kind == "events":
+        elif kind == "events" and body.get("type", "event") == "event":
+            # (drift_event messages share the topic; their alarms show via the health summary)
             eid = str(body["event_id"])
             if body["lifecycle"] == "new":
                 row.events += 1
