@@ -24,7 +24,13 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0, what: str 
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a JSON-lines file, one per non-blank line ([] when it does not exist yet)."""
+    """The JSON objects of a JSON-lines file, one per complete non-blank line ([] when it does not exist yet).
+
+    A running agent may be half-way through writing its last line (large health records are not
+    written atomically): a final line without its newline is not complete yet and is left out.
+    """
     if not path.exists():
         return []
-    return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    text = path.read_text(encoding="utf-8")
+    complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
+    return [json.loads(ln) for ln in complete.splitlines() if ln.strip()]
