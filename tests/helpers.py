@@ -1,14 +1,15 @@
-"""Small helpers shared by the tests: wait for a condition, read a JSON-lines output file."""
+"""Small helpers shared by the tests: wait for a condition, read a JSON-lines output file, find nvcc."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["read_jsonl", "wait_until"]
+__all__ = ["find_nvcc", "read_jsonl", "wait_until"]
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0, what: str = "the condition") -> None:
@@ -34,3 +35,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     text = path.read_text(encoding="utf-8")
     complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
     return [json.loads(ln) for ln in complete.splitlines() if ln.strip()]
+
+
+def find_nvcc() -> str | None:
+    """nvcc on PATH, else the CUDA 13.0 default location, else None (the compile tests skip)."""
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    default = Path("/usr/local/cuda-13.0/bin/nvcc")
+    return str(default) if default.is_file() else None

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
+from helpers import find_nvcc
 
 from agent.errors import BackendUnavailable, FrameError
 from agent.gpu.kernels import choose_target
@@ -71,18 +72,10 @@ KERNELS = REPO / "kernels"
 HARNESS_SRC = REPO / "tests" / "host_harness" / "frame_stats_host.cpp"
 
 
-def _nvcc() -> str | None:
-    found = shutil.which("nvcc")
-    if found:
-        return found
-    default = Path("/usr/local/cuda-13.0/bin/nvcc")
-    return str(default) if default.is_file() else None
-
-
 # --------------------------------------------------------------------------- (a) nvcc
 @pytest.mark.parametrize("arch", [87, 90])
 def test_nvcc_compiles_kernel_without_spills(arch: int, tmp_path_factory: pytest.TempPathFactory) -> None:
-    nvcc = _nvcc()
+    nvcc = find_nvcc()
     if nvcc is None:
         pytest.skip("nvcc not found (PATH or /usr/local/cuda-13.0/bin)")
     out = tmp_path_factory.mktemp("nvcc")
@@ -690,7 +683,7 @@ def host_backend(
         except BackendUnavailable as exc:
             pytest.skip(str(exc))
     else:
-        nvcc = _nvcc()
+        nvcc = find_nvcc()
         if nvcc is None:
             pytest.skip("nvcc not found: no prebuilt cubin")
         out = tmp_path / "frame_stats.cubin"

@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
+from helpers import find_nvcc
 
 from agent.errors import BackendUnavailable, FrameError
 from agent.gpu.preprocess import (
@@ -80,18 +81,10 @@ IMAGENET_RGB = PreprocessConfig(
 )
 
 
-def _nvcc() -> str | None:
-    found = shutil.which("nvcc")
-    if found:
-        return found
-    default = Path("/usr/local/cuda-13.0/bin/nvcc")
-    return str(default) if default.is_file() else None
-
-
 # --------------------------------------------------------------------------- (a) compilers
 @pytest.mark.parametrize("arch", [87, 90])
 def test_nvcc_compiles_preprocess_kernel(arch: int, tmp_path: Path) -> None:
-    nvcc = _nvcc()
+    nvcc = find_nvcc()
     if nvcc is None:
         pytest.skip("nvcc not found (PATH or /usr/local/cuda-13.0/bin)")
     out = tmp_path / f"preprocess_sm{arch}.cubin"
