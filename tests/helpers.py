@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["find_nvcc", "read_jsonl", "wait_until"]
+__all__ = ["find_nvcc", "read_jsonl", "wait_until", "write_squeezenet_config"]
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0, what: str = "the condition") -> None:
@@ -44,3 +44,22 @@ def find_nvcc() -> str | None:
         return found
     default = Path("/usr/local/cuda-13.0/bin/nvcc")
     return str(default) if default.is_file() else None
+
+
+def write_squeezenet_config(test_data: Path, tmp_path: Path, camera_id: str, extra: str = "") -> Path:
+    """``tmp_path/cfg.yaml``: SqueezeNet (Caffe preprocessing) on the test video, CPU only, plus ``extra`` YAML."""
+    models = test_data / "models"
+    path = tmp_path / "cfg.yaml"
+    path.write_text(f"""
+camera_id: {camera_id}
+source: {{uri: "{test_data / 'videos' / 'opencv_vtest.avi'}"}}
+stats: {{backend: cpu}}
+model:
+  path: "{models / 'squeezenet1.0_fp32_upcast.onnx'}"
+  labels: "{models / 'imagenet_classes_ILSVRC2012.txt'}"
+  providers: [cpu]
+  preprocess: {{size: [224, 224], mean: [104.0, 117.0, 123.0]}}
+file_sink: {{dir: "{tmp_path / 'sink'}"}}
+{extra}
+""", encoding="utf-8")
+    return path

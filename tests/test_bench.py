@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import write_squeezenet_config
 from mosquitto import Mosquitto, free_port
 
 from agent import exitcodes
@@ -132,8 +133,7 @@ def test_bench_compare_rejects_other_files(tmp_path: Path, capsys: pytest.Captur
 
 @pytest.mark.slow
 def test_bench_squeezenet_on_test_video(test_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(_squeezenet_yaml(test_data, tmp_path), encoding="utf-8")
+    cfg = write_squeezenet_config(test_data, tmp_path, "benchtest")
     out = tmp_path / "bench.json"
     assert main(["bench", "--config", str(cfg), "--duration", "2", "--out", str(out), "--no-progress"]) == 0
     report = json.loads(out.read_text(encoding="utf-8"))
@@ -142,21 +142,6 @@ def test_bench_squeezenet_on_test_video(test_data: Path, tmp_path: Path, capsys:
     assert report["pipeline"]["model_ms"] > 0
     assert report["pipeline"]["profile"].startswith("calibrated on the 40 bench frames")
     assert "guard overhead ratio" in capsys.readouterr().out
-
-
-def _squeezenet_yaml(test_data: Path, tmp_path: Path) -> str:
-    models = test_data / "models"
-    return f"""
-camera_id: benchtest
-source: {{uri: "{test_data / 'videos' / 'opencv_vtest.avi'}"}}
-stats: {{backend: cpu}}
-model:
-  path: "{models / 'squeezenet1.0_fp32_upcast.onnx'}"
-  labels: "{models / 'imagenet_classes_ILSVRC2012.txt'}"
-  providers: [cpu]
-  preprocess: {{size: [224, 224], mean: [104.0, 117.0, 123.0]}}
-file_sink: {{dir: "{tmp_path / 'sink'}"}}
-"""
 
 
 def test_publisher_skips_without_broker(tmp_path: Path) -> None:

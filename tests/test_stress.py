@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
+from helpers import write_squeezenet_config
 
 from agent import exitcodes
 from agent.cli import main
@@ -133,22 +134,7 @@ def test_robustness_png_is_a_valid_image(tmp_path: Path) -> None:
 
 # --- the command on the real test data ----------------------------------------------------------
 def _config(test_data: Path, tmp_path: Path, extra: str = "") -> Path:
-    models = test_data / "models"
-    path = tmp_path / "cfg.yaml"
-    path.write_text(f"""
-camera_id: stresstest
-source: {{uri: "{test_data / 'videos' / 'opencv_vtest.avi'}"}}
-stats: {{backend: cpu}}
-model:
-  path: "{models / 'squeezenet1.0_fp32_upcast.onnx'}"
-  labels: "{models / 'imagenet_classes_ILSVRC2012.txt'}"
-  providers: [cpu]
-  preprocess: {{size: [224, 224], mean: [104.0, 117.0, 123.0]}}
-calibration: {{frames: 60}}
-file_sink: {{dir: "{tmp_path / 'sink'}"}}
-{extra}
-""", encoding="utf-8")
-    return path
+    return write_squeezenet_config(test_data, tmp_path, "stresstest", "calibration: {frames: 60}\n" + extra)
 
 
 def _photo_folder(test_data: Path, tmp_path: Path) -> Path:
