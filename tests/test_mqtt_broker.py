@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from agent.sinks.mqtt.identity import AgentIdentity
 from agent.sinks.mqtt.loadgen import FakeTarget, synthetic
 from agent.sinks.mqtt.schemas import PAYLOAD_TYPES, FrameProperties
 from agent.sinks.mqtt.sink import MqttSink
-from agent.verdict import Decision
+from agent.verdict import Decision, Reason
 
 pytestmark = [
     pytest.mark.integration,
@@ -173,6 +174,33 @@ def test_drift_event_round_trip(broker: Mosquitto, tmp_path: Path) -> None:
     assert bodies[0]["camera_id"] == "cam0" and bodies[0]["profile_id"] == "p1"
     assert sink.spool.queued_msgs == 0, "acknowledged (QoS 1) before close returned"
 
+
+def test_flickering_reason_is_one_event_through_the_broker(broker: Mosquitto, tmp_path: Path) -> None:
+    col = Collector(broker.host, broker.port, f"{BASE}/cam0/events")
+    sink = make_sink(broker, tmp_path, frames={"enabled": False},
+                     events={"end_after_clean_frames": 2, "gap_s": 30, "update_interval_s": 3600})
+    assert sink.conn.wait_connected(10)
+    # A blur incident whose secondary ood_model reason flickers every other frame, then clean.
+    for seq in range(8):
+        v, f = synthetic("cam0", seq, "blur", Decision.FLAG)
+        if seq % 2:
+            v = replace(v, reasons=(*v.reasons, Reason("ood_model", Decision.FLAG, 4.0, 1e-3)))
+        sink.publish_verdict(v, f)
+    for seq in (8, 9):
+        sink.publish_verdict(*synthetic("cam0", seq, None, Decision.PASS))
+    col.wait_for(lambda ms: any(b'"end"' in m.payload for m in ms), 10)
+    sink.close()  # nothing is open any more: close adds no event
+    msgs = col.snapshot()
+    col.close()
+    bodies = [m.json() for m in msgs]
+    for body in bodies:
+        PAYLOAD_TYPES["event"].model_validate(body)
+    assert [(b["lifecycle"], b["reason_codes"], b["update_seq"], b["frames"], b["end_reason"]) for b in bodies] == [
+        ("new", ["blur"], 0, 1, None),
+        ("update", ["blur", "ood_model"], 1, 2, None),  # the added reason, announced at once
+        ("end", ["blur", "ood_model"], 2, 8, "clean"),
+    ]
+    assert len({b["event_id"] for b in bodies}) == 1 and bodies[-1]["start_seq"] == 0 and bodies[-1]["last_seq"] == 7
 
 def test_retained_status_for_late_subscribers(broker: Mosquitto, tmp_path: Path) -> None:
     sink = make_sink(broker, tmp_path)

@@ -9,6 +9,7 @@ import json
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from agent.sinks.mqtt.schemas import CommandRequest, SetThresholdsArgs
 from agent.sinks.mqtt.tail import FleetView
 from agent.sinks.mqtt.topics import Topics, acl_example
 from agent.tokenbucket import TokenBucket
-from agent.verdict import Decision
+from agent.verdict import Decision, Reason, Verdict
 
 DoesNotRaise = contextlib.nullcontext
 
@@ -139,6 +140,79 @@ def test_episode_gap_and_worst_frame() -> None:
     assert [(t.lifecycle, t.end_reason) for t in ended] == [("end", "gap")]
     assert ended[0].episode.worst_frame is f2
 
+
+
+def risky(seq: int, codes: str, decision: Decision = Decision.FLAG) -> tuple[Verdict, Frame]:
+    """A synthetic risky frame of camera ``c`` whose reasons are ``codes`` ("blur+ood_model")."""
+    first, *more = codes.split("+")
+    v, f = synthetic("c", seq, first, decision)
+    extra = tuple(Reason(code, decision, 4.0, 1e-3) for code in more)
+    return replace(v, reasons=v.reasons + extra, scores={**v.scores, **{r.code: r.score for r in extra}},
+                   p_values={**v.p_values, **{r.code: 1e-3 for r in extra}}), f
+
+
+def run_episodes(tr: EpisodeTracker, stream: list[str | None], times: list[float] | None = None,
+                 decisions: list[Decision] | None = None) -> list[tuple[int, str, str, int, str | None]]:
+    """Feed ``stream`` (reason codes per frame, None = PASS); (seq, lifecycle, codes, update_seq, end_reason)."""
+    got: list[tuple[int, str, str, int, str | None]] = []
+    for seq, codes in enumerate(stream):
+        decision = Decision.PASS if codes is None else (decisions[seq] if decisions else Decision.FLAG)
+        v, f = synthetic("c", seq, None, Decision.PASS) if codes is None else risky(seq, codes, decision)
+        for t in tr.update(v, f, now_mono=times[seq] if times else float(seq)):
+            got.append((seq, t.lifecycle, ",".join(t.episode.reason_codes), t.episode.update_seq, t.end_reason))
+    return got
+
+
+def test_episode_flickering_secondary_reason_is_one_episode() -> None:
+    tr = EpisodeTracker("c", EventsConfig(end_after_clean_frames=3, gap_s=5.0, update_interval_s=100.0))
+    flicker: list[str | None] = ["blur", "blur+ood_model"] * 4 + [None, None, None]
+    got = run_episodes(tr, flicker)
+    assert got == [
+        (0, "new", "blur", 0, None),
+        (1, "update", "blur,ood_model", 1, None),  # the added reason, at once; the flicker back is silent
+        (10, "end", "blur,ood_model", 2, "clean"),
+    ]
+    assert tr.current is None
+
+
+def test_episode_overlap_continues_disjoint_opens_next() -> None:
+    tr = EpisodeTracker("c", EventsConfig(end_after_clean_frames=3, gap_s=5.0, update_interval_s=100.0))
+    stream: list[str | None] = [
+        "blur", "blur+ood_model", "ood_model",  # ood_model alone still overlaps the union: same episode
+        "dark",  # disjoint from {blur, ood_model}: the next episode
+        "dark+patch", "ood_model",  # ood_model is disjoint from {dark, patch}: the next one again
+    ]
+    got = run_episodes(tr, stream)
+    assert got == [
+        (0, "new", "blur", 0, None),
+        (1, "update", "blur,ood_model", 1, None),
+        (3, "end", "blur,ood_model", 2, "reasons_changed"),
+        (3, "new", "dark", 0, None),
+        (4, "update", "dark,patch", 1, None),
+        (5, "end", "dark,patch", 2, "reasons_changed"),
+        (5, "new", "ood_model", 0, None),
+    ]
+
+
+def test_episode_escalation_and_new_reason_in_one_frame_is_one_update() -> None:
+    tr = EpisodeTracker("c", EventsConfig(end_after_clean_frames=2, gap_s=5.0, update_interval_s=100.0))
+    stream: list[str | None] = ["blur", "blur+ood_model", "blur", "blur+ood_model", "blur", None, None]
+    decisions = [Decision.FLAG, Decision.BLOCK] + [Decision.FLAG] * 5
+    got = run_episodes(tr, stream, decisions=decisions)
+    assert got == [(0, "new", "blur", 0, None), (1, "update", "blur,ood_model", 1, None),
+                   (6, "end", "blur,ood_model", 2, "clean")]
+
+
+def test_episode_new_reason_restarts_the_update_interval() -> None:
+    tr = EpisodeTracker("c", EventsConfig(end_after_clean_frames=3, gap_s=5.0, update_interval_s=1.0))
+    got = run_episodes(tr, ["blur", "blur+ood_model", "blur", "blur", "blur+patch"], times=[0.0, 0.5, 1.2, 1.6, 1.7])
+    assert got == [
+        (0, "new", "blur", 0, None),
+        (1, "update", "blur,ood_model", 1, None),  # added reason: not held back by the interval
+        (3, "update", "blur,ood_model", 2, None),  # periodic, 1.0 s after the previous update (not at 1.2)
+        (4, "update", "blur,ood_model,patch", 3, None),
+    ]
+    assert tr.current is not None and tr.current.frames == 5 and tr.current.start_seq == 0
 
 # -- frames ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("w", "h", "cap"), [(1920, 1080, 128 * 1024), (1920, 1080, 4096), (640, 480, 200_000)])

@@ -1,14 +1,22 @@
-"""Episodes: consecutive risky frames with the same reason set are one event, not 300 messages.
+"""Episodes: consecutive risky frames with overlapping reasons are one event, not 300 messages.
 
-Per camera, a FLAG/BLOCK frame opens an episode (lifecycle ``new``); further risky frames
-with the same reason set extend it (an ``update`` at most every ``update_interval_s`` and on
-every escalation FLAG -> BLOCK); it ends (``end``) after ``end_after_clean_frames``
-consecutive PASS frames, when a risky frame with a different reason set arrives (which opens
-the next episode), when no frame arrived for ``gap_s``, when the camera goes offline, or at
-shutdown. The tracker keeps the riskiest frame of the episode (decision, then smallest
-p-value, then largest score) so the publisher can send the best frame at the end.
+Per camera, a FLAG/BLOCK frame opens an episode (lifecycle ``new``). Further risky frames whose
+reason set *overlaps* the episode's (shares at least one code) extend it: on real video a
+secondary reason flickers frame to frame (``ood_model`` or ``patch`` on some frames of a blur
+episode, not on others), and splitting one physical incident at every flicker would flood
+operators with new/end pairs. The episode's ``reason_codes`` is the running union of its frames'
+codes (sorted). It publishes an ``update`` on every escalation FLAG -> BLOCK, whenever a frame
+adds a code the episode did not have yet (so subscribers learn about it at once), and otherwise
+at most every ``update_interval_s``. It ends (``end``) after ``end_after_clean_frames``
+consecutive PASS frames, when a risky frame whose reason set is disjoint from the episode's
+arrives (``reasons_changed``; that frame opens the next episode), when no frame arrived for
+``gap_s``, when the camera goes offline, or at shutdown. Because the union only grows, an
+episode may drift from its first reason to a later one as long as consecutive risky frames keep
+sharing a code with it: that is one incident seen through changing symptoms.
+
+The tracker keeps the riskiest frame of the episode (decision, then smallest p-value, then
+largest score) so the publisher can send the best frame at the end.
 """
-
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,8 +62,12 @@ class Episode:
     sent_frame_seq: int | None = None
     sent_frame_risk: Risk | None = None
 
-    def add(self, verdict: Verdict, frame: Frame, now_mono: float) -> bool:
-        """Extend with a risky frame; True when it escalated the episode's decision."""
+    def add(self, verdict: Verdict, frame: Frame, codes: tuple[str, ...], now_mono: float) -> bool:
+        """Extend with a risky frame with reason set ``codes``.
+
+        Returns True when the frame is news for subscribers: it escalated the episode's decision
+        or added a reason code the episode did not have yet (``reason_codes`` becomes the union).
+        """
         self.frames += 1
         self.flag_frames += verdict.decision == Decision.FLAG
         self.block_frames += verdict.decision == Decision.BLOCK
@@ -67,7 +79,10 @@ class Episode:
             self.worst, self.worst_frame, self.worst_risk = verdict, frame, risk
         escalated = verdict.decision > self.max_decision
         self.max_decision = max(self.max_decision, verdict.decision)
-        return escalated
+        union = tuple(sorted(set(self.reason_codes).union(codes)))
+        widened = union != self.reason_codes
+        self.reason_codes = union
+        return escalated or widened
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,15 +117,17 @@ class EpisodeTracker:
                     out.append(self._end("clean"))
             return out
         codes = tuple(sorted(set(verdict.reason_codes))) or ("unspecified",)
-        if ep is not None and codes != ep.reason_codes:
+        if ep is not None and set(codes).isdisjoint(ep.reason_codes):
+            # Only a disjoint set is another incident; an overlapping one (a flickering
+            # secondary reason) continues this episode.
             out.append(self._end("reasons_changed"))
             ep = None
         if ep is None:
             self.current = self._open(verdict, frame, codes, now_mono)
             out.append(Transition("new", self.current))
             return out
-        escalated = ep.add(verdict, frame, now_mono)
-        if escalated or now_mono - ep.last_update_mono >= self.config.update_interval_s:
+        news = ep.add(verdict, frame, codes, now_mono)
+        if news or now_mono - ep.last_update_mono >= self.config.update_interval_s:
             ep.update_seq += 1
             ep.last_update_mono = now_mono
             out.append(Transition("update", ep))

@@ -156,14 +156,25 @@ class WorstFrame(_Model):
 
 
 class EventMessage(Payload):
-    """``<camera>/events``: one episode of consecutive risky frames with the same reasons."""
+    """``<camera>/events``: one episode of consecutive risky frames with overlapping reason sets.
+
+    A risky frame stays in the running episode while its reason set shares at least one code
+    with the episode's (a flickering secondary reason does not split an incident); a disjoint
+    reason set ends the episode and opens the next one.
+    """
 
     type: Literal["event"] = "event"
     event_id: str = Field(description="Stable id of the episode: <camera>-<start ms hex>-<start seq>.")
-    lifecycle: Literal["new", "update", "end"]
+    lifecycle: Literal["new", "update", "end"] = Field(
+        description="new: first risky frame; update: escalation FLAG -> BLOCK, a reason code added to the "
+        "episode, or periodic (events.update_interval_s); end: the episode is over (see end_reason)."
+    )
     update_seq: int = Field(ge=0, description="0 for new, then 1, 2, ... for each update/end.")
     decision: Decision = Field(description="Most severe decision in the episode so far.")
-    reason_codes: list[str] = Field(description="The reason set that defines the episode.")
+    reason_codes: list[str] = Field(
+        description="Sorted union of the reason codes of the episode's risky frames so far; it only grows, "
+        "and each growth is published at once as an update."
+    )
     start_ts: float
     start_seq: int
     last_ts: float
@@ -174,7 +185,8 @@ class EventMessage(Payload):
     block_frames: int = Field(ge=0)
     worst: WorstFrame
     end_reason: Literal["clean", "reasons_changed", "gap", "camera_offline", "shutdown"] | None = Field(
-        None, description="Why the episode ended (lifecycle end only)."
+        None, description="Why the episode ended (lifecycle end only); reasons_changed: a risky frame whose "
+        "reason set shares no code with the episode's arrived and opened the next episode."
     )
 
 
