@@ -92,12 +92,16 @@ def read_video(path: Path, size: tuple[int, int] | None = None) -> list[U8]:
 def clean_held_out(vt: list[U8], n_cal: int, alpha: float) -> tuple[dict[str, Any], GuardRun, Baseline, list[float]]:
     profile = calibrate(vt[:n_cal])
     baseline = Baseline(vt[:n_cal])
-    out: dict[str, Any] = {"calibration_frames": n_cal, "held_out_frames": len(vt) - n_cal, "fpr": {}}
+    out: dict[str, Any] = {"calibration_frames": n_cal, "held_out_frames": len(vt) - n_cal, "fpr": {}, "runs": {}}
     scores: list[float] = []
     for a in sorted({alpha, 0.01, 0.05, 0.1}):
         run = GuardRun.of(profile, a)
         verdicts = [run.update(im) for im in vt[n_cal:]]
-        out["fpr"][str(a)] = sum(v.decision >= Decision.FLAG for v in verdicts) / len(verdicts)
+        flagged = [v.decision >= Decision.FLAG for v in verdicts]
+        out["fpr"][str(a)] = sum(flagged) / len(verdicts)
+        # False alarms on video come in runs (one scene episode = many frames): the number of runs
+        # is the effective sample behind the rate.
+        out["runs"][str(a)] = sum(f and not prev for prev, f in zip([False, *flagged], flagged, strict=False))
         if a == alpha:
             scores = [family_score(v) for v in verdicts]
             main = run
@@ -204,9 +208,19 @@ def scene_events(data: Path, vt: list[U8], vt_profile_run: GuardRun, alpha: floa
     bumped = [*vt[580:600], *moved]
     out["vtest_camera_bump"] = event_delays(vt_profile_run, bumped, 20, tamper="moved")
     tree = read_video(data / "videos" / "opencv_tree.avi")
-    run = GuardRun.of(calibrate(tree[:40]), alpha)
-    out["tree_hand_over_lens"] = event_delays(run, tree[40:], 54 - 40, tamper="covered")
-    out["tree_hand_over_lens"]["note"] = "glare is present from frame 0, so it is this camera's calibrated normal"
+    n_tree = 40  # only 68 frames decode: 4 s of calibration, the hand enters at frame 54
+    tree_profile = calibrate(tree[:n_tree])
+    note = "glare is present from frame 0, so it is this camera's calibrated normal"
+    out["tree_hand_over_lens"] = event_delays(GuardRun.of(tree_profile, alpha), tree[n_tree:], 54 - n_tree,
+                                              tamper="covered")
+    out["tree_hand_over_lens"]["note"] = note
+    # 40 calibration frames resolve p-values down to 1/(n+1) = 0.024 only (the calibrator warns): below
+    # that the family falls back on Bonferroni over every test. Also report the smallest alpha they resolve.
+    a_res = max(alpha, round(2.0 / (n_tree + 1), 3))
+    if a_res > alpha:
+        key = f"tree_hand_over_lens@{a_res:g}"
+        out[key] = event_delays(GuardRun.of(tree_profile, a_res), tree[n_tree:], 54 - n_tree, tamper="covered")
+        out[key]["note"] = f"{note}; alpha {a_res:g} = 2/(n+1), the smallest level {n_tree} frames resolve"
     return out
 
 
@@ -302,7 +316,8 @@ def print_report(r: dict[str, Any], alpha: float) -> list[tuple[str, bool, str]]
     for k, e in r["events"].items():
         print(f"  {k:22s} {e['delay_frames']!s:>4s} / {e['alarm_delay_frames']!s:>4s}  {e['detection_rate']:.0%}"
               f"  clean before: {e['clean_flagged_before']}  {e['top_reasons']}")
-    print("\nclean held-out FLAG rate: " + ", ".join(f"alpha {a}: {v:.4f}" for a, v in r["clean"]["fpr"].items()))
+    print("\nclean held-out FLAG rate: " + ", ".join(
+        f"alpha {a}: {v:.4f} ({r['clean']['runs'][a]} runs)" for a, v in r["clean"]["fpr"].items()))
     print(f"drift on {r['drift']['frames']} looped clean frames: {r['drift']['alarms']} alarms "
           f"(max CUSUM/h {r['drift']['max_cusum_over_threshold']:.2f})")
     print("\nper-frame cost at 768x432, one core (ms):")
