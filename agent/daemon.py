@@ -34,6 +34,7 @@ from agent.config import GuardConfig, config_hash, load_config
 from agent.control import Progress
 from agent.errors import ConfigError, GuardError, ModelError, ProfileError
 from agent.frame import Frame
+from agent.gpu_measure import build_measurer
 from agent.healthagg import HealthAggregator
 from agent.logsetup import set_level
 from agent.model.factory import effective_preprocess, load_model
@@ -138,7 +139,8 @@ class Daemon:
         # systemd's start timeout extended through both, and only report READY after them.
         self.notifier.status("loading model")
         with self.notifier.extending(120.0):
-            self.model = load_model(self.cfg.model)
+            # CUDA stats: the runner shares its launcher (context, stream) -> zero-copy measuring
+            self.model = load_model(self.cfg.model, launcher=getattr(self.stats, "launcher", None))
             if self.model is not None:
                 self.notifier.status("warming up model")
                 self.model.warmup()
@@ -156,7 +158,7 @@ class Daemon:
             squeezer = make_squeezer(self.model, effective_preprocess(self.cfg.model), squeeze_cfg)
         if squeezer is not None:
             logger.info("feature squeezing on (%s): extra model passes per frame", squeeze_cfg.squeezers)
-        self._measurer = Measurer(self.stats, self.model, squeezer)
+        self._measurer = build_measurer(self.stats, self.model, squeezer, self.cfg.stats, self.cfg.model)
 
     def init_profile(self) -> None:
         assert self.stats is not None

@@ -17,9 +17,14 @@ p50(batched pass with squeezed copies) / p50(model) <= 2 (at most one extra batc
 ``--backend cpu``: CPU statistics and ONNX Runtime on the CPU (one thread by default). A model
 with a fixed batch of 1 (SqueezeNet) is given a symbolic batch in a temporary copy so the
 squeezed copies can share one pass (a dynamic-batch export does that in production).
-``--backend gpu``: CUDA statistics and the TensorRT runner (GPU preprocessing and squeezing)
-when TensorRT is installed, else ONNX Runtime with its best provider; without a usable GPU it
-prints a "no GPU" line and exits 0.
+``--backend gpu``: CUDA statistics and, when TensorRT is installed, the TensorRT runner on the
+statistics backend's launcher: the **zero-copy path** (agent.gpu_measure), where each frame is
+uploaded once and ``model`` is upload + GPU preprocessing + engine (``infer_device``),
+``stats`` the statistics kernel on the *same* device buffer (``compute_device``), and the
+squeezed copies are extra slots of the same engine call. Without TensorRT (or with
+preprocessing the GPU kernel lacks) it measures the host path with ONNX Runtime's best provider.
+It prints which path it measured and why. Without a usable GPU it prints a "no GPU" line and
+exits 0.
 
     python benchmarks/bench_pipeline.py --backend cpu
     python benchmarks/bench_pipeline.py --backend gpu --model path/to/model.onnx --frames 300
@@ -42,15 +47,17 @@ import numpy.typing as npt
 
 from agent.datafiles import shared_test_data
 from agent.frame import Frame
+from agent.gpu.preprocess import DeviceFrame, FrameUploader, unsupported_reason
 from agent.gpu.squeeze import Squeeze, infer_with_squeezers, parse_squeezers
+from agent.gpu_measure import MeasuringPath, choose_measuring_path
 from agent.model.config import ModelConfig, PreprocessConfig
-from agent.model.types import ModelRunner
+from agent.model.types import ModelOutput, ModelRunner
 from agent.scoring.calibrate import Calibrator
 from agent.scoring.config import CalibrationConfig
 from agent.scoring.policy import Guard
 from agent.stats.config import StatsConfig
 from agent.stats.factory import create_backend, cuda_unavailable_reason
-from agent.stats.types import StatsBackend
+from agent.stats.types import FrameStats, StatsBackend
 
 U8 = npt.NDArray[np.uint8]
 GUARD_TARGET = 0.05
@@ -94,15 +101,18 @@ def _model_config(args: argparse.Namespace, path: Path, batch: int, providers: l
     return ModelConfig.model_validate({**fields, "preprocess": pre, "trt_fp16": True})
 
 
-def _open_runner(args: argparse.Namespace, folder: Path, n_slots: int) -> tuple[ModelRunner, ModelConfig, str]:
-    """The runner for the backend, its config, and a description."""
+def _open_runner(
+    args: argparse.Namespace, folder: Path, n_slots: int, stats: StatsBackend
+) -> tuple[ModelRunner, ModelConfig, str]:
+    """The runner for the backend, its config, and a description (GPU: on the stats launcher)."""
     model_path = Path(args.model) if args.model else shared_test_data() / "models" / "squeezenet1.0_fp32_upcast.onnx"
     if args.backend == "gpu":
         try:
             from agent.model.tensorrt_runner import TensorRTRunner  # noqa: PLC0415
 
             cfg = _model_config(args, model_path, n_slots, ["tensorrt", "cuda", "cpu"])
-            trt = TensorRTRunner(cfg.model_copy(update={"runtime": "tensorrt"}))
+            cfg = cfg.model_copy(update={"runtime": "tensorrt"})
+            trt = TensorRTRunner(cfg, launcher=getattr(stats, "launcher", None))
             return trt, cfg, trt.provider
         except Exception as exc:  # no TensorRT here: ONNX Runtime with whatever provider it has
             print(f"note: TensorRT runner unavailable ({type(exc).__name__}: {exc}); using ONNX Runtime")
@@ -114,6 +124,67 @@ def _open_runner(args: argparse.Namespace, folder: Path, n_slots: int) -> tuple[
     runner = OnnxRunner(cfg)
     note = " (symbolic-batch copy)" if dyn is not None else ""
     return runner, cfg, f"ONNX Runtime {runner.provider}{note}, {args.threads} thread(s)"
+
+
+def _measuring_path(stats: StatsBackend, runner: ModelRunner, cfg: ModelConfig, backend: str) -> MeasuringPath:
+    if backend == "cpu":
+        return choose_measuring_path(stats_backend=stats.name, stats_note="--backend cpu", model_runtime="onnxruntime",
+                                     shares_launcher=False, preprocess_reason=None)
+    launcher = getattr(stats, "launcher", None)
+    return choose_measuring_path(
+        stats_backend=stats.name,
+        stats_note=None,
+        model_runtime="tensorrt" if hasattr(runner, "infer_device") else "onnxruntime",
+        shares_launcher=launcher is not None and getattr(runner, "launcher", None) is launcher,
+        preprocess_reason=unsupported_reason(cfg.preprocess),
+    )
+
+
+class _HostTimer:
+    """The host path: host frames to the runner and to ``stats.compute`` (each uploads its own copy)."""
+
+    def __init__(self, stats: StatsBackend, runner: ModelRunner, cfg: ModelConfig, squeezers: tuple[Squeeze, ...]):
+        self._stats, self._runner, self._cfg, self._squeezers = stats, runner, cfg, squeezers
+
+    def model(self, img: U8) -> ModelOutput:
+        return self._runner.infer([img])[0]
+
+    def stats(self, img: U8, key: str) -> FrameStats:
+        return self._stats.compute(img, key=key)
+
+    def squeeze_pass(self, img: U8) -> None:
+        infer_with_squeezers(self._runner, [img], self._cfg.preprocess, self._squeezers)
+
+    def close(self) -> None:
+        return None
+
+
+class _ZeroCopyTimer:
+    """The zero-copy path (agent.gpu_measure): ``model`` uploads the frame once and runs the
+    engine from the device buffer; ``stats`` runs the statistics kernel on that same buffer."""
+
+    def __init__(self, stats: StatsBackend, runner: ModelRunner, squeezers: tuple[Squeeze, ...]) -> None:
+        from agent.model.tensorrt_runner import TensorRTRunner  # noqa: PLC0415
+        from agent.stats.cuda import CudaStats  # noqa: PLC0415
+
+        assert isinstance(stats, CudaStats) and isinstance(runner, TensorRTRunner)
+        self._stats, self._runner, self._squeezers = stats, runner, squeezers
+        self._uploader = FrameUploader(stats.launcher)
+        self._frames: list[DeviceFrame] = []
+
+    def model(self, img: U8) -> ModelOutput:
+        self._frames = self._uploader.upload([img])
+        return self._runner.infer_device(self._frames).outputs[0]
+
+    def stats(self, img: U8, key: str) -> FrameStats:
+        f = self._frames[0]  # the frame model() uploaded: no second copy
+        return self._stats.compute_device(f.ptr, f.pitch, f.width, f.height, key=key)
+
+    def squeeze_pass(self, img: U8) -> None:
+        self._runner.infer_device(self._uploader.upload([img]), self._squeezers)
+
+    def close(self) -> None:
+        self._uploader.close()
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -137,30 +208,37 @@ def run(args: argparse.Namespace) -> int:
     cv2.setNumThreads(args.threads)
     stats: StatsBackend = create_backend(StatsConfig(backend="cuda" if args.backend == "gpu" else "cpu"))
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
-        runner, cfg, runtime = _open_runner(args, Path(tmp), 1 + len(squeezers))
+        runner, cfg, runtime = _open_runner(args, Path(tmp), 1 + len(squeezers), stats)
         runner.warmup()
+        path = _measuring_path(stats, runner, cfg, args.backend)
+        if args.backend == "gpu":
+            print(path.describe())
+        timer: _HostTimer | _ZeroCopyTimer = (
+            _ZeroCopyTimer(stats, runner, squeezers) if path.zero_copy else _HostTimer(stats, runner, cfg, squeezers)
+        )
         cal = Calibrator(CalibrationConfig(frames=len(cal_frames)), grid=(4, 4), camera_id="bench")
         for img in cal_frames:
             cal.update(stats.compute(img, key="cal"), runner.infer([img])[0])
         guard = Guard(cal.build(model_sha256=runner.info.sha256))
         for img in eval_frames[:5]:  # warm every path
-            infer_with_squeezers(runner, [img], cfg.preprocess, squeezers)
+            timer.squeeze_pass(img)
         rows: dict[str, list[float]] = {k: [] for k in ("model", "stats", "score", "squeeze_pass")}
         decisions: dict[str, int] = {}
         for seq, img in enumerate(eval_frames):
             frame = Frame(img, "bench", seq, time.time(), time.monotonic())
             t0 = time.perf_counter()
-            outs = runner.infer([img])
+            out = timer.model(img)
             t1 = time.perf_counter()
-            st = stats.compute(img, key="eval")
+            st = timer.stats(img, "eval")
             t2 = time.perf_counter()
-            verdict = guard.update(frame, st, outs[0])
+            verdict = guard.update(frame, st, out)
             t3 = time.perf_counter()
-            infer_with_squeezers(runner, [img], cfg.preprocess, squeezers)
+            timer.squeeze_pass(img)
             t4 = time.perf_counter()
             for key, ms in (("model", t1 - t0), ("stats", t2 - t1), ("score", t3 - t2), ("squeeze_pass", t4 - t3)):
                 rows[key].append(ms * 1e3)
             decisions[verdict.decision.name] = decisions.get(verdict.decision.name, 0) + 1
+        timer.close()
     guard_ms = [a + b for a, b in zip(rows["stats"], rows["score"], strict=True)]
     variants = {
         "model": rows["model"],
@@ -179,7 +257,14 @@ def run(args: argparse.Namespace) -> int:
     names = ", ".join(s.name for s in squeezers) or "none"
     print(f"model: {Path(cfg.path or '').name} via {runtime}; stats: {stats.name}; squeezers: {names}")
     print(f"{'variant':<30} {'p50 ms':>9} {'p99 ms':>9} {'mean ms':>9} {'frames/s':>9}")
-    report: dict[str, Any] = {"backend": args.backend, "runtime": runtime, "stats": stats.name, "variants": {}}
+    report: dict[str, Any] = {
+        "backend": args.backend,
+        "runtime": runtime,
+        "stats": stats.name,
+        "measuring_path": "zero-copy" if path.zero_copy else "host",
+        "measuring_reason": path.reason,
+        "variants": {},
+    }
     for name, values in variants.items():
         mean = statistics.fmean(values)
         p50, p99 = _pct(values, 50), _pct(values, 99)

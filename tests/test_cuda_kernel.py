@@ -582,6 +582,7 @@ class HostLauncher:
     """
 
     name = "host-harness"
+    stream_handle = 0  # no CUDA stream: launches run synchronously on the host
 
     def __init__(self, harness: Harness) -> None:
         self.device = DeviceInfo(0, "host harness", 9, 0, 1, 0)

@@ -14,7 +14,8 @@ import pytest
 from agent.errors import BackendUnavailable, ModelError
 from agent.model.config import ModelConfig, PreprocessConfig
 from agent.model.factory import load_model, runner_factory
-from agent.model.onnx_runner import OnnxRunner, file_sha256, ort_providers
+from agent.model.onnx_runner import OnnxRunner, file_sha256
+from agent.model.ort_gpu import gpu_providers
 
 pytest.importorskip("onnxruntime")
 
@@ -201,16 +202,21 @@ def test_provider_mapping_with_a_gpu_build(tmp_path: Path) -> None:
     # what a onnxruntime-gpu build lists: TensorRT gets its engine cache options, order is kept
     gpu_build = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     cache = tmp_path / "trt"
-    entries = ort_providers(ModelConfig(trt_cache_dir=cache, trt_fp16=True), gpu_build)
-    assert entries[1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    entries = gpu_providers(ModelConfig(trt_cache_dir=cache, trt_fp16=True), gpu_build)
+    assert [e if isinstance(e, str) else e[0] for e in entries] == gpu_build
+    assert isinstance(entries[0], tuple)
     name, options = entries[0]
     assert name == "TensorrtExecutionProvider"
     assert options["trt_engine_cache_enable"] == "True" and options["trt_engine_cache_path"] == str(cache)
     assert options["trt_fp16_enable"] == "True"
+    assert "user_compute_stream" not in options  # no shared launcher: the provider's own stream
     assert cache.is_dir()
+    # a shared launcher's stream goes to both GPU providers
+    shared = gpu_providers(ModelConfig(trt_cache_dir=cache), gpu_build, device_id=1, stream=0x5000)
+    for entry in shared[:2]:
+        assert isinstance(entry, tuple)
+        assert entry[1]["user_compute_stream"] == str(0x5000) and entry[1]["device_id"] == "1"
     # a CPU-only build: unavailable providers are skipped (no ORT warning), CPU always last
-    assert ort_providers(ModelConfig(providers=["cuda"]), ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
-    assert ort_providers(ModelConfig(providers=["cpu", "cuda"]), gpu_build) == [
-        "CPUExecutionProvider",
-        "CUDAExecutionProvider",
-    ]
+    assert gpu_providers(ModelConfig(providers=["cuda"]), ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    cpu_first = gpu_providers(ModelConfig(providers=["cpu", "cuda"]), gpu_build)
+    assert [e if isinstance(e, str) else e[0] for e in cpu_first] == ["CPUExecutionProvider", "CUDAExecutionProvider"]

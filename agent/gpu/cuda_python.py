@@ -98,6 +98,11 @@ class CudaPythonLauncher:
         )
         self._stream = _ok(driver.cuStreamCreate(driver.CUstream_flags.CU_STREAM_NON_BLOCKING), "cuStreamCreate")
 
+    @property
+    def stream_handle(self) -> int:
+        """The stream's ``CUstream`` address (what TensorRT and ONNX Runtime take as a stream)."""
+        return int(self._stream)
+
     def make_current(self) -> None:
         """Bind the primary context to the calling thread."""
         _ok(self._drv.cuCtxSetCurrent(self._ctx), "cuCtxSetCurrent")

@@ -2,7 +2,10 @@
 
 A launcher owns one CUDA device's primary context and one stream, and offers only what the
 kernels here need: load a compiled module, get a function, launch it, allocate device and
-pinned host memory, asynchronous copies and memsets on its stream, events, synchronize.
+pinned host memory, asynchronous copies and memsets on its stream, events, synchronize, and
+the raw stream handle (``stream_handle``) for libraries that enqueue on it too (TensorRT's
+``execute_async_v3``, ONNX Runtime's ``user_compute_stream``), so every stage of a frame is
+ordered on one stream without extra synchronizations.
 
 - ``cuda-python`` (default, :mod:`agent.gpu.cuda_python`): NVIDIA's official bindings;
   wheels that install everywhere, NVRTC included.
@@ -69,6 +72,11 @@ class Launcher(Protocol):
 
     name: str
     device: DeviceInfo
+
+    @property
+    def stream_handle(self) -> int:
+        """The launcher's stream as a raw ``CUstream`` address (an int), for TensorRT and ONNX Runtime."""
+        ...
 
     def make_current(self) -> None:
         """Bind the context to the calling thread (cheap; call at the top of each public entry)."""

@@ -73,6 +73,11 @@ class PycudaLauncher:
         self._prepared: dict[tuple[int, str], Any] = {}
         self._modules: list[Any] = []
 
+    @property
+    def stream_handle(self) -> int:
+        """The stream's ``CUstream`` address (``pycuda.driver.Stream.handle``)."""
+        return int(self._stream.handle)
+
     def make_current(self) -> None:
         """pycuda keeps a per-thread context stack: push ours when another is current."""
         if self._cuda.Context.get_current() != self._ctx:

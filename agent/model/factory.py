@@ -4,15 +4,19 @@
 preprocessing and labels come from the sidecar ``models/reference_cnn.json`` written by
 ``models/build_reference_model.py`` and replace the config's ``preprocess``/``labels`` (a user's
 model keeps the config's). :func:`effective_model_config` exposes that resolution, e.g. for the demo.
+
+``load_model(cfg, launcher=...)`` shares an open CUDA launcher (the statistics backend's,
+``CudaStats.launcher``) with the runner: TensorRT then runs on its context and stream (the
+zero-copy measuring path, agent.gpu_measure), ONNX Runtime's GPU providers on its stream.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
@@ -20,6 +24,9 @@ from agent.datafiles import data_dir
 from agent.errors import BackendUnavailable, ModelError
 from agent.model.config import ModelConfig, PreprocessConfig
 from agent.model.types import ModelRunner
+
+if TYPE_CHECKING:
+    from agent.gpu.launcher import Launcher
 
 __all__ = [
     "REFERENCE_MODEL",
@@ -38,7 +45,14 @@ __all__ = [
 REFERENCE_MODEL: Path = data_dir("models") / "reference_cnn.onnx"
 REFERENCE_SIDECAR: Path = data_dir("models") / "reference_cnn.json"
 
-RunnerFactory = Callable[[ModelConfig, Sequence[str] | None], ModelRunner]
+
+
+class RunnerFactory(Protocol):
+    """Builds a runner from a resolved config, explicit labels (or None) and an optional shared launcher."""
+
+    def __call__(
+        self, cfg: ModelConfig, labels: Sequence[str] | None, launcher: Launcher | None = None
+    ) -> ModelRunner: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,16 +98,24 @@ def effective_preprocess(cfg: ModelConfig) -> PreprocessConfig:
     return effective_model_config(cfg).config.preprocess
 
 
-def _onnxruntime_runner(cfg: ModelConfig, labels: Sequence[str] | None) -> ModelRunner:
+def _onnxruntime_runner(
+    cfg: ModelConfig, labels: Sequence[str] | None, launcher: Launcher | None = None
+) -> ModelRunner:
     from agent.model.onnx_runner import OnnxRunner  # noqa: PLC0415 (onnxruntime only when used)
 
-    return OnnxRunner(cfg, labels)
+    if launcher is None:
+        return OnnxRunner(cfg, labels)
+    return OnnxRunner(cfg, labels, device_id=launcher.device.ordinal, stream=launcher.stream_handle)
 
 
-def _tensorrt_runner(cfg: ModelConfig, labels: Sequence[str] | None) -> ModelRunner:
+def _tensorrt_runner(
+    cfg: ModelConfig, labels: Sequence[str] | None, launcher: Launcher | None = None
+) -> ModelRunner:
     from agent.model.tensorrt_runner import TensorRTRunner  # noqa: PLC0415 (TensorRT only when used)
 
-    return TensorRTRunner(cfg, labels)
+    if launcher is None:
+        return TensorRTRunner(cfg, labels)
+    return TensorRTRunner(cfg, labels, launcher=launcher, device=launcher.device.ordinal)
 
 
 #: model.runtime -> runner constructor; None: declared in the config but not built yet.
@@ -113,8 +135,12 @@ def runner_factory(runtime: str) -> RunnerFactory:
     return factory
 
 
-def load_model(cfg: ModelConfig) -> ModelRunner | None:
-    """The runner for ``cfg`` (None when ``cfg.enabled`` is false)."""
+def load_model(cfg: ModelConfig, *, launcher: Launcher | None = None) -> ModelRunner | None:
+    """The runner for ``cfg`` (None when ``cfg.enabled`` is false).
+
+    ``launcher``: an open CUDA launcher to share (e.g. ``CudaStats.launcher``); it stays owned
+    by the caller, who must keep it open while the runner is used.
+    """
     if not cfg.enabled:
         return None
     factory = runner_factory(cfg.runtime)
@@ -123,7 +149,7 @@ def load_model(cfg: ModelConfig) -> ModelRunner | None:
         raise ModelError(
             f"reference model not found: {REFERENCE_MODEL}; rebuild it with python models/build_reference_model.py"
         )
-    return factory(resolved.config, resolved.labels)
+    return factory(resolved.config, resolved.labels, launcher)
 
 
 def load_warm_model(cfg: ModelConfig) -> ModelRunner | None:

@@ -1,7 +1,9 @@
 """ONNX Runtime model runner: session, provider choice, input checks, batching, decoding.
 
 onnxruntime is an optional dependency (extras ``onnxruntime`` or ``onnxruntime-gpu``, which are
-mutually exclusive) and is imported only when a runner is created.
+mutually exclusive) and is imported only when a runner is created. Its execution providers and
+their options come from :func:`agent.model.ort_gpu.gpu_providers` (TensorRT engine cache, CUDA
+options, and the agent's CUDA stream when a launcher is shared).
 """
 
 from __future__ import annotations
@@ -17,21 +19,18 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.errors import BackendUnavailable, ModelError
-from agent.model.config import ModelConfig, Provider
+from agent.model.config import ModelConfig
 from agent.model.decode import classifier_outputs, detector_outputs
+from agent.model.labels import read_labels, resolve_labels
+from agent.model.ort_gpu import ORT_PROVIDER_NAMES, gpu_providers
 from agent.model.preprocess import preprocess_with_transforms
 from agent.model.types import ModelInfo, ModelOutput
 
-__all__ = ["ORT_PROVIDER_NAMES", "OnnxRunner", "file_sha256", "import_onnxruntime", "ort_providers", "read_labels"]
+# ORT_PROVIDER_NAMES and read_labels are re-exported: callers imported them from here first.
+__all__ = ["ORT_PROVIDER_NAMES", "OnnxRunner", "file_sha256", "import_onnxruntime", "read_labels"]
 
 logger = logging.getLogger(__name__)
 
-#: config provider name -> ONNX Runtime execution provider name
-ORT_PROVIDER_NAMES: dict[Provider, str] = {
-    "tensorrt": "TensorrtExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "cpu": "CPUExecutionProvider",
-}
 _SHORT = {v: k for k, v in ORT_PROVIDER_NAMES.items()}
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8"}
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
@@ -67,61 +66,19 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_labels(path: Path) -> tuple[str, ...]:
-    """Class names from a text file, one per line (blank lines at the end ignored)."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ModelError(f"cannot read labels file {path}: {exc}") from exc
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if not lines:
-        raise ModelError(f"labels file {path} is empty; expected one class name per line")
-    return tuple(line.strip() for line in lines)
-
-
-def ort_providers(cfg: ModelConfig, available: Sequence[str]) -> list[Any]:
-    """ORT provider list (names or (name, options)) for the requested providers this build has."""
-    entries: list[Any] = []
-    for p in cfg.providers:
-        name = ORT_PROVIDER_NAMES[p]
-        # Passing a provider the build lacks makes ORT emit a Python warning; skip it here and
-        # report the fallback ourselves.
-        if name not in available:
-            continue
-        if p == "tensorrt":
-            cache = (cfg.trt_cache_dir or Path("~/.cache/edge-guard/trt")).expanduser()
-            try:  # TensorRT writes engines here; building one takes minutes, so the cache matters
-                cache.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ModelError(f"cannot create TensorRT engine cache folder {cache}: {exc}") from exc
-            entries.append(
-                (
-                    name,
-                    {
-                        "trt_engine_cache_enable": "True",
-                        "trt_engine_cache_path": str(cache),
-                        "trt_timing_cache_enable": "True",
-                        "trt_timing_cache_path": str(cache),
-                        "trt_fp16_enable": "True" if cfg.trt_fp16 else "False",
-                    },
-                )
-            )
-        else:
-            entries.append(name)
-    if "CPUExecutionProvider" not in [e if isinstance(e, str) else e[0] for e in entries]:
-        entries.append("CPUExecutionProvider")  # ORT always falls back to CPU; make it explicit
-    return entries
-
-
 class OnnxRunner:
     """Runs an ONNX model with ONNX Runtime on BGR uint8 frames (implements ``ModelRunner``).
 
     ``cfg`` must name a model file (the factory resolves the embedded reference model);
     ``labels`` overrides ``cfg.labels`` (the reference model's labels come from its sidecar).
+    ``device_id``/``stream``: the CUDA device and stream (``Launcher.stream_handle``) the GPU
+    providers use, so ONNX Runtime computes on the agent's stream when a launcher is shared;
+    ignored by the CPU provider.
     """
 
-    def __init__(self, cfg: ModelConfig, labels: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, cfg: ModelConfig, labels: Sequence[str] | None = None, *, device_id: int = 0, stream: int | None = None
+    ) -> None:
         if cfg.path is None:
             raise ModelError("OnnxRunner needs model.path; use agent.model.factory.load_model for the default")
         self.cfg = cfg
@@ -139,7 +96,7 @@ class OnnxRunner:
         so.intra_op_num_threads = cfg.threads
         so.inter_op_num_threads = 1
         available = list(ort.get_available_providers())
-        entries = ort_providers(cfg, available)
+        entries = gpu_providers(cfg, available, device_id=device_id, stream=stream)
         try:
             self._session = ort.InferenceSession(str(path), sess_options=so, providers=entries)
         except Exception as exc:  # ORT raises its own InvalidProtobuf/Fail/... types
@@ -172,14 +129,7 @@ class OnnxRunner:
             raise ModelError(f"model {path} has no output {cfg.output.name!r}; its outputs are {names}")
         num_classes = self._num_classes(out_shape)
 
-        if labels is not None:
-            self.labels: tuple[str, ...] = tuple(labels)
-        elif cfg.labels is not None:
-            self.labels = read_labels(cfg.labels.expanduser())
-        else:
-            self.labels = ()
-        if self.labels and num_classes is not None and len(self.labels) != num_classes:
-            raise ModelError(f"labels list has {len(self.labels)} names but model {path} outputs {num_classes} classes")
+        self.labels: tuple[str, ...] = resolve_labels(cfg.labels, labels, num_classes, path)
         self.info = ModelInfo(
             path=str(path),
             sha256=sha,

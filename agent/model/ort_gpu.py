@@ -28,17 +28,24 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.errors import ModelError
-from agent.model.config import ModelConfig
-from agent.model.onnx_runner import ORT_PROVIDER_NAMES
+from agent.model.config import ModelConfig, Provider
 
 __all__ = [
     "DEFAULT_TRT_CACHE",
+    "ORT_PROVIDER_NAMES",
     "DeviceIOBinding",
     "cuda_ep_options",
     "gpu_providers",
     "tensorrt_ep_options",
     "trt_cache_root",
 ]
+
+#: config provider name -> ONNX Runtime execution provider name
+ORT_PROVIDER_NAMES: dict[Provider, str] = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
 
 #: Default TensorRT cache folder (ONNX Runtime's TensorRT EP writes here; native engines in engines/).
 DEFAULT_TRT_CACHE = Path("~/.cache/edge-guard/trt")
@@ -91,10 +98,16 @@ def cuda_ep_options(*, device_id: int = 0, stream: int | None = None) -> dict[st
 def gpu_providers(
     cfg: ModelConfig, available: Sequence[str], *, device_id: int = 0, stream: int | None = None
 ) -> list[str | tuple[str, dict[str, str]]]:
-    """Providers with options in ``cfg.providers`` order, skipping those this build lacks; CPU last."""
+    """Providers with options in ``cfg.providers`` order, skipping those this build lacks; CPU last.
+
+    ``stream``: a CUDA stream handle (e.g. ``Launcher.stream_handle`` of the statistics
+    backend) the GPU providers then compute on, instead of a stream of their own.
+    """
     entries: list[str | tuple[str, dict[str, str]]] = []
     for p in cfg.providers:
         name = ORT_PROVIDER_NAMES[p]
+        # Passing a provider the build lacks makes ORT emit a Python warning; skip it here (the
+        # runner reports the fallback itself).
         if name not in available:
             continue
         if p == "tensorrt":
@@ -104,7 +117,7 @@ def gpu_providers(
         else:
             entries.append(name)
     if "CPUExecutionProvider" not in [e if isinstance(e, str) else e[0] for e in entries]:
-        entries.append("CPUExecutionProvider")
+        entries.append("CPUExecutionProvider")  # ORT always falls back to CPU; make it explicit
     return entries
 
 

@@ -17,7 +17,9 @@ TensorRT is imported lazily and never a dependency of this package. What it does
    capability, TensorRT version, precision, batch profile, input size and workspace; stale or
    corrupt engines are discarded and rebuilt once.
 3. **Inference** with the name-based API (``set_input_shape``, ``set_tensor_address``,
-   ``execute_async_v3``) on the launcher's CUDA stream (agent.gpu): device buffers for every
+   ``execute_async_v3``) on the launcher's CUDA stream (``Launcher.stream_handle``): uploads,
+   preprocessing, the engine and the output copy are ordered on that one stream, and the
+   host waits once per engine call, after the output copy. Device buffers for every
    I/O tensor allocated once at the maximum batch, frames uploaded once, preprocessing on the
    GPU straight into the input binding (agent.gpu.preprocess; CPU preprocessing when the
    config needs an interpolation the kernel lacks), only the selected output copied back.
@@ -47,7 +49,8 @@ from agent.gpu.squeeze import Squeeze, slot_layout, split_by_variant, squeeze_ca
 from agent.model.config import ModelConfig
 from agent.model.decode import classifier_outputs, detector_outputs
 from agent.model.engine_cache import EngineCache, default_engine_dir
-from agent.model.onnx_runner import file_sha256, read_labels
+from agent.model.labels import resolve_labels
+from agent.model.onnx_runner import file_sha256
 from agent.model.preprocess import Letterbox, plan_resize, preprocess, resize_frame
 from agent.model.trt_build import (
     DEFAULT_WORKSPACE_MIB,
@@ -81,7 +84,9 @@ class TensorRTRunner:
     """Runs an ONNX model as a cached TensorRT engine on BGR uint8 frames (implements ``ModelRunner``).
 
     ``launcher``: an open :class:`agent.gpu.Launcher` to share (its context, stream and
-    device buffers, e.g. the statistics backend's); by default one is opened on ``device``.
+    device buffers, e.g. the statistics backend's: then frames uploaded for the statistics
+    kernel feed :meth:`infer_device` directly); by default one is opened on ``device``.
+    A shared launcher stays open when the runner closes (its owner closes it).
     """
 
     def __init__(
@@ -162,10 +167,7 @@ class TensorRTRunner:
         else:
             logger.info("preprocessing on the CPU: %s", reason)
         self._uploader = FrameUploader(self._gpu)
-        self._stream = _Stream(self._gpu)
-        self.labels: tuple[str, ...] = (
-            tuple(labels) if labels is not None else (read_labels(cfg.labels.expanduser()) if cfg.labels else ())
-        )
+        self.labels: tuple[str, ...] = resolve_labels(cfg.labels, labels, self._num_classes(), path)
         origin = "cached" if loaded.from_cache else f"built in {loaded.build_s:.0f} s"
         self.provider = f"TensorRT {trt.__version__} ({plan.precision}, {origin})"
         self.info = ModelInfo(
@@ -225,6 +227,17 @@ class TensorRTRunner:
             return int(dims[-1]) - 5 if dims and int(dims[-1]) > 5 else None
         return int(np.prod(dims)) if dims else None
 
+    # ------------------------------------------------------------------ properties
+    @property
+    def launcher(self) -> Launcher:
+        """The launcher (device, context, stream) the engine runs on."""
+        return self._gpu
+
+    @property
+    def gpu_preprocessing(self) -> bool:
+        """True when preprocessing runs on the GPU (then :meth:`infer_device` is available)."""
+        return self._pre is not None
+
     # ------------------------------------------------------------------ inference
     def _execute(self, n: int) -> npt.NDArray[np.generic]:
         """Run the engine on the first ``n`` rows of the input binding; returns those output rows."""
@@ -233,10 +246,11 @@ class TensorRTRunner:
             self._in_shape = (rows, *self._in_shape[1:])
             if not self._context.set_input_shape(self._input, self._in_shape):
                 raise ModelError(f"TensorRT rejected input shape {self._in_shape} for {self._input!r}")
-        self._stream.before_enqueue()
-        if not self._context.execute_async_v3(self._stream.handle):
+        # Enqueued on the launcher's stream, after the uploads and the preprocessing kernel that
+        # wrote the input binding; the output copy follows on the same stream, so the one
+        # synchronize below is the only wait of the call.
+        if not self._context.execute_async_v3(self._gpu.stream_handle):
             raise ModelError(f"TensorRT inference failed for {self.info.path} (see the TensorRT errors logged)")
-        self._stream.after_enqueue()
         out = self._out_host[:rows]
         self._gpu.copy_dtoh(out, self._bufs[self._output])
         self._gpu.synchronize()
@@ -270,7 +284,8 @@ class TensorRTRunner:
     def infer_device(self, frames: Sequence[DeviceFrame], squeezers: Sequence[Squeeze] = ()) -> SqueezedOutputs:
         """Frames already on the device (e.g. shared with the statistics kernel), plus squeezed slots.
 
-        The frames must be complete (their producer's stream synchronized) before the call.
+        Frames written on this runner's launcher stream need no synchronization (the work is
+        ordered on it); a producer on another stream must synchronize it before the call.
         """
         with self._lock:
             pre = self._pre
@@ -310,7 +325,7 @@ class TensorRTRunner:
 
     def close(self) -> None:
         """Release the engine, buffers and (when it opened it) the launcher."""
-        for name in ("_pre", "_uploader", "_stream"):
+        for name in ("_pre", "_uploader"):
             obj = getattr(self, name, None)
             if obj is not None:
                 obj.close()
@@ -320,37 +335,3 @@ class TensorRTRunner:
         if self._own_gpu:
             self._gpu.close()  # frees every device and pinned buffer this launcher made
 
-
-class _Stream:
-    """The CUDA stream TensorRT enqueues on: the launcher's own stream when it exposes one as
-    ``stream_handle``; otherwise a private stream, ordered by synchronizing around the call."""
-
-    def __init__(self, launcher: Launcher) -> None:
-        self._gpu = launcher
-        shared = getattr(launcher, "stream_handle", None)
-        self._own: Any = None
-        if isinstance(shared, int) and shared:
-            self.handle = shared
-            return
-        from agent.gpu.cuda_python import driver_module  # noqa: PLC0415
-
-        drv = self._drv = driver_module()
-        err, stream = drv.cuStreamCreate(drv.CUstream_flags.CU_STREAM_NON_BLOCKING)
-        if err != drv.CUresult.CUDA_SUCCESS:
-            raise BackendUnavailable(f"cuStreamCreate failed: {err}")
-        self._own, self.handle = stream, int(stream)
-
-    def before_enqueue(self) -> None:
-        if self._own is not None:
-            self._gpu.synchronize()  # uploads and preprocessing ran on the launcher's stream
-
-    def after_enqueue(self) -> None:
-        if self._own is not None:
-            (err,) = self._drv.cuStreamSynchronize(self._own)
-            if err != self._drv.CUresult.CUDA_SUCCESS:
-                raise ModelError(f"TensorRT inference failed on the GPU: cuStreamSynchronize returned {err}")
-
-    def close(self) -> None:
-        if self._own is not None:
-            self._drv.cuStreamDestroy(self._own)
-            self._own = None
