@@ -334,4 +334,3 @@ class TensorRTRunner:
             self.__dict__.pop(attr, None)
         if self._own_gpu:
             self._gpu.close()  # frees every device and pinned buffer this launcher made
-
