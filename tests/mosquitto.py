@@ -125,6 +125,8 @@ class Mosquitto:
             f"persistence_location {self.dir}/",
             f"log_dest file {self.dir / 'mosquitto.log'}",
             "log_type error", "log_type warning", "log_type notice", "log_type information",
+            # Each subscription is logged, so a test can wait until a subprocess has subscribed.
+            "log_type subscribe",
             "connection_messages true",
         ]
         if self.certs is not None:

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
+from helpers import wait_until
 from mosquitto import Collector, Mosquitto, Received, mosquitto_available, start_loadgen, stop_process
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -294,7 +295,9 @@ def test_tail_shows_the_fleet_and_saves_frames(broker: Mosquitto, tmp_path: Path
          "--duration", "4", "--save-frames", str(tmp_path / "frames")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    time.sleep(2.0)  # the CLI imports and subscribes
+    # Publish only once the CLI has subscribed (its last filter is the frames one): importing can
+    # take far longer than usual on a loaded machine, and messages sent before are not delivered.
+    wait_until(lambda: "/+/frames/+" in broker.log() or tail.poll() is not None, 60, "edge-guard tail to subscribe")
     for seq in range(12):
         v, f = synthetic("cam0", seq, "dark" if seq < 3 else None, Decision.BLOCK)
         sink.publish_verdict(v, f)

@@ -13,6 +13,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from helpers import wait_until
 from mosquitto import Collector, Mosquitto, Received, mosquitto_available
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -133,13 +134,18 @@ def test_wrong_password_is_a_clear_error_and_a_back_off(
     assert secure_broker.certs is not None
     caplog.set_level(logging.INFO, logger="agent.sinks.mqtt")
     wrong = "not-the-password"
+    t0 = time.monotonic()
     sink = sink_for(secure_broker, tmp_path, username="n1", password_file=str(pw_file(tmp_path, "n1", wrong)),
                     tls={"ca_file": str(secure_broker.certs.ca)}, auth_backoff_s=1.0)
     try:
-        time.sleep(3.5)
-        stats = sink.stats()
         # Refused, logged once per attempt at ERROR, retried after auth_backoff_s (not a hot loop).
-        assert 2 <= stats["auth_failures"] <= 5, stats
+        # Wait for the second refusal instead of counting them in a fixed window (TLS handshakes
+        # slow down on a loaded machine); it cannot come before one back-off has passed.
+        wait_until(lambda: sink.stats()["auth_failures"] >= 2, 30, "a second refused login")
+        assert time.monotonic() - t0 >= 1.0, "retried before auth_backoff_s"
+        time.sleep(1.5)  # keep watching: a hot loop would now show dozens of failures
+        stats = sink.stats()
+        assert 2 <= stats["auth_failures"] <= (time.monotonic() - t0) / 1.0 + 2, stats
         assert stats["connected"] == 0.0 and sink.conn.alive()
         errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
         assert errors and "refused the login of user 'n1'" in errors[0] and "check the username/password" in errors[0]

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
+from helpers import wait_until
 
 from agent.errors import SourceError
 from agent.frame import Frame
@@ -196,9 +197,10 @@ def test_clean_scenario_runs_until_max_frames_and_close() -> None:
     got: list[Frame] = []
     reader = threading.Thread(target=lambda: got.extend(iter(endless.read, None)), daemon=True)
     reader.start()
-    time.sleep(0.05)
+    # Wait for frames instead of sleeping a fixed time (a loaded machine may not render 10 in 50 ms).
+    wait_until(lambda: len(got) > 10, 30, "the endless source to produce frames")
     endless.close()
-    reader.join(1.0)
+    reader.join(5.0)
     assert not reader.is_alive() and len(got) > 10 and endless.state == "ended"
 
 
