@@ -5,7 +5,8 @@ A watchdog ping says "restarting me would not help". The rule, checked in this o
 
 1. **Worker stuck** — the worker has been busy with one frame for longer than T (an inference or
    a stats kernel hangs): no ping, whatever else holds. A restart is the fix.
-2. **Progress** — a frame was processed within the last T seconds: ping.
+2. **Progress** — a frame was processed within the last T seconds: ping. (No frame for longer
+   than T while the worker has been busy for at least half of that time: worker stuck too.)
 3. **Camera down and being retried** — the source reports ``down``/``connecting``/
    ``reconnecting``: ping. The camera is degraded, not the agent wedged; a restart would only
    reopen the same dead camera, and the agent reports the outage itself (camera status
@@ -96,6 +97,13 @@ class ProgressWatchdog:
             idle = now_mono - last_frame_processed_mono
             if idle <= limit:
                 return WatchdogDecision(True, "progress", f"last frame processed {idle:.1f} s ago")
+            if worker_busy_since_mono is not None and now_mono - worker_busy_since_mono >= idle / 2:
+                # The worker picks the next frame a few ms after finishing one, so a hang shows
+                # here (idle > T) just before its busy time passes T: busy for most of the
+                # silence means the silence is the worker's, not the source's.
+                busy = now_mono - worker_busy_since_mono
+                detail = f"worker busy with one frame for {busy:.1f} s, no frame done for {idle:.1f} s"
+                return WatchdogDecision(False, "worker_stuck", detail)
         state = _state_name(source_state)
         if state in RETRYING_STATES:
             return WatchdogDecision(True, "source_retrying", f"camera {state}, being retried (degraded)")

@@ -38,6 +38,12 @@ CASES = [
     pytest.param(99.0, "up", 90.0, True, "progress", id="worker-busy-exactly-T"),
     pytest.param(99.0, "up", 85.0, False, "worker_stuck", id="worker-stuck-beats-recent-frame"),
     pytest.param(50.0, "reconnecting", 85.0, False, "worker_stuck", id="worker-stuck-beats-retrying"),
+    # the worker took the next frame just after the last one finished and hangs on it: idle
+    # passes T a few ms before busy does, and the silence is still the worker's
+    pytest.param(89.9, "up", 90.05, False, "worker_stuck", id="worker-hangs-idle-passes-T-first"),
+    # a worker that only just started (after a long outage) does not own the silence
+    pytest.param(50.0, "up", 99.0, False, "no_progress", id="worker-just-started-up-silent"),
+    pytest.param(50.0, "reconnecting", 99.0, True, "source_retrying", id="worker-just-started-retrying"),
 ]
 
 
