@@ -37,6 +37,7 @@ from agent.scoring.config import CalibrationConfig
 from agent.sdnotify import Notifier
 from agent.sinks.base import CameraState
 from agent.sources.synthetic import parse_synthetic_uri
+from agent.stats.factory import cuda_unavailable_reason
 from agent.term import LiveView, ViewStream, format_table
 from agent.verdict import Decision, Verdict
 
@@ -138,13 +139,15 @@ class DemoResult:
     rows: dict[str, Row]
     ground_truth: bool
     exit_code: int
+    #: What computed what (``Daemon.backends()``), with why the statistics are not on CUDA.
+    backends: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source, "out_dir": str(self.out_dir), "seconds": round(self.seconds, 2),
             "frames_in": self.frames_in, "frames_processed": self.frames_processed,
             "frames_calibrated": self.frames_calibrated, "alpha_flag": self.alpha_flag,
-            "ground_truth": self.ground_truth, "exit_code": self.exit_code,
+            "ground_truth": self.ground_truth, "exit_code": self.exit_code, "backends": dict(self.backends),
             "rows": {k: {"frames": r.frames, "caught": r.caught, "share": r.share,
                          "decisions": dict(r.decisions), "reasons": dict(r.reasons)} for k, r in self.rows.items()},
         }
@@ -232,6 +235,13 @@ def _live_text(daemon: Daemon, tally: Tally, source: str, t0: float) -> str:
     return f"{head}\n{line}\n\n{table}"
 
 
+def _backends_line(backends: dict[str, str]) -> str:
+    """``backends: stats cpu (no NVIDIA driver ...), model onnxruntime:CPUExecutionProvider`` (or nothing)."""
+    if not backends:
+        return ""
+    return "backends: " + ", ".join(f"{k} {v}" for k, v in backends.items()) + "\n"
+
+
 def closing_table(result: DemoResult) -> str:
     """The table printed at the end (and what tests assert on)."""
     rows = result.rows
@@ -263,10 +273,21 @@ def closing_table(result: DemoResult) -> str:
         f"\nedge-guard demo: {result.source}\n"
         f"{result.frames_processed} frames in {result.seconds:.1f} s "
         f"({result.frames_processed / max(result.seconds, 1e-9):.1f} fps); calibrated on "
-        f"{result.frames_calibrated}, guarded {result.frames_processed - result.frames_calibrated}\n\n"
+        f"{result.frames_calibrated}, guarded {result.frames_processed - result.frames_calibrated}\n"
+        f"{_backends_line(result.backends)}\n"
         f"{table}\n\n{note}\n"
         f"outputs: {result.out_dir}/ (verdicts.jsonl, health.jsonl, status.jsonl, frames/, summary.json)\n"
     )
+
+
+def _backends(daemon: Daemon, cfg: GuardConfig) -> dict[str, str]:
+    """``Daemon.backends()``, the statistics entry with why it is not CUDA when it was not asked to be CPU."""
+    out = daemon.backends()
+    if out.get("stats") == "cpu" and cfg.stats.backend != "cpu":
+        reason = cuda_unavailable_reason()
+        if reason:
+            out["stats"] = f"cpu ({reason})"
+    return out
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -297,6 +318,7 @@ def run_demo(args: argparse.Namespace) -> int:
         source=str(args.source), out_dir=Path(cfg.file_sink.dir), seconds=time.monotonic() - t0,
         frames_in=p.frames_in, frames_processed=p.frames_processed, frames_calibrated=p.frames_calibrated,
         alpha_flag=cfg.policy.alpha_flag, rows=tally.snapshot(), ground_truth=ground_truth, exit_code=code,
+        backends=_backends(daemon, cfg),
     )
     if p.phase == "calibrating":
         print(f"edge-guard demo: the source ended after {p.frames_processed} frames, before calibration "

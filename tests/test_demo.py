@@ -41,6 +41,12 @@ def test_default_demo_catches_every_fault(tmp_path: Path) -> None:
     clean = rows["clean"]
     assert clean["frames"] >= 300, "enough clean guarded frames to measure the false-alarm rate"
     assert clean["share"] <= 2 * alpha, f"clean frames flagged {clean['share']:.2%} > 2 x alpha={alpha}: {shares}"
+    # the demo says what computed what: here, with no GPU, CPU statistics and why
+    backends = summary["backends"]
+    assert set(backends) == {"stats", "model"} and backends["model"].startswith("onnxruntime:")
+    assert f"backends: stats {backends['stats']}, model {backends['model']}" in proc.stdout
+    if not Path("/dev/nvidia0").exists():
+        assert backends["stats"].startswith("cpu (") and len(backends["stats"]) > len("cpu ()")
     # outputs went where the table says
     assert f"outputs: {tmp_path}/" in proc.stdout
     assert (tmp_path / "verdicts.jsonl").stat().st_size > 0
