@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from agent.errors import FrameError
-from agent.frame import Frame, validate_bgr
+from agent.frame import Frame
 from agent.gpu.preprocess import unsupported_reason
 from agent.model.config import ModelConfig
 from agent.model.factory import effective_preprocess
@@ -35,7 +35,7 @@ from agent.model.types import ModelOutput, ModelRunner
 from agent.pipeline import Measured, Measurer
 from agent.scoring.adversarial import FeatureSqueezer, squeeze_scores
 from agent.stats.config import StatsConfig
-from agent.stats.cuda import MAX_SIDE
+from agent.stats.cuda import check_frame
 from agent.stats.types import FrameStats, StatsBackend
 
 if TYPE_CHECKING:
@@ -104,10 +104,7 @@ def split_frames(frames: Sequence[Frame]) -> tuple[list[Frame], list[tuple[Frame
     bad: list[tuple[Frame, FrameError]] = []
     for frame in frames:
         try:
-            img = validate_bgr(frame.image)
-            h, w = img.shape[:2]
-            if h > MAX_SIDE or w > MAX_SIDE:
-                raise FrameError(f"frame sides must be in 1..{MAX_SIDE}, but got {w}x{h}")
+            check_frame(frame.image)
         except FrameError as exc:
             bad.append((frame, exc))
             continue

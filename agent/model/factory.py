@@ -46,7 +46,6 @@ REFERENCE_MODEL: Path = data_dir("models") / "reference_cnn.onnx"
 REFERENCE_SIDECAR: Path = data_dir("models") / "reference_cnn.json"
 
 
-
 class RunnerFactory(Protocol):
     """Builds a runner from a resolved config, explicit labels (or None) and an optional shared launcher."""
 

@@ -45,7 +45,7 @@ from agent.gpu.statsabi import (
 from agent.stats.finish import finish
 from agent.stats.types import FrameStats
 
-__all__ = ["KERNEL_FILE", "MAX_SIDE", "CudaStats", "probe"]
+__all__ = ["KERNEL_FILE", "MAX_SIDE", "CudaStats", "check_frame", "probe"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +135,13 @@ def _check_size(width: int, height: int) -> None:
         raise FrameError(f"frame sides must be in 1..{MAX_SIDE}, but got {width}x{height}")
 
 
+def check_frame(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """The BGR uint8 frame the kernel takes (``validate_bgr`` and sides up to MAX_SIDE), or FrameError."""
+    img = validate_bgr(image)
+    _check_size(img.shape[1], img.shape[0])
+    return img
+
+
 class CudaStats:
     """FrameStats on an NVIDIA GPU; implements :class:`agent.stats.types.StatsBackend`.
 
@@ -210,8 +217,7 @@ class CudaStats:
             raise ValueError(f"need one key per image, but got {len(images)} images and {len(keys)} keys")
         jobs = []
         for image, key in zip(images, keys, strict=True):
-            img = validate_bgr(image)
-            _check_size(img.shape[1], img.shape[0])
+            img = check_frame(image)
             jobs.append(_Job(key, int(img.shape[1]), int(img.shape[0]), "bgr", "full", host=img))
         return self._run(jobs)
 
