@@ -37,7 +37,7 @@ from agent.scoring.config import CalibrationConfig
 from agent.sdnotify import Notifier
 from agent.sinks.base import CameraState
 from agent.sources.synthetic import parse_synthetic_uri
-from agent.stats.factory import cuda_unavailable_reason
+from agent.stats.factory import backend_note
 from agent.term import LiveView, ViewStream, format_table
 from agent.verdict import Decision, Verdict
 
@@ -283,10 +283,10 @@ def closing_table(result: DemoResult) -> str:
 def _backends(daemon: Daemon, cfg: GuardConfig) -> dict[str, str]:
     """``Daemon.backends()``, the statistics entry with why it is not CUDA when it was not asked to be CPU."""
     out = daemon.backends()
-    if out.get("stats") == "cpu" and cfg.stats.backend != "cpu":
-        reason = cuda_unavailable_reason()
-        if reason:
-            out["stats"] = f"cpu ({reason})"
+    if daemon.stats is not None and cfg.stats.backend != "cpu":
+        note = backend_note(daemon.stats, cfg.stats)
+        if note:
+            out["stats"] = f"{out['stats']} ({note})"
     return out
 
 

@@ -36,6 +36,7 @@ from agent.pipeline import Measured, Measurer
 from agent.scoring.adversarial import FeatureSqueezer, squeeze_scores
 from agent.stats.config import StatsConfig
 from agent.stats.cuda import check_frame
+from agent.stats.factory import backend_note
 from agent.stats.types import FrameStats, StatsBackend
 
 if TYPE_CHECKING:
@@ -216,16 +217,6 @@ class GpuMeasurer(Measurer):
             self._uploader.close()
 
 
-def _stats_note(stats: StatsBackend, cfg: StatsConfig) -> str | None:
-    if stats.name == "cuda":
-        return None
-    if cfg.backend == "cpu":
-        return "configured"
-    from agent.stats.factory import cuda_unavailable_reason  # noqa: PLC0415
-
-    return cuda_unavailable_reason() or "CUDA not chosen"
-
-
 def plan_measuring(stats: StatsBackend, model: ModelRunner | None, stats_cfg: StatsConfig,
                    model_cfg: ModelConfig) -> MeasuringPath:
     """`choose_measuring_path` for these objects (reads their facts; no GPU work)."""
@@ -235,7 +226,7 @@ def plan_measuring(stats: StatsBackend, model: ModelRunner | None, stats_cfg: St
     pre_reason = unsupported_reason(effective_preprocess(model_cfg)) if model is not None else None
     return choose_measuring_path(
         stats_backend=stats.name,
-        stats_note=_stats_note(stats, stats_cfg),
+        stats_note=backend_note(stats, stats_cfg),
         model_runtime=model_cfg.runtime if model is not None else None,
         shares_launcher=shares,
         preprocess_reason=pre_reason,

@@ -11,7 +11,7 @@ from agent.stats.config import StatsConfig
 from agent.stats.cpu import CpuStats
 from agent.stats.types import StatsBackend
 
-__all__ = ["CUDA_MODULE", "create_backend", "cuda_unavailable_reason"]
+__all__ = ["CUDA_MODULE", "backend_note", "create_backend", "cuda_unavailable_reason"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,3 +66,13 @@ def create_backend(cfg: StatsConfig) -> StatsBackend:
         return _cuda_backend(cfg)
     logger.info("stats backend: cpu (CUDA unavailable: %s)", reason)
     return CpuStats(cfg.grid)
+
+
+def backend_note(stats: StatsBackend, cfg: StatsConfig) -> str | None:
+    """Why ``stats`` (made by `create_backend` from ``cfg``) is not CUDA: ``configured`` when
+    ``cfg.backend`` is ``cpu``, else the CUDA probe's reason; None for the CUDA backend."""
+    if stats.name == "cuda":
+        return None
+    if cfg.backend == "cpu":
+        return "configured"
+    return cuda_unavailable_reason() or "CUDA not chosen"
