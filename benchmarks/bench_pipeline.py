@@ -47,9 +47,9 @@ import numpy.typing as npt
 
 from agent.datafiles import shared_test_data
 from agent.frame import Frame
-from agent.gpu.preprocess import DeviceFrame, FrameUploader, unsupported_reason
+from agent.gpu.preprocess import DeviceFrame, FrameUploader
 from agent.gpu.squeeze import Squeeze, infer_with_squeezers, parse_squeezers
-from agent.gpu_measure import MeasuringPath, choose_measuring_path
+from agent.gpu_measure import plan_measuring
 from agent.model.config import ModelConfig, PreprocessConfig
 from agent.model.types import ModelOutput, ModelRunner
 from agent.scoring.calibrate import Calibrator
@@ -126,20 +126,6 @@ def _open_runner(
     return runner, cfg, f"ONNX Runtime {runner.provider}{note}, {args.threads} thread(s)"
 
 
-def _measuring_path(stats: StatsBackend, runner: ModelRunner, cfg: ModelConfig, backend: str) -> MeasuringPath:
-    if backend == "cpu":
-        return choose_measuring_path(stats_backend=stats.name, stats_note="--backend cpu", model_runtime="onnxruntime",
-                                     shares_launcher=False, preprocess_reason=None)
-    launcher = getattr(stats, "launcher", None)
-    return choose_measuring_path(
-        stats_backend=stats.name,
-        stats_note=None,
-        model_runtime="tensorrt" if hasattr(runner, "infer_device") else "onnxruntime",
-        shares_launcher=launcher is not None and getattr(runner, "launcher", None) is launcher,
-        preprocess_reason=unsupported_reason(cfg.preprocess),
-    )
-
-
 class _HostTimer:
     """The host path: host frames to the runner and to ``stats.compute`` (each uploads its own copy)."""
 
@@ -206,11 +192,12 @@ def run(args: argparse.Namespace) -> int:
     cal_frames, eval_frames = frames[: args.calib], frames[args.calib :]
     squeezers: tuple[Squeeze, ...] = parse_squeezers(args.squeeze)
     cv2.setNumThreads(args.threads)
-    stats: StatsBackend = create_backend(StatsConfig(backend="cuda" if args.backend == "gpu" else "cpu"))
+    stats_cfg = StatsConfig(backend="cuda" if args.backend == "gpu" else "cpu")
+    stats: StatsBackend = create_backend(stats_cfg)
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         runner, cfg, runtime = _open_runner(args, Path(tmp), 1 + len(squeezers), stats)
         runner.warmup()
-        path = _measuring_path(stats, runner, cfg, args.backend)
+        path = plan_measuring(stats, runner, stats_cfg, cfg)  # the daemon's choice, for the same objects
         if args.backend == "gpu":
             print(path.describe())
         timer: _HostTimer | _ZeroCopyTimer = (
