@@ -87,21 +87,19 @@ class ProgressWatchdog:
     ) -> WatchdogDecision:
         """Apply the rule. Times are ``time.monotonic()`` seconds; None = never / not busy."""
         limit = self.stall_after_s
-        if worker_busy_since_mono is not None:
-            busy = now_mono - worker_busy_since_mono
-            if busy > limit:
-                return WatchdogDecision(
-                    False, "worker_stuck", f"worker busy with one frame for {busy:.1f} s (limit {limit:g} s)"
-                )
+        busy = None if worker_busy_since_mono is None else now_mono - worker_busy_since_mono
+        if busy is not None and busy > limit:
+            return WatchdogDecision(
+                False, "worker_stuck", f"worker busy with one frame for {busy:.1f} s (limit {limit:g} s)"
+            )
         if last_frame_processed_mono is not None:
             idle = now_mono - last_frame_processed_mono
             if idle <= limit:
                 return WatchdogDecision(True, "progress", f"last frame processed {idle:.1f} s ago")
-            if worker_busy_since_mono is not None and now_mono - worker_busy_since_mono >= idle / 2:
+            if busy is not None and busy >= idle / 2:
                 # The worker picks the next frame a few ms after finishing one, so a hang shows
                 # here (idle > T) just before its busy time passes T: busy for most of the
                 # silence means the silence is the worker's, not the source's.
-                busy = now_mono - worker_busy_since_mono
                 detail = f"worker busy with one frame for {busy:.1f} s, no frame done for {idle:.1f} s"
                 return WatchdogDecision(False, "worker_stuck", detail)
         state = _state_name(source_state)
