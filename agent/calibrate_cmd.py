@@ -17,6 +17,7 @@ from agent.frame import Frame
 from agent.model.factory import effective_preprocess, load_warm_model
 from agent.pipeline import Measurer, ProfileIds, Scorer
 from agent.scoring.adversarial import make_squeezer
+from agent.scoring.ess import EffectiveFrames
 from agent.scoring.profile import Profile
 from agent.sources.factory import open_source
 from agent.stats.factory import create_backend
@@ -44,8 +45,16 @@ class CalibrationResult:
             f"profile {self.profile.profile_id} written to {self.out}\n"
             f"  {self.frames_used} calibration frames ({self.frames_read} read) from {self.source} "
             f"in {self.seconds:.1f} s ({fps:.1f} frames/s)\n"
+            f"{self._states()}"
             f"  use it with:  policy:\n                  profile: {self.out}"
         )
+
+    def _states(self) -> str:
+        p = self.profile
+        if p.effective_frames is None or p.autocorrelation_frames is None:
+            return ""
+        ess = EffectiveFrames(p.n_kept, p.autocorrelation_frames, p.effective_frames)
+        return f"  kept {ess.describe()}\n"
 
 
 def calibrate_from_config(cfg: GuardConfig, out: Path, progress: bool = True) -> CalibrationResult:

@@ -39,6 +39,7 @@ from agent.model.types import ModelOutput
 from agent.scoring import adversarial, ood, patch, rules, tamper  # noqa: F401  (registers the tests)
 from agent.scoring.base import Test, make_test
 from agent.scoring.config import CalibrationConfig
+from agent.scoring.ess import EffectiveFrames, effective_frames, frames_needed
 from agent.scoring.observation import FEATURES, U8, Observation, observe
 from agent.scoring.profile import (
     QUANTILE_LEVELS,
@@ -235,6 +236,7 @@ class Calibrator:
                 )
             )
         ood_stats = next(t for t in tests if t.name == "ood_stats")
+        ess = effective_frames(np.stack([o.features for o in obs]))
         data = {
             "profile_id": "",
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -252,6 +254,8 @@ class Calibrator:
             "n_fit": len(obs),
             "n_cal": n_cal,
             "block": length,
+            "autocorrelation_frames": ess.autocorrelation,
+            "effective_frames": ess.effective,
             "statistics": self._stat_distributions(obs),
             "features": self._feature_distributions(obs),
             "robust": RobustProfile(**ood_stats.params()),
@@ -263,9 +267,10 @@ class Calibrator:
         profile = Profile.model_validate(data)
         profile = profile.model_copy(update={"profile_id": Profile.content_id(profile.model_dump(mode="json"))})
         self._warn_resolution(n_cal, alpha_flag, alpha_block)
+        self._warn_correlation(ess, alpha_flag)
         logger.info(
-            "profile %s: %d frames kept (cross-fitted in blocks of %d), tests %s",
-            profile.profile_id, len(obs), length, [t.name for t in test_profiles],
+            "profile %s: %d frames kept (cross-fitted in blocks of %d; %s), tests %s",
+            profile.profile_id, len(obs), length, ess.describe(), [t.name for t in test_profiles],
         )
         return profile
 
@@ -375,3 +380,15 @@ class Calibrator:
                     "frames (about %d frames at this stride) for an exact conformal level",
                     label, alpha, floor, n_cal, need, need * self.cfg.stride,
                 )
+
+    def _warn_correlation(self, ess: EffectiveFrames, alpha_flag: float | None) -> None:
+        """Warn when the kept frames hold fewer independent scene states than alpha_flag resolves."""
+        if alpha_flag is None or ess.effective + 1.0 >= 1.0 / alpha_flag:
+            return
+        need = frames_needed(ess.autocorrelation, alpha_flag)
+        logger.warning(
+            "calibration: %s, fewer than the %.0f that alpha_flag=%g resolves: expect the clean FLAG "
+            "rate to follow scene episodes more than alpha; for an exact level calibrate on about %d "
+            "frames of the camera's usual variety (%d source frames at stride %d)",
+            ess.describe(), 1.0 / alpha_flag - 1.0, alpha_flag, need, need * self.cfg.stride, self.cfg.stride,
+        )

@@ -137,6 +137,13 @@ class Profile(_Record):
     n_fit: int = Field(ge=0, description="Kept frames the tests were fitted on (all, cross-fitted).")
     n_cal: int = Field(ge=0, description="Kept frames with a calibration score (all kept frames).")
     block: int = Field(ge=1, description="Block length actually used (calibration frame i is in block i // block).")
+    autocorrelation_frames: float | None = Field(
+        default=None, ge=1.0,
+        description="Integrated autocorrelation time of the kept frames' features, in kept frames (ess.py).",
+    )
+    effective_frames: float | None = Field(
+        default=None, ge=0.0, description="Independent scene states the kept frames hold: n_kept / autocorrelation."
+    )
     quantile_levels: list[float] = Field(default_factory=lambda: list(QUANTILE_LEVELS))
     statistics: dict[str, Distribution]
     features: dict[str, Distribution]
