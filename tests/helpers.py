@@ -1,4 +1,5 @@
-"""Small helpers shared by the tests: wait for a condition, read a JSON-lines output file, find nvcc."""
+"""Small helpers shared by the tests: wait for a condition, read a JSON-lines output file, find nvcc,
+render a synthetic clip."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["find_nvcc", "read_jsonl", "wait_until", "write_squeezenet_config"]
+import numpy as np
+import numpy.typing as npt
+
+from agent.sources.synthetic import SyntheticCamera, SyntheticScene, parse_synthetic_uri
+from agent.stats.cpu import CpuStats
+from agent.stats.types import FrameStats
+
+__all__ = ["find_nvcc", "read_jsonl", "synthetic_frames", "synthetic_stats", "wait_until", "write_squeezenet_config"]
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0, what: str = "the condition") -> None:
@@ -63,3 +71,19 @@ file_sink: {{dir: "{tmp_path / 'sink'}"}}
 {extra}
 """, encoding="utf-8")
     return path
+
+
+def synthetic_frames(uri: str) -> list[npt.NDArray[np.uint8]]:
+    """Every frame of a finite synthetic camera URI (``synthetic://clean?...&frames=N``), rendered."""
+    spec = parse_synthetic_uri(uri)
+    total = spec.schedule.total_frames
+    if total is None:
+        raise ValueError(f"{uri} has no frame count: add frames=N")
+    camera = SyntheticCamera(SyntheticScene(spec.seed, spec.size_wh, style=spec.style), spec.schedule)
+    return [camera.render(i)[0] for i in range(total)]
+
+
+def synthetic_stats(uri: str, grid: tuple[int, int] = (4, 4)) -> list[FrameStats]:
+    """The CPU statistics of every frame of ``synthetic_frames(uri)``."""
+    backend = CpuStats(grid)
+    return [backend.compute(image) for image in synthetic_frames(uri)]

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
+from helpers import synthetic_frames
 
 from agent.frame import Frame
 from agent.model.config import ModelConfig, OutputConfig, PreprocessConfig
@@ -20,7 +21,6 @@ from agent.scoring.calibrate import Calibrator
 from agent.scoring.config import CalibrationConfig, PolicyConfig, SqueezeConfig
 from agent.scoring.observation import chroma_energy
 from agent.scoring.policy import Guard
-from agent.sources.synthetic import SyntheticCamera, SyntheticScene, parse_synthetic_uri
 from agent.stats.cpu import CpuStats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -111,9 +111,7 @@ def test_chroma_energy() -> None:
 
 @pytest.fixture(scope="module")
 def scene() -> list[Image]:
-    spec = parse_synthetic_uri("synthetic://clean?size=224x224&seed=3&frames=230")
-    camera = SyntheticCamera(SyntheticScene(spec.seed, spec.size_wh), spec.schedule)
-    return [camera.render(i)[0] for i in range(230)]
+    return synthetic_frames("synthetic://clean?size=224x224&seed=3&frames=230")
 
 
 def test_adversarial_hf_flags_sign_noise_not_clean(scene: list[Image]) -> None:

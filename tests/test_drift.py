@@ -7,13 +7,13 @@ import math
 import numpy as np
 import numpy.typing as npt
 import pytest
+from helpers import synthetic_frames
 
 from agent.frame import Frame
 from agent.scoring.calibrate import Calibrator
 from agent.scoring.config import CalibrationConfig, DriftConfig, PolicyConfig
 from agent.scoring.drift import SURPRISE_CAP, Cusum, bootstrap_threshold, psi
 from agent.scoring.policy import Guard
-from agent.sources.synthetic import SyntheticCamera, SyntheticScene, parse_synthetic_uri
 from agent.stats.cpu import CpuStats
 
 Image = npt.NDArray[np.uint8]
@@ -81,9 +81,7 @@ def test_block_bootstrap_holds_the_false_alarm_rate_on_correlated_streams() -> N
 
 @pytest.fixture(scope="module")
 def frames() -> list[Image]:
-    spec = parse_synthetic_uri("synthetic://clean?size=160x90&seed=8&frames=700")
-    camera = SyntheticCamera(SyntheticScene(spec.seed, spec.size_wh), spec.schedule)
-    return [camera.render(i)[0] for i in range(700)]
+    return synthetic_frames("synthetic://clean?size=160x90&seed=8&frames=700")
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
+from helpers import synthetic_frames
 
 from agent.frame import Frame
 from agent.scoring.calibrate import Calibrator
@@ -15,7 +16,6 @@ from agent.scoring.config import CalibrationConfig, PolicyConfig
 from agent.scoring.observation import observe
 from agent.scoring.patch import PATCH_FRAMES, Patch, TileModel, localized
 from agent.scoring.policy import Guard
-from agent.sources.synthetic import SyntheticCamera, SyntheticScene, parse_synthetic_uri
 from agent.stats.cpu import CpuStats
 from agent.verdict import Verdict
 
@@ -26,9 +26,7 @@ W, H = 256, 144
 
 @pytest.fixture(scope="module")
 def images() -> list[Image]:
-    spec = parse_synthetic_uri(f"synthetic://clean?size={W}x{H}&seed=6&frames=260")
-    camera = SyntheticCamera(SyntheticScene(spec.seed, spec.size_wh), spec.schedule)
-    return [camera.render(i)[0] for i in range(260)]
+    return synthetic_frames(f"synthetic://clean?size={W}x{H}&seed=6&frames=260")
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import synthetic_stats
 
 from agent.errors import ConfigError, ProfileError
 from agent.frame import Frame
@@ -14,7 +15,7 @@ from agent.scoring.calibrate import DEFAULT_TESTS, MIN_BLOCKS, MIN_KEPT, Calibra
 from agent.scoring.config import CalibrationConfig
 from agent.scoring.policy import Guard
 from agent.scoring.profile import PROFILE_VERSION, QUANTILE_LEVELS, Profile
-from agent.sources.synthetic import SyntheticCamera, SyntheticScene, parse_synthetic_uri
+from agent.sources.synthetic import SyntheticScene, parse_synthetic_uri
 from agent.stats import STATS_VERSION
 from agent.stats.cpu import CpuStats
 from agent.stats.types import SCALAR_FIELDS, TILE_FIELDS, FrameStats
@@ -24,10 +25,7 @@ SHA = "1234567890abcdef" * 4
 
 @pytest.fixture(scope="module")
 def stats() -> list[FrameStats]:
-    spec = parse_synthetic_uri("synthetic://clean?size=96x64&seed=9&frames=200")
-    camera = SyntheticCamera(SyntheticScene(spec.seed, spec.size_wh), spec.schedule)
-    backend = CpuStats((4, 4))
-    return [backend.compute(camera.render(i)[0]) for i in range(200)]
+    return synthetic_stats("synthetic://clean?size=96x64&seed=9&frames=200")
 
 
 def calibrate(stats: list[FrameStats], **cfg: object) -> Profile:

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
+from helpers import synthetic_stats
 
 from agent.frame import Frame
 from agent.model.config import ModelConfig, PreprocessConfig
@@ -17,8 +18,6 @@ from agent.scoring.calibrate import Calibrator
 from agent.scoring.config import CalibrationConfig, DriftConfig, PolicyConfig
 from agent.scoring.detector_outputs import DETECTION_GRID, detection_vector, summarize_detections
 from agent.scoring.policy import Guard
-from agent.sources.synthetic import SyntheticCamera, SyntheticScene, parse_synthetic_uri
-from agent.stats.cpu import CpuStats
 from agent.stats.types import FrameStats
 
 F32 = npt.NDArray[np.float32]
@@ -53,10 +52,7 @@ def detections(rng: np.random.Generator, n: int, corner: bool = False) -> ModelO
 
 @pytest.fixture(scope="module")
 def stats() -> list[FrameStats]:
-    spec = parse_synthetic_uri(f"synthetic://clean?size={W}x{H}&seed=5&frames=400")
-    camera = SyntheticCamera(SyntheticScene(spec.seed, spec.size_wh), spec.schedule)
-    backend = CpuStats((4, 4))
-    return [backend.compute(camera.render(i)[0]) for i in range(400)]
+    return synthetic_stats(f"synthetic://clean?size={W}x{H}&seed=5&frames=400")
 
 
 @pytest.fixture(scope="module")
