@@ -276,3 +276,14 @@ def test_example_commented_blocks_validate() -> None:
     cfg = GuardConfig(node="box", mqtt=mqtt["mqtt"], model={"path": "/opt/squeezenet.onnx", **model})
     assert cfg.mqtt is not None and cfg.mqtt.port == 8883
     assert cfg.model.preprocess.mean == (104.0, 117.0, 123.0)
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (REPO_ROOT / "configs").glob("*.yaml") if p.name != "gates.example.yaml")
+)
+def test_every_shipped_agent_config_validates(name: str) -> None:
+    cfg = load_config(REPO_ROOT / "configs" / name)
+    assert cfg.camera_id
+    if name == "yolox.yaml":  # the detector example declares its decoding
+        assert cfg.model.kind == "detector" and cfg.model.output.decoder == "yolox"
+        assert cfg.model.preprocess.resize == "letterbox" and cfg.model.preprocess.pad_value == 114
