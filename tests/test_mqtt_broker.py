@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import subprocess
@@ -284,6 +285,43 @@ def test_short_outage_is_replayed_in_order_and_marked(broker: Mosquitto, tmp_pat
     replayed = [m for m in msgs if int(m.json()["summary"]["seq"]) >= 1]
     assert all(m.user.get("replayed") == "1" and float(m.user["queued_s"]) > 0 for m in replayed)
     assert sink.stats()["queued_msgs"] == 0
+
+
+def test_two_agents_with_one_client_id_are_reported_not_a_hot_loop(
+    broker: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two cameras on one box without their own mqtt.node: the broker hands the session to whichever
+    # connected last (mosquitto 2.0.11 just closes the old socket; newer brokers send DISCONNECT
+    # 0x8E "session taken over"). Each side must say why and back off, not kick the other 5 times
+    # a second as it did before.
+    caplog.set_level(logging.INFO, logger="agent.sinks.mqtt")
+    backoff = 2.0
+
+    def kicked(sink: MqttSink) -> float:
+        st = sink.stats()
+        return st["short_sessions"] + st["session_taken_over"]
+
+    first = make_sink(broker, tmp_path, client_id="eg-same", reconnect_max_s=backoff,
+                      spool={"path": str(tmp_path / "first.sqlite")})
+    second: MqttSink | None = None
+    try:
+        assert first.conn.wait_connected(10)
+        t0 = time.monotonic()
+        second = make_sink(broker, tmp_path, client_id="eg-same", reconnect_max_s=backoff,
+                           spool={"path": str(tmp_path / "second.sqlite")})
+        wait_until(lambda: kicked(first) >= 2, 20, "the first agent kicked out twice")
+        time.sleep(2 * backoff)
+        elapsed = time.monotonic() - t0
+        # back-off 0.5, 1, 2, 2, ... s per side: a handful of sessions, not dozens
+        for sink in (first, second):
+            assert kicked(sink) <= 3 + elapsed / backoff, (kicked(sink), elapsed)
+            assert sink.conn.alive()
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert any("'eg-same'" in e and "mqtt.node" in e for e in errors), errors
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
 
 
 def test_tail_shows_the_fleet_and_saves_frames(broker: Mosquitto, tmp_path: Path) -> None:

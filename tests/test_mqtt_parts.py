@@ -16,6 +16,8 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
 from agent.credentials import read_configured_secret
@@ -23,10 +25,13 @@ from agent.errors import ConfigError, ProfileError
 from agent.frame import Frame
 from agent.sinks.mqtt.commands import CommandProcessor, IncomingCommand, sign_request, verify_signature
 from agent.sinks.mqtt.config import CommandsConfig, EventsConfig, MqttConfig, TlsConfig
+from agent.sinks.mqtt.connection import SESSION_TAKEN_OVER, STABLE_SESSION_S
 from agent.sinks.mqtt.episodes import EpisodeTracker
 from agent.sinks.mqtt.frames import DailyBudget, Reservoir, encode_jpeg
+from agent.sinks.mqtt.identity import AgentIdentity
 from agent.sinks.mqtt.loadgen import FakeTarget, synthetic
 from agent.sinks.mqtt.schemas import CommandRequest, SetThresholdsArgs
+from agent.sinks.mqtt.sink import MqttSink
 from agent.sinks.mqtt.tail import FleetView
 from agent.sinks.mqtt.topics import Topics, acl_example
 from agent.tokenbucket import TokenBucket
@@ -403,3 +408,24 @@ def test_fleet_view_renders_rates_and_gaps(tmp_path: Path) -> None:
     assert "brightness" in text and "gaps=1" in text and "1/1" in text
     assert view.bad == 1
     assert (tmp_path / "s1/n1/cam0/e1_4_first.jpg").read_bytes() == jpeg
+
+
+def test_session_taken_over_is_named_and_short_sessions_back_off(tmp_path: Path) -> None:
+    # The broker's DISCONNECT 0x8E (MQTT 5 brokers newer than the mosquitto in CI send it; the
+    # socket-close variant runs against a real broker in test_mqtt_broker.py).
+    cfg = MqttConfig.model_validate({"host": "localhost", "spool": {"path": str(tmp_path / "s.sqlite")}})
+    ident = AgentIdentity.create("lab", "n1", ["cam0"], model_sha256=None, profile_id=None, config_hash=None)
+    sink = MqttSink(cfg, ident, start=False)
+    try:
+        conn = sink.conn
+        conn._connected_at = time.monotonic()
+        conn._server_disconnect = ReasonCode(PacketTypes.DISCONNECT, identifier=SESSION_TAKEN_OVER)
+        assert conn._lost(0) == "taken_over"
+        assert conn.last_error is not None and "took its session over" in conn.last_error
+        assert "edge-guard-lab-n1" in conn.last_error and "mqtt.node" in conn.last_error
+        conn._server_disconnect = None
+        assert conn._lost(7) == "short"  # dropped right after CONNACK: back off, do not reset
+        conn._connected_at = time.monotonic() - STABLE_SESSION_S - 1.0
+        assert conn._lost(7) == "served"  # a connection that lasted: reconnect at the minimum delay
+    finally:
+        sink.close()

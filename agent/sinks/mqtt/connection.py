@@ -35,6 +35,11 @@ logger = logging.getLogger(__name__)
 
 #: CONNACK reason codes that mean "your credentials are not accepted".
 _AUTH_CODES = {0x86: "bad user name or password", 0x87: "not authorized", 0x8A: "banned", 0x8C: "bad auth method"}
+#: DISCONNECT reason code the broker sends when another client connected with our client id
+#: (brokers that close the socket without a DISCONNECT show up as short sessions instead).
+SESSION_TAKEN_OVER = 0x8E
+#: A connection that ends sooner than this after CONNACK does not reset the reconnect back-off.
+STABLE_SESSION_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,13 +103,17 @@ class Connection:
         self._lock = threading.Lock()
         self._counts = {
             "sent": 0, "acked": 0, "replayed": 0, "reconnects": 0, "connects": 0,
-            "connect_failures": 0, "auth_failures": 0, "broker_rejected": 0,
+            "connect_failures": 0, "auth_failures": 0, "broker_rejected": 0, "session_taken_over": 0,
+            "short_sessions": 0,
         }
         self._inflight_n = 0
         self.last_error: str | None = None
         # Per-connection state, touched only by the connection thread.
         self._acks: list[tuple[int, ReasonCode]] = []
         self._connack: ReasonCode | None = None
+        self._server_disconnect: ReasonCode | None = None
+        self._connected_at = 0.0
+        self._short_in_a_row = 0  # consecutive sessions that ended within STABLE_SESSION_S
 
     # -- public, any thread ---------------------------------------------------------------
     def start(self) -> None:
@@ -157,7 +166,16 @@ class Connection:
             if outcome == "served":
                 delay = self.config.reconnect_min_s
             wait = self.config.auth_backoff_s if outcome == "auth" else delay
-            if outcome != "served":
+            if outcome == "taken_over":
+                # Reconnecting at once would take the session back from the other client, which
+                # does the same: wait long, so that the two alternate slowly and the log stays readable.
+                self._count("session_taken_over")
+                wait = self.config.reconnect_max_s
+            elif outcome == "short":
+                # Accepted, then dropped at once: reconnecting at the minimum delay would be a hot loop.
+                self._count("short_sessions")
+                delay = min(self.config.reconnect_max_s, delay * 2)
+            elif outcome != "served":
                 self._count("auth_failures" if outcome == "auth" else "connect_failures")
                 delay = min(self.config.reconnect_max_s, delay * 2)
             logger.debug("MQTT reconnect in %.1f s", wait)
@@ -208,6 +226,7 @@ class Connection:
         client.on_publish = self._cb_publish
         client.on_message = self._cb_message
         client.on_subscribe = self._cb_subscribe
+        client.on_disconnect = self._cb_disconnect
         return client
 
     def _cb_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
@@ -215,6 +234,10 @@ class Connection:
 
     def _cb_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: ReasonCode, props: Any) -> None:
         self._acks.append((mid, rc))
+
+    def _cb_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
+        if flags.is_disconnect_packet_from_server:
+            self._server_disconnect = rc
 
     def _cb_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, codes: list[ReasonCode], props: Any) -> None:
         for rc in codes:
@@ -236,6 +259,7 @@ class Connection:
         # Packets bigger than this are dropped by the broker instead of being sent to us.
         cp.MaximumPacketSize = cfg.commands.max_payload_bytes * 4 + 4096
         self._connack = None
+        self._server_disconnect = None
         where = f"{cfg.host}:{cfg.port}"
         try:
             client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=False, properties=cp)
@@ -272,13 +296,14 @@ class Connection:
             state = self._connect(client)
             if state != "ok":
                 return state
-            self._serve(client)
-            return "served"
+            return self._serve(client)
         finally:
             client._reset_sockets()  # close the socket and paho's wake-up socket pair now, not at GC
 
-    def _serve(self, client: mqtt.Client) -> None:
+    def _serve(self, client: mqtt.Client) -> str:
+        """Publish from the spool until stopped or the connection ends; the outcome for the back-off."""
         cfg = self.config
+        self._connected_at = time.monotonic()
         with self._lock:
             self._counts["connects"] += 1
             if self._counts["connects"] > 1:
@@ -302,7 +327,7 @@ class Connection:
             if self._stop.is_set() and (now_m > self._flush_deadline or (not inflight and not buffer
                                                                           and self.spool.queued_msgs == 0)):
                 self._disconnect(client)
-                return
+                return "served"
             # Fill the in-flight window: status rows of this connection first, then the spool in order.
             while len(inflight) < cfg.max_inflight:
                 row: SpoolRow | None = None
@@ -339,13 +364,47 @@ class Connection:
             rc = client.loop(0.0 if busy and len(inflight) < cfg.max_inflight else 0.05)
             self._settle(inflight)
             if rc != mqtt.MQTT_ERR_SUCCESS or not client.is_connected():
-                logger.warning("lost the MQTT connection to %s:%d (%s); %d messages stay spooled",
-                               cfg.host, cfg.port, mqtt.error_string(rc), self.spool.queued_msgs)
-                self.last_error = f"connection lost: {mqtt.error_string(rc)}"
-                return
+                return self._lost(rc)
             if now_m - last_tick >= 1.0:
                 last_tick = now_m
                 self._tick()
+
+    def _lost(self, rc: int) -> str:
+        """Log and classify a connection the broker or the network ended: served, short or taken_over."""
+        cfg = self.config
+        sent = self._server_disconnect
+        lasted = time.monotonic() - self._connected_at
+        if sent is not None and sent.value == SESSION_TAKEN_OVER:
+            self.last_error = (
+                f"another MQTT client connected to {cfg.host}:{cfg.port} with this agent's client id "
+                f"{self.client_id!r} and took its session over: two agents share one mqtt.node/client_id "
+                f"(give each camera's agent its own mqtt.node, e.g. <host>-<camera>); retrying in "
+                f"{cfg.reconnect_max_s:g} s"
+            )
+            logger.error("%s; %d messages stay spooled", self.last_error, self.spool.queued_msgs)
+            return "taken_over"
+        why = mqtt.error_string(rc) if sent is None else f"the broker disconnected us: {sent} (0x{sent.value:02X})"
+        if lasted >= STABLE_SESSION_S:
+            self._short_in_a_row = 0
+            logger.warning("lost the MQTT connection to %s:%d (%s); %d messages stay spooled",
+                           cfg.host, cfg.port, why, self.spool.queued_msgs)
+            self.last_error = f"connection lost: {why}"
+            return "served"
+        self._short_in_a_row += 1
+        self.last_error = (
+            f"the MQTT connection to {cfg.host}:{cfg.port} ended {lasted:.1f} s after the broker accepted it "
+            f"({why}; {self._short_in_a_row} time(s) in a row)"
+        )
+        if self._short_in_a_row >= 2:
+            self.last_error += (
+                f": most likely another agent connects with the same client id {self.client_id!r} (give each "
+                f"camera's agent its own mqtt.node, e.g. <host>-<camera>), else a broker limit closes it "
+                f"(see the broker log); reconnecting with back-off"
+            )
+            logger.error("%s; %d messages stay spooled", self.last_error, self.spool.queued_msgs)
+        else:
+            logger.warning("%s; %d messages stay spooled", self.last_error, self.spool.queued_msgs)
+        return "short"
 
     def _settle(self, inflight: dict[int, SpoolRow]) -> None:
         if not self._acks:

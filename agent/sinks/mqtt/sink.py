@@ -241,7 +241,8 @@ class MqttSink:
         out.update({f"drops_{k}": float(v) for k, v in b.drops.items()})
         out.update({f"drops_cause_{k}": float(v) for k, v in b.drops_by_cause.items()})
         c = self.conn.counts()
-        out.update({k: float(c[k]) for k in ("auth_failures", "connect_failures", "broker_rejected")})
+        out.update({k: float(c[k]) for k in ("auth_failures", "connect_failures", "broker_rejected",
+                                             "session_taken_over", "short_sessions")})
         out["spool_errors"] = float(self._counts["spool_errors"])
         return out
 
