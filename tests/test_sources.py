@@ -88,6 +88,25 @@ def test_loop_restarts_file_and_keeps_seq_increasing(videos: Path) -> None:
     assert source.passes == 2 and source.state == "ended"
 
 
+def test_loop_repeats_a_finite_synthetic_scenario() -> None:
+    cfg = SourceConfig(uri="synthetic://default?size=64x48&frames=30", loop=True, max_frames=75)
+    source = open_source(cfg, "syn")
+    frames = read_all(source)
+    assert [f.seq for f in frames] == list(range(75))
+    for k in (0, 7, 14, 29):  # the same scenario again, faults included
+        assert np.array_equal(frames[k].image, frames[k + 30].image) and frames[k].fault == frames[k + 30].fault
+    assert np.array_equal(frames[14].image, frames[74].image)
+    assert getattr(source, "passes", None) == 2
+
+
+def test_loop_on_a_live_camera_is_called_out(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = SourceConfig(uri=f"rtsp://127.0.0.1:{free_port()}/cam", loop=True)
+    with caplog.at_level(logging.WARNING, logger="agent.sources"):
+        source = OpenCVSource(cfg, "cam")
+    source.close()
+    assert any("source.loop has no effect" in r.getMessage() for r in caplog.records), caplog.text
+
+
 def test_realtime_paces_a_file_at_its_fps(videos: Path) -> None:
     cfg = SourceConfig(uri=str(videos / "opencv_tree.avi"), realtime=True, fps=50.0, max_frames=11)
     source = open_source(cfg, "tree")

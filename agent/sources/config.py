@@ -33,7 +33,10 @@ class SourceConfig(StrictModel):
             "index ('0'), a folder of images, or synthetic://<scenario>?seed=N&fps=F&size=WxH."
         ),
     )
-    loop: bool = Field(False, description="Restart a video file or folder at its end.")
+    loop: bool = Field(
+        False, description="Restart a video file, folder or finite synthetic scenario at its end (no effect on "
+        "live cameras)."
+    )
     realtime: bool = Field(
         False,
         description="Pace files, folders and synthetic sources at their nominal fps "

@@ -74,6 +74,9 @@ class OpenCVSource(SourceBase):
         )
         if not live:
             self._set_state("up")
+        elif cfg.loop:
+            logger.warning("source.loop has no effect on %s: a live camera does not end (loop restarts video "
+                           "files, folders and synthetic sources)", cfg.uri)
 
     # -- files ----------------------------------------------------------------------------------------------------
 

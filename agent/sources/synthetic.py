@@ -143,10 +143,13 @@ class SyntheticSource(SourceBase):
         self.spec = spec
         self.camera = SyntheticCamera(SyntheticScene(spec.seed, spec.size_wh, style=spec.style), spec.schedule)
         self._index = 0
+        self._loop = cfg.loop
+        self.passes = 0
+        """Completed passes over a looping scenario."""
         logger.info(
-            "synthetic camera %s: scenario %s, seed %d, %dx%d at %g fps, %s frames, %d fault windows",
+            "synthetic camera %s: scenario %s, seed %d, %dx%d at %g fps, %s frames%s, %d fault windows",
             camera_id, spec.scenario, spec.seed, *spec.size_wh, spec.fps,
-            spec.schedule.total_frames or "unlimited", len(spec.schedule),
+            spec.schedule.total_frames or "unlimited", " (looped)" if cfg.loop else "", len(spec.schedule),
         )
 
     @property
@@ -156,8 +159,13 @@ class SyntheticSource(SourceBase):
 
     def _next(self) -> Capture | None:
         total = self.spec.schedule.total_frames
-        if self._stop.is_set() or (total is not None and self._index >= total):
+        if self._stop.is_set():
             return None
+        if total is not None and self._index >= total:
+            if not self._loop:
+                return None
+            self.passes += 1  # the scenario again from its first frame, faults and all
+            self._index = 0
         image, label, fault = self.camera.render(self._index)
         self._index += 1
         return Capture(image, fault, {"label": label})
