@@ -62,7 +62,7 @@ from agent.corruptions import CORRUPTIONS_VERSION, IMAGENET_C, SEVERITIES, corru
 from agent.model.config import ModelConfig, OutputConfig, PreprocessConfig
 from agent.model.onnx_runner import OnnxRunner
 from agent.scoring.adversarial import FeatureSqueezer
-from agent.scoring.calibrate import DEFAULT_TESTS
+from agent.scoring.config import ALL_TESTS
 from agent.scoring.ess import effective_frames
 from agent.scoring.observation import feature_vector, observe
 from agent.stats.cpu import CpuStats
@@ -115,7 +115,7 @@ def clean_held_out(vt: list[U8], n_cal: int, alpha: float) -> tuple[dict[str, An
             scores = [family_score(v) for v in verdicts]
             main = run
     # The same split with exact p-values (no physical tolerance): what the tolerances absorb.
-    exact = calibrate(vt[:n_cal], tolerances=dict.fromkeys(DEFAULT_TESTS, 0.0))
+    exact = calibrate(vt[:n_cal], tolerances={ALL_TESTS: 0.0})
     alphas = sorted({alpha, 0.01, 0.05, 0.1})
     out["fpr_tolerances_0"] = {str(a): flag_rate(GuardRun.of(exact, a), vt[n_cal:]) for a in alphas}
     out["baseline_scores"] = [baseline.score(im) for im in vt[n_cal:]]
@@ -142,7 +142,7 @@ def stationary_control(n_cal: int, n_test: int, alphas: tuple[float, ...]) -> di
     times = np.random.default_rng(11).choice(200_000, n_cal + n_test, replace=False)
     frames = [scene.render(int(t))[0] for t in times]
     out: dict[str, Any] = {"calibration_frames": n_cal, "test_frames": n_test, "fpr": {}}
-    for name, tolerances in {"default": {}, "tolerances_0": dict.fromkeys(DEFAULT_TESTS, 0.0)}.items():
+    for name, tolerances in {"default": {}, "tolerances_0": {ALL_TESTS: 0.0}}.items():
         profile = calibrate(frames[:n_cal], tolerances=tolerances)  # {}: each test's default
         out["calibration_states"] = profile.effective_frames
         out["fpr"][name] = {}

@@ -11,6 +11,7 @@ from helpers import synthetic_stats
 
 from agent.errors import ConfigError, ProfileError
 from agent.frame import Frame
+from agent.scoring.base import make_test
 from agent.scoring.calibrate import DEFAULT_TESTS, MIN_BLOCKS, MIN_KEPT, Calibrator, block_ids
 from agent.scoring.config import CalibrationConfig
 from agent.scoring.policy import Guard
@@ -166,6 +167,18 @@ def test_calibrator_rejects_inconsistent_frames(stats: list[FrameStats]) -> None
         cal.update(other)
     with pytest.raises(ValueError, match="grid"):
         Calibrator(CalibrationConfig(), (0, 4))
+
+
+def test_wildcard_tolerance_applies_to_every_test_not_named() -> None:
+    cfg = CalibrationConfig(tolerances={"*": 0.0, "blur": 0.3})
+    assert make_test("blur", cfg).tolerance == 0.3
+    assert make_test("dark", cfg).tolerance == 0.0
+    assert make_test("moved", cfg).tolerance == 0.0
+    ood = make_test("ood_model", cfg)
+    ood._set_kind("energy")  # type: ignore[attr-defined]  # the model's score kind, known after fit
+    assert ood.tolerance == 0.0  # not the kind's default
+    dark = make_test("dark", CalibrationConfig())
+    assert dark.tolerance == dark.default_tolerance > 0
 
 
 def test_unknown_tolerance_key(stats: list[FrameStats]) -> None:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 
 from agent.errors import ConfigError
-from agent.scoring.config import CalibrationConfig
+from agent.scoring.config import ALL_TESTS, CalibrationConfig
 from agent.scoring.conformal import ConformalScorer
 from agent.scoring.observation import Observation
 
@@ -90,7 +90,8 @@ class Test:
 
     def __init__(self, cfg: CalibrationConfig | None = None) -> None:
         self.cfg = cfg if cfg is not None else CalibrationConfig()
-        self.tolerance: float = float(self.cfg.tolerances.get(self.name, self.default_tolerance))
+        tolerances = self.cfg.tolerances
+        self.tolerance: float = float(tolerances.get(self.name, tolerances.get(ALL_TESTS, self.default_tolerance)))
         res = self.default_resolution if self.default_resolution is not None else self.tolerance
         self.resolution: float = max(min(res, self.tolerance) if self.tolerance > 0 else res, _MIN_RESOLUTION)
         self.conformal: ConformalScorer | None = None
@@ -167,9 +168,10 @@ def make_test(name: str, cfg: CalibrationConfig) -> Test:
     factory: Callable[[CalibrationConfig], Test] | None = TEST_REGISTRY.get(name)
     if factory is None:
         raise KeyError(f"unknown test {name!r}; registered: {sorted(TEST_REGISTRY)}")
-    unknown = sorted(set(cfg.tolerances) - set(TEST_REGISTRY))
+    unknown = sorted(set(cfg.tolerances) - set(TEST_REGISTRY) - {ALL_TESTS})
     if unknown:
         raise ConfigError(
-            f"calibration.tolerances names unknown tests {unknown}; expected some of {sorted(TEST_REGISTRY)}"
+            f"calibration.tolerances names unknown tests {unknown}; expected some of {sorted(TEST_REGISTRY)} "
+            f"or {ALL_TESTS!r} (every test not named)"
         )
     return factory(cfg)

@@ -10,7 +10,10 @@ from agent.configbase import StrictModel
 from agent.gpu.squeeze import parse_squeezers
 from agent.verdict import REASON_CODES
 
-__all__ = ["CalibrationConfig", "DriftConfig", "PolicyConfig", "SqueezeConfig", "TamperConfig"]
+__all__ = ["ALL_TESTS", "CalibrationConfig", "DriftConfig", "PolicyConfig", "SqueezeConfig", "TamperConfig"]
+
+#: The ``calibration.tolerances`` key that applies to every test not named (``{"*": 0}``: exact p-values).
+ALL_TESTS = "*"
 
 
 class SqueezeConfig(StrictModel):
@@ -85,7 +88,9 @@ class CalibrationConfig(StrictModel):
     tolerances: dict[str, float] = Field(
         default_factory=dict,
         description="Per-test tolerance overrides {test: delta}: the smallest score difference that matters "
-        "(calibration scores are widened by delta; see docs/detection.md for each test's default and units).",
+        "(calibration scores are widened by delta; see docs/detection.md for each test's default and units). "
+        "Key '*' applies to every test not named: {'*': 0} gives exact conformal p-values (clean FLAG rate about "
+        "alpha on a camera whose calibration saw its usual variety; the defaults keep it at most alpha).",
     )
     squeeze: SqueezeConfig = Field(default_factory=SqueezeConfig, description="Feature squeezing (adversarial).")
     glare_floor: float = Field(

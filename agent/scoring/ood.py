@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from agent.scoring.base import Params, Test, register
-from agent.scoring.config import CalibrationConfig
+from agent.scoring.config import ALL_TESTS, CalibrationConfig
 from agent.scoring.detector_outputs import DETECTION_FEATURES, detection_vector
 from agent.scoring.observation import FEATURE_TOLERANCE, FEATURES, Observation
 from agent.scoring.robust import RobustGaussian, fit_robust_gaussian
@@ -96,7 +96,7 @@ class OodModel(Test):
 
     def _set_kind(self, kind: str | None) -> None:
         self.kind = kind
-        if kind is not None and self.name not in self.cfg.tolerances:
+        if kind is not None and not ({self.name, ALL_TESTS} & set(self.cfg.tolerances)):
             self.tolerance = self.resolution = KIND_TOLERANCE[kind]
 
     def fit(self, observations: Sequence[Observation]) -> None:
