@@ -13,8 +13,8 @@ from helpers import synthetic_frames
 from agent.frame import Frame
 from agent.scoring.calibrate import Calibrator
 from agent.scoring.config import CalibrationConfig, PolicyConfig
-from agent.scoring.observation import observe
-from agent.scoring.patch import PATCH_FRAMES, Patch, TileModel, localized
+from agent.scoring.observation import TileMotion, observe, thumbnail_bgr
+from agent.scoring.patch import PATCH_FRAMES, STILL_MIN_MOTION, Patch, TileModel, localized
 from agent.scoring.policy import Guard
 from agent.stats.cpu import CpuStats
 from agent.verdict import Verdict
@@ -94,6 +94,49 @@ def test_a_moving_object_is_not_a_patch(guard: Guard, images: list[Image]) -> No
     assert not any("patch" in v.reason_codes for v in run(guard, moving))
 
 
+def isoluminant_square(image: Image, x: int, y: int, s: int = 40) -> Image:
+    """A flat purple square with the luma of what it covers: it moves the luma difference hardly at all."""
+    out = image.copy()
+    region = out[y : y + s, x : x + s]
+    luma = float(cv2.cvtColor(region, cv2.COLOR_BGR2GRAY).mean())
+    purple = np.array([150.0, 60.0, 140.0])  # B, G, R
+    purple *= luma / float(purple @ (0.114, 0.587, 0.299))
+    region[:] = np.clip(np.round(purple), 0, 255).astype(np.uint8)
+    return out
+
+
+def test_a_slow_isoluminant_mover_is_not_a_patch(guard: Guard, images: list[Image]) -> None:
+    """A flat object of the background's luma but another hue, 1.5 px per frame: diff_prev stays
+    within a still tile's bound, the colour thumbnail's change over MOTION_LAG frames does not."""
+    held = images[CAL : CAL + 40]
+    moving = [isoluminant_square(im, 70 + 3 * i // 2, 100) for i, im in enumerate(held)]
+    assert not any("patch" in v.reason_codes for v in run(guard, moving))
+    patch = next(t for t in guard.tests if isinstance(t, Patch))
+    gate, patch.still_motion = patch.still_motion, None
+    try:  # what the luma difference alone makes of it
+        assert sum("patch" in v.reason_codes for v in run(guard, moving)) >= 10
+    finally:
+        patch.still_motion = gate
+    # the same square standing still is a patch (an occluder)
+    standing = run(guard, [isoluminant_square(im, 100, 100) for im in held])
+    assert sum("patch" in v.reason_codes for v in standing) >= len(held) - PATCH_FRAMES
+
+
+def test_tile_motion_lag_and_restarts() -> None:
+    tm = TileMotion((2, 2), lag=2)
+    a = np.full((8, 8, 3), 100, np.uint8)
+    b = a.copy()
+    b[:4, 4:] = (100, 100, 130)  # top-right tile: another hue
+    assert tm.update(a) is None and tm.update(a) is None  # fewer than lag earlier frames
+    assert tm.update(b).tolist() == [0.0, 30.0, 0.0, 0.0]  # type: ignore[union-attr]
+    assert tm.update(b).tolist() == [0.0, 30.0, 0.0, 0.0]  # type: ignore[union-attr]  # vs 2 frames back
+    assert tm.update(b).tolist() == [0.0] * 4  # type: ignore[union-attr]
+    assert tm.update(np.zeros((16, 8, 3), np.uint8)) is None  # another size: the history restarts
+    assert tm.update(None) is None
+    with pytest.raises(ValueError, match="lag"):
+        TileMotion((2, 2), lag=0)
+
+
 def test_localized_removes_the_frame_wide_shift() -> None:
     d = np.zeros((16, 5))
     d[:, 2] = 0.5  # every tile more saturated: global
@@ -116,3 +159,17 @@ def test_tile_model_round_trip_and_errors(images: list[Image]) -> None:
         TileModel.from_params({"median": [[0.0]], "scale": [[1.0]]})
     with pytest.raises(ValueError, match="still"):
         again.load_params({**test.params(), "still": [1.0]})
+    assert test.still_motion is None  # observations without images: no motion bound, diff_prev alone
+
+    tm = TileMotion((4, 4))
+    moving_obs = []
+    for im in images[:40]:
+        small = thumbnail_bgr(im)
+        moving_obs.append(observe(backend.compute(im), None, image=im, small=small, motion=tm.update(small)))
+    with_motion = Patch()
+    with_motion.fit(moving_obs)
+    assert with_motion.still_motion is not None and (with_motion.still_motion >= STILL_MIN_MOTION).all()
+    again.load_params(with_motion.params())
+    assert np.allclose(again.still_motion, with_motion.still_motion)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="still_motion"):
+        again.load_params({**with_motion.params(), "still_motion": [1.0, 2.0]})

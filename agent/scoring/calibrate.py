@@ -40,7 +40,7 @@ from agent.scoring import adversarial, ood, patch, rules, tamper  # noqa: F401  
 from agent.scoring.base import Test, make_test
 from agent.scoring.config import CalibrationConfig
 from agent.scoring.ess import EffectiveFrames, effective_frames, frames_needed
-from agent.scoring.observation import FEATURES, U8, Observation, observe
+from agent.scoring.observation import FEATURES, U8, Observation, TileMotion, observe, thumbnail_bgr
 from agent.scoring.profile import (
     QUANTILE_LEVELS,
     Bins,
@@ -141,6 +141,7 @@ class Calibrator:
         self._seen = 0
         self._used = 0
         self._kept: list[Observation] = []
+        self._motion = TileMotion(grid)  # sees every frame, kept or not (lagged differences)
         self._size: tuple[int, int] | None = None
 
     @property
@@ -190,11 +191,16 @@ class Calibrator:
                 f"{self._size[0]}x{self._size[1]}: calibrate on a fixed-resolution stream"
             )
         self._seen += 1
-        if self._seen <= self.cfg.skip or self.done:
+        if self.done:
+            return self
+        small = None if image is None else thumbnail_bgr(image)
+        motion = self._motion.update(small)
+        if self._seen <= self.cfg.skip:
             return self
         if self._used % self.cfg.stride == 0:
             self._kept.append(
-                observe(stats, output, live=live, floor=self.cfg.glare_floor, image=image, squeeze=squeeze)
+                observe(stats, output, live=live, floor=self.cfg.glare_floor, image=image, squeeze=squeeze,
+                        small=small, motion=motion)
             )
         self._used += 1
         return self

@@ -26,14 +26,19 @@ Besides the statistics, an Observation may carry what only the image or an extra
 can give: ``thumb``, a small luma thumbnail (``make_thumbnail``: area-averaged to
 ``THUMB_WIDTH`` columns, ~0.2 ms at 768x432) that the ``moved`` test compares with the
 calibrated reference; ``chroma``, the per-tile high-frequency chroma noise floor
-(``chroma_energy``, ~1 ms at 768x432) that ``adversarial_hf`` reads; and ``squeeze``, the
-feature-squeezing distance (adversarial.py). They are None when not available; the tests
-that need them are then not applicable.
+(``chroma_energy``, ~1 ms at 768x432) that ``adversarial_hf`` reads; ``motion``, per tile
+how much the colour thumbnail changed over the last ``MOTION_LAG`` frames (``TileMotion``:
+kept by the Guard and the Calibrator, which see every frame), which ``patch`` reads to tell
+a slow or iso-luminant mover (a purple shirt on a grey road changes the luma difference
+``diff_prev`` hardly at all) from a static patch; and ``squeeze``, the feature-squeezing
+distance (adversarial.py). They are None when not available; the tests that need them are
+then not applicable (``patch`` then goes by ``diff_prev`` alone).
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 import cv2
@@ -48,14 +53,17 @@ __all__ = [
     "CHROMA_ROWS",
     "FEATURES",
     "FEATURE_TOLERANCE",
+    "MOTION_LAG",
     "THUMB_WIDTH",
     "ModelScores",
     "Observation",
+    "TileMotion",
     "chroma_energy",
     "feature_vector",
     "make_thumbnail",
     "model_scores",
     "observe",
+    "thumbnail_bgr",
     "tile_structure",
 ]
 
@@ -64,6 +72,8 @@ U8 = npt.NDArray[np.uint8]
 
 #: Columns of the luma thumbnail kept per frame (rows follow the aspect ratio, at least 8).
 THUMB_WIDTH: int = 64
+#: TileMotion compares the colour thumbnail with the one this many frames earlier.
+MOTION_LAG: int = 5
 #: chroma_energy samples about this many rows of the frame (every k-th row, k >= 1).
 CHROMA_ROWS: int = 96
 _BLOCK_H, _BLOCK_W = 2, 8  # blocks of sampled rows x columns
@@ -144,13 +154,65 @@ def feature_vector(stats: FrameStats, floor: float = 1e-3) -> FloatArray:
     )
 
 
-def make_thumbnail(image: U8, width: int = THUMB_WIDTH) -> U8:
-    """Luma thumbnail (rows, ``width``) of a BGR uint8 frame, area-averaged (aspect kept, >= 8 rows)."""
+def thumbnail_bgr(image: U8, width: int = THUMB_WIDTH) -> U8:
+    """Colour thumbnail (rows, ``width``, 3) of a BGR uint8 frame, area-averaged (aspect kept, >= 8 rows)."""
     h, w = image.shape[:2]
     rows = max(8, round(width * h / max(w, 1)))
-    small = cv2.resize(image, (width, rows), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(cv2.resize(image, (width, rows), interpolation=cv2.INTER_AREA), dtype=np.uint8)
+
+
+def make_thumbnail(image: U8, width: int = THUMB_WIDTH, *, small: U8 | None = None) -> U8:
+    """Luma thumbnail (rows, ``width``) of a BGR uint8 frame (``small``: its ``thumbnail_bgr``, if made)."""
+    small = thumbnail_bgr(image, width) if small is None else small
     gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
     return np.ascontiguousarray(gray, dtype=np.uint8)
+
+
+class TileMotion:
+    """Per-tile change of the colour thumbnail over ``lag`` frames (one stream, fed every frame).
+
+    motion_t = mean over the thumbnail pixels of tile t of max over B, G, R of
+    |thumb_now - thumb_lag| (code values). Area averaging (THUMB_WIDTH columns) removes sensor
+    noise, the lag makes slow movers visible, and the colour channels make iso-luminant ones
+    visible; a static patch, sticker or overlay stays near 0. ``update`` returns None until
+    ``lag`` earlier frames of the same size were seen. ~80 us per frame (4x4 grid).
+
+    >>> import numpy as np
+    >>> tm = TileMotion((1, 2), lag=1)
+    >>> a = np.zeros((8, 16, 3), np.uint8); b = a.copy(); b[:, 8:, 2] = 40   # right tile turns red
+    >>> tm.update(a) is None, tm.update(b).tolist()
+    (True, [0.0, 40.0])
+    """
+
+    def __init__(self, grid: tuple[int, int], lag: int = MOTION_LAG) -> None:
+        if lag < 1:
+            raise ValueError(f"lag must be >= 1, but got {lag}")
+        self.grid = grid
+        self.lag = lag
+        self._history: deque[U8] = deque(maxlen=lag + 1)
+
+    def reset(self) -> None:
+        self._history.clear()
+
+    def update(self, small: U8 | None) -> FloatArray | None:
+        """Add this frame's ``thumbnail_bgr`` (None: no image, the history restarts)."""
+        if small is None or (self._history and self._history[-1].shape != small.shape):
+            self._history.clear()
+        if small is None:
+            return None
+        self._history.append(small)
+        if len(self._history) <= self.lag:
+            return None
+        diff = np.abs(small.astype(np.int16) - self._history[0].astype(np.int16)).max(axis=2)  # (R, C)
+        rows, cols = self.grid
+        h, w = diff.shape
+        r_edges = np.arange(rows + 1) * h // rows
+        c_edges = np.arange(cols + 1) * w // cols
+        if (np.diff(r_edges) == 0).any() or (np.diff(c_edges) == 0).any():
+            return np.full(rows * cols, np.nan)  # a thumbnail smaller than the grid
+        sums = np.add.reduceat(np.add.reduceat(diff.astype(np.float64), r_edges[:-1], axis=0), c_edges[:-1], axis=1)
+        out: FloatArray = (sums / np.outer(np.diff(r_edges), np.diff(c_edges))).ravel()
+        return out
 
 
 def chroma_energy(image: U8, grid: tuple[int, int]) -> FloatArray:
@@ -227,8 +289,8 @@ class Observation:
     """One frame as scorers see it. ``live`` is False for files/folders (no frozen test then).
 
     ``thumb``: luma thumbnail (``make_thumbnail``) or None; ``chroma``: per-tile chroma
-    energy (``chroma_energy``) or None; ``squeeze``: feature-squeezing distance or None (see
-    the module docstring).
+    energy (``chroma_energy``) or None; ``motion``: per-tile ``TileMotion`` or None;
+    ``squeeze``: feature-squeezing distance or None (see the module docstring).
     """
 
     stats: FrameStats
@@ -238,6 +300,7 @@ class Observation:
     thumb: U8 | None = None
     chroma: FloatArray | None = None
     squeeze: float | None = None
+    motion: FloatArray | None = None
 
     def feature(self, name: str) -> float:
         return float(self.features[FEATURES.index(name)])
@@ -251,14 +314,20 @@ def observe(
     floor: float = 1e-3,
     image: U8 | None = None,
     squeeze: float | None = None,
+    small: U8 | None = None,
+    motion: FloatArray | None = None,
 ) -> Observation:
-    """Build the Observation of one frame (features computed once here; the thumbnail when ``image``)."""
+    """Build the Observation of one frame (features computed once here; the thumbnail when ``image``).
+
+    ``small``: the frame's ``thumbnail_bgr`` when the caller already made it (for ``TileMotion``).
+    """
     return Observation(
         stats=stats,
         features=feature_vector(stats, floor),
         model=model_scores(output, stats.width, stats.height),
         live=live,
-        thumb=None if image is None else make_thumbnail(image),
+        thumb=None if image is None else make_thumbnail(image, small=small),
         chroma=None if image is None else chroma_energy(image, stats.grid),
         squeeze=squeeze,
+        motion=motion,
     )

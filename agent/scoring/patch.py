@@ -38,15 +38,22 @@ empty during calibration changes that tile as much as a sticker would. What sets
 glare spot, an occluder or a burned-in overlay apart is that it does not move. So a tile
 counts only while it is *still* — its diff_prev_t is at most m_t + max(3 s_t, 0.1 m_t, 0.1)
 code values, m_t and s_t its calibrated median and 1.4826 MAD of diff_prev, i.e. no more
-change than sensor noise and compression give a static tile (NaN diff counts as still; a
-slowly moving flat object, e.g. a car, still raises it) — and the score of tile t is the
-smallest c_t over the last ``PATCH_FRAMES`` frames (0 for a frame where it was not still):
+change than sensor noise and compression give a static tile (NaN diff counts as still) —
+*and*, when the guard sees pixels, its ``Observation.motion`` (the colour thumbnail's change
+over ``MOTION_LAG`` frames) is at most 2 q_t + 0.5 code values, q_t the tile's *quiet* level
+(10th percentile of its calibration values: noise and compression with nothing moving; a
+median would be that of a busy tile's traffic): a slowly moving flat object or one of the
+background's luma but another hue (a purple shirt on a grey road) hardly moves diff_prev,
+but changes the thumbnail's colours over 5 frames (by 5-25 code values against q_t ~ 1).
+The score of tile t is the smallest c_t over the last ``PATCH_FRAMES`` frames (0 for a frame
+where it was not still):
 
     score = max_t min over the last k frames of (c_t if still else 0)
 
 (measured on opencv_vtest.avi: without this, people walking near the camera after a 40 s
 calibration made held-out scores 3x the calibration maximum; with k = 3 they stay within
-it). Cost: ~40 us per frame on a 4x4 grid.
+it; on a video of the synthetic street, the diff_prev gate alone let a walker in a purple
+shirt through for 57 frames, 11 % of the held-out frames). Cost: ~40 us per frame on a 4x4 grid.
 
 >>> import numpy as np
 >>> d = np.zeros((4, 5)); d[2, 2] = 0.9; d[:, 0] += 0.3   # tile 2 saturated; every tile brighter
@@ -94,6 +101,11 @@ PATCH_FRAMES: int = 3
 STILL_MADS: float = 3.0
 STILL_SHARE: float = 0.1
 STILL_MIN: float = 0.1
+#: A tile is still when Observation.motion <= STILL_MOTION_FACTOR * q + STILL_MIN_MOTION, q its
+#: STILL_QUIET_Q quantile over calibration frames (thumbnail code values).
+STILL_QUIET_Q: float = 0.1
+STILL_MOTION_FACTOR: float = 2.0
+STILL_MIN_MOTION: float = 0.5
 _SPREAD_TO_SD = 2.0 * 1.6449
 
 
@@ -215,6 +227,7 @@ class Patch(TileTest):
     def __init__(self, cfg: CalibrationConfig | None = None) -> None:
         super().__init__(cfg)
         self.still: FloatArray | None = None  # (T,) largest diff_prev of a still tile
+        self.still_motion: FloatArray | None = None  # (T,) largest Observation.motion of a still tile
         self._recent: deque[FloatArray] = deque(maxlen=PATCH_FRAMES)
         self._where: dict[str, float | int | str] = {}
 
@@ -224,28 +237,34 @@ class Patch(TileTest):
             self.still = None
             return
         d = np.stack([o.stats.tiles[:, :, _F["diff_prev"]].ravel() for o in observations])  # (n, T)
-        if np.isnan(d).all():
-            med = mad = np.zeros(d.shape[1])
-        else:
-            with np.errstate(all="ignore"):
-                med = np.nan_to_num(np.nanmedian(d, axis=0))
-                mad = np.nan_to_num(1.4826 * np.nanmedian(np.abs(d - med), axis=0))
-        self.still = med + np.maximum(np.maximum(STILL_MADS * mad, STILL_SHARE * med), STILL_MIN)
+        self.still = _still_bound(d, STILL_MIN)
+        motion = [o.motion for o in observations if o.motion is not None]
+        self.still_motion = _quiet_bound(np.stack(motion)) if motion else None
 
     def params(self) -> Params:
         out = super().params()
         if out and self.still is not None:
             out["still"] = self.still.tolist()
+        if out and self.still_motion is not None:
+            out["still_motion"] = self.still_motion.tolist()
         return out
 
     def load_params(self, params: Params) -> None:
-        super().load_params({k: v for k, v in params.items() if k != "still"})
-        still = np.asarray(params.get("still", []), dtype=np.float64)
+        super().load_params({k: v for k, v in params.items() if k not in ("still", "still_motion")})
         assert self.tiles is not None
-        if still.shape != (self.tiles.median.shape[0],):
-            n = self.tiles.median.shape[0]
+        n = self.tiles.median.shape[0]
+        still = np.asarray(params.get("still", []), dtype=np.float64)
+        if still.shape != (n,):
             raise ValueError(f"patch: 'still' must hold one value per tile ({n}), but got shape {still.shape}")
         self.still = still
+        self.still_motion = None  # profiles calibrated without images (or before motion existed)
+        if "still_motion" in params:
+            motion = np.asarray(params["still_motion"], dtype=np.float64)
+            if motion.shape != (n,):
+                raise ValueError(
+                    f"patch: 'still_motion' must hold one value per tile ({n}), but got shape {motion.shape}"
+                )
+            self.still_motion = motion
 
     def reset(self) -> None:
         self._recent.clear()
@@ -259,6 +278,8 @@ class Patch(TileTest):
         dev = np.nanmax(np.where(np.isnan(c), -np.inf, c), axis=1)  # (T,)
         diff = obs.stats.tiles[:, :, _F["diff_prev"]].ravel()
         moving = diff > self.still  # NaN compares False: still
+        if obs.motion is not None and self.still_motion is not None:
+            moving |= obs.motion > self.still_motion
         self._recent.append(np.where(moving, 0.0, np.maximum(dev, 0.0)))
         if len(self._recent) < PATCH_FRAMES:  # not yet persistent (a stream or block just started)
             self._where = {}
@@ -274,3 +295,23 @@ class Patch(TileTest):
     def detail(self) -> dict[str, float | int | str]:
         """Where the last frame's largest deviation is: tile_row, tile_col, field."""
         return dict(self._where)
+
+
+def _still_bound(d: FloatArray, floor: float) -> FloatArray:
+    """Per column of (n, T) values: median + max(STILL_MADS * MAD, STILL_SHARE * median, floor)."""
+    if np.isnan(d).all():
+        med = mad = np.zeros(d.shape[1])
+    else:
+        with np.errstate(all="ignore"):
+            med = np.nan_to_num(np.nanmedian(d, axis=0))
+            mad = np.nan_to_num(1.4826 * np.nanmedian(np.abs(d - med), axis=0))
+    out: FloatArray = med + np.maximum(np.maximum(STILL_MADS * mad, STILL_SHARE * med), floor)
+    return out
+
+
+def _quiet_bound(m: FloatArray) -> FloatArray:
+    """Per column of (n, T) motion values: STILL_MOTION_FACTOR * quiet quantile + STILL_MIN_MOTION."""
+    with np.errstate(all="ignore"):
+        quiet = np.zeros(m.shape[1]) if np.isnan(m).all() else np.nan_to_num(np.nanquantile(m, STILL_QUIET_Q, axis=0))
+    out: FloatArray = STILL_MOTION_FACTOR * quiet + STILL_MIN_MOTION
+    return out

@@ -40,7 +40,7 @@ from agent.scoring.config import PolicyConfig
 from agent.scoring.conformal import ConformalScorer, out_of_block_p_values
 from agent.scoring.drift import DriftEvent, DriftMonitor, DriftSnapshot
 from agent.scoring.family import FamilyCombiner
-from agent.scoring.observation import observe
+from agent.scoring.observation import TileMotion, observe, thumbnail_bgr
 from agent.scoring.profile import Profile
 from agent.scoring.tamper import TamperMonitor, TamperState
 from agent.stats.types import FrameStats
@@ -80,6 +80,8 @@ class Guard:
         self._grid = tuple(profile.grid)
         self._floor = profile.calibration.glare_floor
         self._needs_image = any(t.needs_image for t in self._tests)
+        rows, cols = profile.grid
+        self._motion = TileMotion((rows, cols))
         self._p_family = 1.0
 
     @staticmethod
@@ -168,6 +170,7 @@ class Guard:
             t.reset()
         self.tamper.reset()
         self.drift.reset()
+        self._motion.reset()
 
     def update(
         self,
@@ -191,7 +194,9 @@ class Guard:
                 f"with grid {self._grid}: recalibrate with `edge-guard calibrate`"
             )
         image = frame.image if self._needs_image else None
-        obs = observe(stats, output, live=frame.live, floor=self._floor, image=image, squeeze=squeeze)
+        small = None if image is None else thumbnail_bgr(image)
+        obs = observe(stats, output, live=frame.live, floor=self._floor, image=image, squeeze=squeeze,
+                      small=small, motion=self._motion.update(small))
         scores: dict[str, float] = {}
         p_values: dict[str, float] = {}
         best: dict[str, tuple[float, float, Test]] = {}  # reason -> (p, score, test)
