@@ -68,7 +68,7 @@ def _axes(img: U8, box: tuple[int, int, int, int], *, title: str, xlabel: str, y
         cv2.line(img, (x0, y0 + int(h * (1 - f))), (x0 + w, y0 + int(h * (1 - f))), _GRID, 1)
     _text(img, title, (x0, y0 - 8), 0.45)
     _text(img, xlabel, (x0 + w // 2 - 40, y0 + h + 28), 0.38)
-    _text(img, ylabel, (x0 - 34, y0 + h // 2), 0.38)
+    _text(img, ylabel, (x0 - 34, y0 + h // 4 + 4), 0.38)  # at 0.75: clear of the tick labels
     for f in (0.0, 0.5, 1.0):
         _text(img, f"{f:g}", (x0 - 22, y0 + h - int(h * f) + 4), 0.35)
 
