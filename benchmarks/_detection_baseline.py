@@ -3,8 +3,10 @@
 The usual quick answer to "is this frame off?" for a fixed camera: compute a handful of
 global image statistics with OpenCV, fit a robust location/scatter (MinCovDet-style: the
 project's NumPy MCD with half the points, no feature floors, no shrinkage) on clean frames,
-and score new frames by their robust Mahalanobis distance. ``benchmarks/bench_detection.py``
-runs it side by side with the guard.
+and score new frames by their robust Mahalanobis distance, with the pseudo-inverse of the
+scatter as scikit-learn's MinCovDet does (a statistic that never varied on the clean frames,
+e.g. the dark share of a camera with no dark pixels, is ignored rather than weighted ~1e18).
+``benchmarks/bench_detection.py`` runs it side by side with the guard.
 
 Statistics (``BASELINE_STATS``): gray mean and std, B/G/R means, HSV saturation mean,
 log Laplacian variance, log mean Sobel magnitude, dark share (gray < 16), clipped share
@@ -64,7 +66,15 @@ class Baseline:
         x = np.stack([baseline_stats(im) for im in clean])  # (n, 12)
         floor = np.maximum(np.abs(x).max(axis=0), 1.0) * 1e-9  # numerical only: no physical floors
         self.model: RobustGaussian = fit_robust_gaussian(x, floor, support=0.5, shrinkage=0.0)
+        # As scikit-learn's MinCovDet scores (precision = pinvh(covariance)): directions in which the
+        # clean frames did not vary at all (e.g. no dark or clipped pixels in any of them) carry no
+        # weight, instead of an infinite one that makes one clipped pixel outscore a blurred frame.
+        vals, vecs = np.linalg.eigh(self.model.scatter)
+        keep = vals > vals.max() * len(vals) * np.finfo(np.float64).eps
+        self._precision: F64 = (vecs[:, keep] / vals[keep]) @ vecs[:, keep].T
+        self.ignored = int((~keep).sum())
 
     def score(self, image: U8) -> float:
         """Robust Mahalanobis distance (higher = more anomalous)."""
-        return self.model.distance(baseline_stats(image))
+        d = baseline_stats(image) - self.model.location
+        return math.sqrt(max(float(d @ self._precision @ d), 0.0))
