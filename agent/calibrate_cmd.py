@@ -54,7 +54,12 @@ class CalibrationResult:
         if p.effective_frames is None or p.autocorrelation_frames is None:
             return ""
         ess = EffectiveFrames(p.n_kept, p.autocorrelation_frames, p.effective_frames)
-        return f"  kept {ess.describe()}\n"
+        widened = sum(t.tolerance > 0 for t in p.tests)
+        mode = (
+            f"p-values widened by the physical tolerances of {widened} tests (exact once the kept frames "
+            "resolve policy.alpha_flag)" if widened else "exact conformal p-values (no tolerances)"
+        )
+        return f"  kept {ess.describe()}\n  {mode}\n"
 
 
 def calibrate_from_config(cfg: GuardConfig, out: Path, progress: bool = True) -> CalibrationResult:

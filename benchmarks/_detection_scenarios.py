@@ -59,15 +59,20 @@ def calibrate(
     *,
     grid: tuple[int, int] = (4, 4),
     live: bool = False,
+    alpha_flag: float | None = None,
     **cfg: Any,
 ) -> Profile:
-    """A profile from clean ``frames`` (with their model outputs and squeezing distances)."""
+    """A profile from clean ``frames`` (with their model outputs and squeezing distances).
+
+    ``alpha_flag`` is told to the calibrator as the daemon tells it its policy's: when the
+    frames resolve that level, the default tolerances are dropped (exact p-values).
+    """
     backend = CpuStats(grid)
     cal = Calibrator(CalibrationConfig(frames=len(frames), **cfg), grid)
     for i, image in enumerate(frames):
         cal.update(backend.compute(image), outputs[i] if outputs else None, image=image,
                    squeeze=squeeze[i] if squeeze else None, live=live)
-    return cal.build(model_sha256="bench" if outputs else None)
+    return cal.build(model_sha256="bench" if outputs else None, alpha_flag=alpha_flag)
 
 
 @dataclass

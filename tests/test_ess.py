@@ -94,6 +94,7 @@ def test_profile_records_effective_frames_and_warns_for_fine_alpha(
     need = frames_needed(profile.autocorrelation_frames, 0.01)
     warned = [r.getMessage() for r in caplog.records if "independent scene states" in r.getMessage()]
     assert len(warned) == 1 and "alpha_flag=0.01" in warned[0] and f"about {need} frames" in warned[0], warned
+    assert all(t.tolerance > 0 for t in profile.tests if t.name != "frozen")  # a short clip keeps them
 
 
 def test_no_warning_when_the_states_resolve_alpha(
@@ -103,6 +104,7 @@ def test_no_warning_when_the_states_resolve_alpha(
         profile = calibrator(video_stats).build(alpha_flag=0.5)
     assert profile.effective_frames is not None and profile.effective_frames + 1 >= 2
     assert not [r for r in caplog.records if "independent scene states" in r.getMessage()]
+    assert [t.tolerance for t in profile.tests] == [0.0] * len(profile.tests)  # resolved: exact p-values
 
 
 def test_older_profiles_without_the_fields_still_load(video_stats: list[FrameStats]) -> None:

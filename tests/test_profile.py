@@ -181,6 +181,58 @@ def test_wildcard_tolerance_applies_to_every_test_not_named() -> None:
     assert dark.tolerance == dark.default_tolerance > 0
 
 
+def _tolerances(profile: Profile) -> dict[str, float]:
+    return {t.name: t.tolerance for t in profile.tests}
+
+
+def test_default_tolerances_dropped_when_calibration_resolves_alpha(
+    stats: list[FrameStats], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Frames in random order are independent states: 160 of them resolve alpha 0.05 (>= 19 needed),
+    so the default tolerances are recorded as 0 (exact p-values) and the rebuilt tests use them."""
+    shuffled = [stats[i] for i in np.random.default_rng(3).permutation(len(stats))]
+    cal = Calibrator(CalibrationConfig(frames=160, tolerances={"blur": 0.3}), (4, 4))
+    for s in shuffled[:160]:
+        cal.update(s)
+    with caplog.at_level("INFO", logger="agent.scoring.calibrate"):
+        exact = cal.build(alpha_flag=0.05)
+    assert exact.effective_frames is not None and exact.effective_frames + 1 >= 20
+    assert "default tolerances dropped" in caplog.text
+    tol = _tolerances(exact)
+    assert tol.pop("blur") == 0.3  # named in calibration.tolerances: kept as given
+    assert set(tol.values()) == {0.0}
+    assert {t.name: t.tolerance for t in Guard(exact).tests} == _tolerances(exact)
+    # Without alpha_flag, or with exact_when_resolved off, every default stays.
+    off = Calibrator(CalibrationConfig(frames=160, exact_when_resolved=False), (4, 4))
+    for s in shuffled[:160]:
+        off.update(s)
+    for c, profile in ((cal, cal.build()), (off, off.build(alpha_flag=0.05))):
+        assert all(t.tolerance == make_test(t.name, c.cfg).tolerance > 0 for t in profile.tests), _tolerances(profile)
+
+
+def test_default_tolerances_kept_when_frames_are_correlated(stats: list[FrameStats], tmp_path: Path) -> None:
+    """The same frames in time order hold too few independent states for alpha 0.01 (the
+    calibrator warns): the tolerances stay, and a saved profile keeps them on reload."""
+    cal = Calibrator(CalibrationConfig(frames=160), (4, 4))
+    for s in stats[:160]:
+        cal.update(s)
+    profile = cal.build(alpha_flag=0.01)
+    assert profile.effective_frames is not None and profile.effective_frames + 1 < 100
+    assert all(t.tolerance == make_test(t.name, CalibrationConfig()).tolerance > 0 for t in profile.tests)
+    loaded = Guard(Profile.load(profile.save(tmp_path / "p.json")))
+    assert {t.name: t.tolerance for t in loaded.tests} == _tolerances(profile)
+
+
+def test_rebuilt_tests_use_the_recorded_tolerance(profile: Profile) -> None:
+    """The profile's record, not the running code's default, sets a rebuilt test's tolerance."""
+    edited = profile.model_copy(update={"tests": [
+        t.model_copy(update={"tolerance": 0.0}) if t.name == "dark" else t for t in profile.tests
+    ]})
+    dark = next(t for t in edited.build_tests() if t.name == "dark")
+    assert dark.tolerance == 0.0 < make_test("dark", CalibrationConfig()).tolerance
+    assert dark.conformal is not None and dark.conformal.tolerance == 0.0
+
+
 def test_unknown_tolerance_key(stats: list[FrameStats]) -> None:
     with pytest.raises(ConfigError, match="tolerances"):
         calibrate(stats, frames=40, tolerances={"blurr": 0.1})

@@ -165,18 +165,19 @@ def test_realised_rate_on_correlated_frames() -> None:
 def test_realised_rate_on_rendered_frames_at_random_times() -> None:
     """The whole guard on pixels (every image test: tiles, chroma floor, thumbnail, ...): frames of
     the synthetic scene rendered at random times are exchangeable, so with exact p-values the clean
-    FLAG rate is about alpha, and the default physical tolerances only lower it."""
+    FLAG rate is about alpha, and the default physical tolerances only lower it (they are dropped
+    when the calibrator is told alpha_flag and its frames resolve it)."""
     scene = SyntheticScene(seed=7, size_wh=(256, 144))
     times = np.random.default_rng(11).choice(200_000, 1600, replace=False)
     backend = CpuStats((4, 4))
     frames = [scene.render(int(t))[0] for t in times]
     stats = [backend.compute(im) for im in frames]  # diff_prev: between two random times
 
-    def rate(tolerances: dict[str, float]) -> float:
+    def rate(tolerances: dict[str, float], alpha_flag: float | None = None) -> float:
         cal = Calibrator(CalibrationConfig(frames=600, tolerances=tolerances), (4, 4))
         for im, st in zip(frames[:600], stats[:600], strict=True):
             cal.update(st, None, image=im, live=False)
-        guard = Guard(cal.build(), PolicyConfig(alpha_flag=0.05, alpha_block=0.005))
+        guard = Guard(cal.build(alpha_flag=alpha_flag), PolicyConfig(alpha_flag=0.05, alpha_block=0.005))
         return float(np.mean([
             guard.update(Frame(im, "cam", i, 0.0, 0.0, live=False), st, None).decision >= Decision.FLAG
             for i, (im, st) in enumerate(zip(frames[600:], stats[600:], strict=True))
@@ -184,4 +185,6 @@ def test_realised_rate_on_rendered_frames_at_random_times() -> None:
 
     exact = rate(dict.fromkeys(DEFAULT_TESTS, 0.0))
     assert 0.025 <= exact <= 0.075, exact  # within +-50 % of alpha (sd about 0.009 over 1000 frames)
-    assert rate({}) <= exact
+    assert rate({}) <= exact  # the calibrator not told alpha: physical tolerances kept
+    # Told alpha_flag (as the daemon does), 600 exchangeable frames resolve it: the defaults go.
+    assert 0.025 <= rate({}, alpha_flag=0.05) <= 0.075

@@ -19,6 +19,13 @@ With an ``image`` per frame the Observation also carries a thumbnail (``moved``)
 ``squeeze`` distance the squeezing test applies; tests that never applied on the calibration
 frames are left out of the profile.
 
+**Tolerances.** Each test's physical tolerance (conformal.py) is recorded in the profile. When
+``build`` is given ``alpha_flag`` and the kept frames hold the 1/alpha_flag independent scene
+states that level needs (ess.py; the case where no correlation warning is logged), the default
+tolerances are recorded as 0: the calibration then resolves alpha by itself and the p-values
+are exact conformal ones. Tolerances named in ``calibration.tolerances`` are kept as given;
+``calibration.exact_when_resolved: false`` keeps the defaults in every case.
+
 Deterministic: the same frames in the same order give the same profile (and profile_id).
 """
 
@@ -38,7 +45,7 @@ from agent.errors import ProfileError
 from agent.model.types import ModelOutput
 from agent.scoring import adversarial, ood, patch, rules, tamper  # noqa: F401  (registers the tests)
 from agent.scoring.base import Test, make_test
-from agent.scoring.config import CalibrationConfig
+from agent.scoring.config import ALL_TESTS, CalibrationConfig
 from agent.scoring.ess import EffectiveFrames, effective_frames, frames_needed
 from agent.scoring.observation import FEATURES, U8, Observation, TileMotion, observe, thumbnail_bgr
 from agent.scoring.profile import (
@@ -226,6 +233,8 @@ class Calibrator:
         tests = self._fit_tests(obs)
         scores = self._calibration_scores(tests, obs, blocks, length)
         n_cal = len(obs)
+        ess = effective_frames(np.stack([o.features for o in obs]))
+        exact = self.cfg.exact_when_resolved and alpha_flag is not None and ess.resolves(alpha_flag)
         test_profiles: list[TestProfile] = []
         for test in tests:
             vals = scores[test.name]
@@ -236,13 +245,12 @@ class Calibrator:
                 TestProfile(
                     name=test.name,
                     reason=test.reason,
-                    tolerance=test.tolerance,
+                    tolerance=0.0 if exact and not self._tolerance_named(test.name) else test.tolerance,
                     params=test.params(),
                     calibration_scores=[None if math.isnan(v) else v for v in vals],
                 )
             )
         ood_stats = next(t for t in tests if t.name == "ood_stats")
-        ess = effective_frames(np.stack([o.features for o in obs]))
         data = {
             "profile_id": "",
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -274,11 +282,20 @@ class Calibrator:
         profile = profile.model_copy(update={"profile_id": Profile.content_id(profile.model_dump(mode="json"))})
         self._warn_resolution(n_cal, alpha_flag, alpha_block)
         self._warn_correlation(ess, alpha_flag)
+        if exact:
+            logger.info(
+                "calibration: %s resolve alpha_flag=%g: default tolerances dropped, p-values are exact "
+                "conformal ones (calibration.exact_when_resolved)", ess.describe(), alpha_flag,
+            )
         logger.info(
             "profile %s: %d frames kept (cross-fitted in blocks of %d; %s), tests %s",
             profile.profile_id, len(obs), length, ess.describe(), [t.name for t in test_profiles],
         )
         return profile
+
+    def _tolerance_named(self, test: str) -> bool:
+        """True when ``calibration.tolerances`` sets this test's tolerance (by name or by '*')."""
+        return test in self.cfg.tolerances or ALL_TESTS in self.cfg.tolerances
 
     def _fit_tests(self, obs: Sequence[Observation]) -> list[Test]:
         names = [*DEFAULT_TESTS, *OPTIONAL_TESTS]
@@ -389,7 +406,7 @@ class Calibrator:
 
     def _warn_correlation(self, ess: EffectiveFrames, alpha_flag: float | None) -> None:
         """Warn when the kept frames hold fewer independent scene states than alpha_flag resolves."""
-        if alpha_flag is None or ess.effective + 1.0 >= 1.0 / alpha_flag:
+        if alpha_flag is None or ess.resolves(alpha_flag):
             return
         need = frames_needed(ess.autocorrelation, alpha_flag)
         logger.warning(

@@ -92,6 +92,12 @@ class CalibrationConfig(StrictModel):
         "Key '*' applies to every test not named: {'*': 0} gives exact conformal p-values (clean FLAG rate about "
         "alpha on a camera whose calibration saw its usual variety; the defaults keep it at most alpha).",
     )
+    exact_when_resolved: bool = Field(
+        True,
+        description="Drop the default tolerances (exact conformal p-values, clean FLAG rate about alpha) when the "
+        "calibration holds the 1/alpha_flag independent scene states that alpha_flag needs. With fewer (the "
+        "calibrator warns) they stay and keep the rate at most alpha. Tolerances named in `tolerances` always apply.",
+    )
     squeeze: SqueezeConfig = Field(default_factory=SqueezeConfig, description="Feature squeezing (adversarial).")
     glare_floor: float = Field(
         1e-3,

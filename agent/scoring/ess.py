@@ -54,6 +54,10 @@ class EffectiveFrames:
             f"(features stay correlated for about {self.autocorrelation:.0f} frames)"
         )
 
+    def resolves(self, alpha: float) -> bool:
+        """True when these frames hold the 1/alpha - 1 independent states a level alpha needs."""
+        return self.effective + 1.0 >= 1.0 / alpha
+
 
 def autocorrelation_time(x: npt.ArrayLike) -> float:
     """Integrated autocorrelation time of one series (NaN entries dropped); 1 when constant."""
