@@ -96,6 +96,17 @@ def read_video(path: Path, size: tuple[int, int] | None = None, max_frames: int 
     return frames
 
 
+def levels(alpha: float) -> tuple[float, ...]:
+    """The alphas every clean-rate section reports: the guard's own plus 0.01, 0.05, 0.1."""
+    return tuple(sorted({alpha, 0.01, 0.05, 0.1}))
+
+
+def count_runs(flagged: list[bool]) -> int:
+    """Runs of consecutive flagged frames: false alarms on video come in runs (one scene
+    episode = many frames), so their number is the effective sample behind a rate."""
+    return sum(f and not prev for prev, f in zip([False, *flagged], flagged, strict=False))
+
+
 def flag_rate(run: GuardRun, frames: list[U8]) -> float:
     """The share of ``frames`` the guard FLAGs or BLOCKs, fed in order."""
     return float(np.mean([run.update(im).decision >= Decision.FLAG for im in frames]))
@@ -107,21 +118,18 @@ def clean_held_out(vt: list[U8], n_cal: int, alpha: float) -> tuple[dict[str, An
     baseline = Baseline(vt[:n_cal])
     out: dict[str, Any] = {"calibration_frames": n_cal, "held_out_frames": len(vt) - n_cal, "fpr": {}, "runs": {}}
     scores: list[float] = []
-    for a in sorted({alpha, 0.01, 0.05, 0.1}):
+    for a in levels(alpha):
         run = GuardRun.of(profile, a)
         verdicts = [run.update(im) for im in vt[n_cal:]]
         flagged = [v.decision >= Decision.FLAG for v in verdicts]
         out["fpr"][str(a)] = sum(flagged) / len(verdicts)
-        # False alarms on video come in runs (one scene episode = many frames): the number of runs
-        # is the effective sample behind the rate.
-        out["runs"][str(a)] = sum(f and not prev for prev, f in zip([False, *flagged], flagged, strict=False))
+        out["runs"][str(a)] = count_runs(flagged)
         if a == alpha:
             scores = [family_score(v) for v in verdicts]
             main = run
     # The same split with exact p-values (no physical tolerance): what the tolerances absorb.
     exact = calibrate(vt[:n_cal], tolerances={ALL_TESTS: 0.0})
-    alphas = sorted({alpha, 0.01, 0.05, 0.1})
-    out["fpr_tolerances_0"] = {str(a): flag_rate(GuardRun.of(exact, a), vt[n_cal:]) for a in alphas}
+    out["fpr_tolerances_0"] = {str(a): flag_rate(GuardRun.of(exact, a), vt[n_cal:]) for a in levels(alpha)}
     out["baseline_scores"] = [baseline.score(im) for im in vt[n_cal:]]
     # How many independent scene states each part holds: the resolution of a realised rate.
     floor = profile.calibration.glare_floor
@@ -195,8 +203,8 @@ def sequential_control(n_cal: int, stride: int, n_test: int, alphas: tuple[float
     for k in range(n_test):
         image = scene.render(t + k)[0]
         stats = backend.compute(image)
+        frame = Frame(image, "sequential", k, float(k), float(k), live=True)
         for a, guard in guards.items():
-            frame = Frame(image, "sequential", k, float(k), float(k), live=True)
             flagged[a].append(guard.update(frame, stats, None).decision >= Decision.FLAG)
         feats.append(feature_vector(stats, profile.calibration.glare_floor))
     held = effective_frames(np.stack(feats))
@@ -205,7 +213,7 @@ def sequential_control(n_cal: int, stride: int, n_test: int, alphas: tuple[float
         "calibration_states": profile.effective_frames, "test_states": held.effective,
         "exact": all(test.tolerance == 0 for test in profile.tests),
         "fpr": {str(a): float(np.mean(f)) for a, f in flagged.items()},
-        "runs": {str(a): sum(x and not p for p, x in zip([False, *f], f, strict=False)) for a, f in flagged.items()},
+        "runs": {str(a): count_runs(f) for a, f in flagged.items()},
     }
 
 
@@ -484,10 +492,10 @@ def main() -> None:
     clean_b = r["clean"].pop("baseline_scores")
     print(f"calibrated on {args.cal} frames; clean held-out done ({time.perf_counter() - t0:.0f} s)")
     n_control = 400 if args.quick else 1000
-    r["stationary_control"] = stationary_control(n_control, n_control, tuple(sorted({args.alpha, 0.01, 0.05, 0.1})))
+    r["stationary_control"] = stationary_control(n_control, n_control, levels(args.alpha))
     print(f"stationary control done ({time.perf_counter() - t0:.0f} s)")
     n_seq = 5000 if args.quick else 10_000
-    r["sequential_control"] = sequential_control(n_seq, 10, n_seq, tuple(sorted({args.alpha, 0.01, 0.05, 0.1})))
+    r["sequential_control"] = sequential_control(n_seq, 10, n_seq, levels(args.alpha))
     print(f"sequential control done ({time.perf_counter() - t0:.0f} s)")
     r["corruptions"] = corruptions(vt, args.cal, run, baseline, clean_g=clean_g, clean_b=clean_b,
                                    runs=3 if args.quick else 4, length=6)
