@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -208,6 +209,33 @@ def test_default_tolerances_dropped_when_calibration_resolves_alpha(
         off.update(s)
     for c, profile in ((cal, cal.build()), (off, off.build(alpha_flag=0.05))):
         assert all(t.tolerance == make_test(t.name, c.cfg).tolerance > 0 for t in profile.tests), _tolerances(profile)
+
+
+def test_dropped_tolerances_score_like_tolerances_configured_0(stats: list[FrameStats]) -> None:
+    """'Exact' means what tolerances {'*': 0} means: the rebuilt tests get the tail-scale floor
+    of a zero tolerance too (not the dropped tolerance's), so both profiles give the same
+    p-values, also beyond every calibration score where the tail is extrapolated."""
+    shuffled = [stats[i] for i in np.random.default_rng(3).permutation(len(stats))]
+    profiles = []
+    for cfg in (CalibrationConfig(frames=160), CalibrationConfig(frames=160, tolerances={"*": 0.0})):
+        cal = Calibrator(cfg, (4, 4))
+        for s in shuffled[:160]:
+            cal.update(s)
+        profiles.append(cal.build(alpha_flag=0.05))
+    exact, zero = (Guard(p) for p in profiles)
+    assert {t.name: (t.tolerance, t.resolution) for t in exact.tests} == {
+        t.name: (t.tolerance, t.resolution) for t in zero.tests
+    }
+    dark = next(t for t in exact.tests if t.name == "dark")
+    assert dark.resolution < make_test("dark", CalibrationConfig()).tolerance
+    image = np.zeros((64, 96, 3), np.uint8)
+    dim = [dataclasses.replace(s, brightness=s.brightness * 0.5) for s in shuffled[160:]]
+    dark_p = []
+    for i, s in enumerate(shuffled[160:] + dim):
+        va, vb = exact.update(Frame(image, "c", i, 0, 0), s, None), zero.update(Frame(image, "c", i, 0, 0), s, None)
+        assert va.p_values == vb.p_values and va.decision == vb.decision
+        dark_p.append(va.p_values["dark"])
+    assert min(dark_p) < 1 / 161  # dim frames reach the extrapolated tail
 
 
 def test_default_tolerances_kept_when_frames_are_correlated(stats: list[FrameStats], tmp_path: Path) -> None:

@@ -91,11 +91,22 @@ class Test:
     def __init__(self, cfg: CalibrationConfig | None = None) -> None:
         self.cfg = cfg if cfg is not None else CalibrationConfig()
         tolerances = self.cfg.tolerances
-        self.tolerance: float = float(tolerances.get(self.name, tolerances.get(ALL_TESTS, self.default_tolerance)))
-        res = self.default_resolution if self.default_resolution is not None else self.tolerance
-        self.resolution: float = max(min(res, self.tolerance) if self.tolerance > 0 else res, _MIN_RESOLUTION)
+        self.tolerance: float = 0.0
+        self.resolution: float = _MIN_RESOLUTION
+        self.set_tolerance(float(tolerances.get(self.name, tolerances.get(ALL_TESTS, self.default_tolerance))))
         self.conformal: ConformalScorer | None = None
         self._score = math.nan
+
+    def set_tolerance(self, tolerance: float) -> None:
+        """Set the tolerance and the tail-scale floor that follows from it.
+
+        The floor is ``default_resolution`` (capped at a non-zero tolerance), else the
+        tolerance itself, never below 1e-6: a test whose tolerance calibration recorded as 0
+        gets the tail of a test configured with tolerance 0.
+        """
+        self.tolerance = tolerance
+        res = self.default_resolution if self.default_resolution is not None else tolerance
+        self.resolution = max(min(res, tolerance) if tolerance > 0 else res, _MIN_RESOLUTION)
 
     # --- calibration ---------------------------------------------------------------------
     def fit(self, observations: Sequence[Observation]) -> None:

@@ -97,7 +97,7 @@ class OodModel(Test):
     def _set_kind(self, kind: str | None) -> None:
         self.kind = kind
         if kind is not None and not ({self.name, ALL_TESTS} & set(self.cfg.tolerances)):
-            self.tolerance = self.resolution = KIND_TOLERANCE[kind]
+            self.set_tolerance(KIND_TOLERANCE[kind])
 
     def fit(self, observations: Sequence[Observation]) -> None:
         outs = [o.model for o in observations if o.model is not None]

@@ -261,7 +261,7 @@ class Profile(_Record):
             try:
                 test = make_test(tp.name, self.calibration)
                 test.load_params(tp.params)
-                test.tolerance = tp.tolerance  # what calibration chose (calibrate.py: tolerances)
+                test.set_tolerance(tp.tolerance)  # what calibration chose (calibrate.py: tolerances)
             except (KeyError, ValueError, TypeError) as exc:
                 raise ProfileError(f"profile {self.profile_id}: cannot rebuild test {tp.name!r}: {exc}") from exc
             scores = [math.nan if v is None else v for v in tp.calibration_scores]
