@@ -12,7 +12,8 @@ from helpers import synthetic_frames
 from agent.frame import Frame
 from agent.scoring.calibrate import Calibrator
 from agent.scoring.config import CalibrationConfig, DriftConfig, PolicyConfig
-from agent.scoring.drift import SURPRISE_CAP, Cusum, bootstrap_threshold, psi
+from agent.scoring.drift import SURPRISE_CAP, UNIFORM_SURPRISE, Cusum, DriftMonitor, bootstrap_threshold, psi
+from agent.scoring.observation import observe
 from agent.scoring.policy import Guard
 from agent.stats.cpu import CpuStats
 
@@ -131,3 +132,17 @@ def test_gradual_drift_raises_then_clears(guard: Guard, frames: list[Image]) -> 
             assert snap.scores["psi.log_brightness"] > 2 * CLEAN_PSI.get("psi.log_brightness", 1.5)
     assert [e[0] for e in events] == ["start", "end"]
     assert 300 < events[0][1] < 500 < events[1][1]
+
+
+def test_clean_reference_is_at_least_the_uniform_surprise(guard: Guard, frames: list[Image]) -> None:
+    """Calibration surprises near 0 (tolerance-widened p-values near 1) do not lower the CUSUM's
+    reference below E[-ln p] = 1 of a uniform p-value: 300 frames of one unusual but not
+    anomalous episode (p = 0.2 throughout) raise no alarm; p = 0.02 throughout does."""
+    monitor = DriftMonitor(guard.profile, DriftConfig(window=100), surprise_stats=[0.05] * 300)
+    assert monitor.cusums["stats"].reference == UNIFORM_SURPRISE + DriftConfig().allowance
+    obs = observe(CpuStats((4, 4)).compute(frames[400]), None)
+    for p, alarmed in ((0.2, []), (0.02, ["stats"])):
+        monitor.reset()
+        for _ in range(300):
+            monitor.update(obs, {"stats": -math.log(p)})
+        assert monitor.snapshot().alarms == alarmed, p

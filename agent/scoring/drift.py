@@ -22,7 +22,13 @@ p-value stream: ``stats`` uses the family-wise p-value of the frame (every enabl
 
 accumulates surprise above the clean mean mu0 plus an allowance k (``allowance``, in nats:
 k = 1 ignores a stretch whose p-values are up to e times smaller than clean ones on average,
-the kind of slow change a short calibration clip does not show, e.g. more people in view). Consecutive frames are
+the kind of slow change a short calibration clip does not show, e.g. more people in view).
+mu0 is the calibration frames' mean surprise, but at least 1 nat: a valid p-value of a clean
+frame is (super-)uniform, so E[-ln p] <= 1 whatever the calibration; the tolerances make most
+calibration p-values near 1 (mean surprise 0.1-0.4), and a reference that low let one
+unusual scene episode of a few seconds (p ~ 0.2 throughout: a crowd a 40 s calibration never
+saw) reach the alarm on clean footage. The alarm thus tests whether the p-values stopped
+being uniform, on average e^-k times smaller than uniform ones. Consecutive frames are
 correlated, so an i.i.d. threshold would fire every few seconds on real video. Instead h is
 set by a **moving-block bootstrap** of the calibration frames' *out-of-block* surprises (each
 calibration frame scored against the other, distant blocks: what a new stretch of clean
@@ -60,6 +66,7 @@ from agent.scoring.profile import Profile
 __all__ = [
     "MIN_EVIDENCE_PER_FRAME",
     "SURPRISE_CAP",
+    "UNIFORM_SURPRISE",
     "Cusum",
     "DriftEvent",
     "DriftMonitor",
@@ -72,6 +79,8 @@ FloatArray = npt.NDArray[np.float64]
 
 #: Per-frame surprise -ln p is capped here (p = 0.0067): one extreme frame is a fault, not drift.
 SURPRISE_CAP: float = 5.0
+#: E[-ln p] of a uniform p-value: the least clean mean surprise mu0 the CUSUM assumes.
+UNIFORM_SURPRISE: float = 1.0
 #: The CUSUM threshold is at least this many nats per frame of the window (0.2 x 250 = 50 nats:
 #: some 13 frames of capped surprise), so drift needs a sustained change, not a short fault.
 MIN_EVIDENCE_PER_FRAME: float = 0.2
@@ -251,7 +260,7 @@ class DriftMonitor:
             x = np.asarray(series, dtype=np.float64)
             x = x[~np.isnan(x)]
             if x.size >= 20:
-                mu0 = float(np.minimum(x, SURPRISE_CAP).mean())
+                mu0 = max(float(np.minimum(x, SURPRISE_CAP).mean()), UNIFORM_SURPRISE)
                 h = bootstrap_threshold(x, block=profile.block, mu0=mu0, allowance=self.cfg.allowance,
                                         false_alarm_frames=self.cfg.false_alarm_frames)
                 h = max(h, MIN_EVIDENCE_PER_FRAME * self.cfg.window)
