@@ -1,6 +1,8 @@
-"""Output decoding: softmax auto-detection, logits kept, YOLOX grid decoding and class-wise NMS."""
+"""Output decoding: softmax auto-detection, logits kept, YOLOX grid decoding, YOLOv5/v8 rows, class-wise NMS."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,14 +13,16 @@ from agent.errors import ModelError
 from agent.model.config import OutputConfig, PreprocessConfig
 from agent.model.decode import (
     classifier_outputs,
+    detector_classes,
     detector_outputs,
     is_probability_rows,
     nms_classwise,
     softmax,
+    yolo_rows_decode,
     yolox_decode,
     yolox_grid,
 )
-from agent.model.preprocess import plan_resize
+from agent.model.preprocess import plan_resize, preprocess_with_transforms
 
 
 def _arr(x: npt.NDArray[np.float32] | None) -> npt.NDArray[np.float32]:
@@ -171,3 +175,54 @@ def test_nms_matches_opencv() -> None:
     ref = cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores.tolist(), classes.tolist(), 0.0, 0.45)
     assert sorted(ours.tolist()) == sorted(np.asarray(ref).reshape(-1).tolist())
     assert np.all(np.diff(scores[ours]) <= 0)  # ordered by score
+
+
+def test_yolov5_and_yolov8_rows_by_hand() -> None:
+    """One box at centre (20, 12), 16 x 8 input pixels: YOLOv5 row [box, obj, classes] and
+    YOLOv8 column [box, classes]; a second candidate below the threshold is dropped."""
+    v5 = np.zeros((1, 2, 5 + 3), np.float32)
+    v5[0, 0] = [20, 12, 16, 8, 0.8, 0.1, 0.9, 0.2]
+    v5[0, 1] = [5, 5, 4, 4, 0.3, 0.5, 0.1, 0.1]  # 0.15 < 0.3
+    det = yolo_rows_decode(v5, OutputConfig(decoder="yolov5"))[0]
+    np.testing.assert_allclose(det, [[12, 8, 28, 16, 0.72, 1]], rtol=1e-6)
+    v8 = np.zeros((1, 4 + 3, 2), np.float32)
+    v8[0, :, 0] = [20, 12, 16, 8, 0.1, 0.2, 0.9]
+    v8[0, :, 1] = [5, 5, 4, 4, 0.2, 0.1, 0.1]
+    det = yolo_rows_decode(v8, OutputConfig(decoder="yolov8"))[0]
+    np.testing.assert_allclose(det, [[12, 8, 28, 16, 0.9, 2]], rtol=1e-6)
+    assert detector_classes([2, 8], OutputConfig(decoder="yolov5")) == 3
+    assert detector_classes([7, 2], OutputConfig(decoder="yolov8")) == 3
+    assert detector_classes([3549, 85], OutputConfig()) == 80
+
+
+def test_yolo_rows_shape_errors_name_the_decoder() -> None:
+    with pytest.raises(ModelError, match=r"yolov5 output must be \[batch, boxes, 5 \+ classes\].*yolov8 transposed"):
+        yolo_rows_decode(np.zeros((1, 10, 5), np.float32), OutputConfig(decoder="yolov5"))
+    with pytest.raises(ModelError, match=r"yolov8 output must be \[batch, 4 \+ classes, boxes\]"):
+        yolo_rows_decode(np.zeros((1, 8400), np.float32), OutputConfig(decoder="yolov8"))
+
+
+def test_yolov5_and_yolov8_layouts_decode_yolox_nano_alike(test_data: Path) -> None:
+    """Real detections: YOLOX-nano's raw output on vtest frames, re-expressed as a YOLOv5 export
+    (grid applied, [cx, cy, w, h, obj, classes] rows) and as a YOLOv8 one (columns, score =
+    obj x cls), gives the same boxes through each decoder."""
+    import onnxruntime as ort  # noqa: PLC0415
+
+    pre = PreprocessConfig(size=(416, 416), resize="letterbox", pad_value=114)
+    cap = cv2.VideoCapture(str(test_data / "videos" / "opencv_vtest.avi"))
+    frames = [np.asarray(cap.read()[1], np.uint8) for _ in range(4)]
+    cap.release()
+    tensor, geos = preprocess_with_transforms(frames, pre)
+    model = test_data / "models" / "yolox_nano_coco.onnx"
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    raw = np.concatenate([session.run(None, {session.get_inputs()[0].name: t[None]})[0] for t in tensor])
+    grid, stride = yolox_grid((416, 416), (8, 16, 32))
+    box = np.concatenate(((raw[..., :2] + grid) * stride, np.exp(raw[..., 2:4]) * stride), axis=2)
+    v5 = np.concatenate((box, raw[..., 4:]), axis=2)
+    v8 = np.concatenate((box, raw[..., 4:5] * raw[..., 5:]), axis=2).transpose(0, 2, 1)
+    ref = detector_outputs(raw, (416, 416), geos, OutputConfig())
+    assert sum(_arr(o.detections).shape[0] for o in ref) >= 12  # people in every frame
+    for layout, decoder in ((v5, "yolov5"), (v8, "yolov8")):
+        outs = detector_outputs(layout, (416, 416), geos, OutputConfig(decoder=decoder))
+        for a, b in zip(ref, outs, strict=True):
+            np.testing.assert_allclose(_arr(b.detections), _arr(a.detections), rtol=1e-4, atol=1e-3)

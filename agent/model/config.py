@@ -60,13 +60,17 @@ class OutputConfig(StrictModel):
         description="auto: apply softmax unless the outputs already are probabilities "
         "(non-negative, summing to 1); yes/no force it.",
     )
-    decoder: Literal["yolox"] = Field(
+    decoder: Literal["yolox", "yolov5", "yolov8"] = Field(
         "yolox",
         description="Detector output decoding (kind: detector). yolox: raw [N, anchors, 5+classes] grid "
-        "output: add grid offsets, exp(wh), times stride; score = objectness x class probability.",
+        "output: add grid offsets, exp(wh), times stride; score = objectness x class probability. "
+        "yolov5 (also YOLOv7 and other 'decoded rows' exports): [N, boxes, 5+classes] rows of [cx, cy, w, h] "
+        "in input pixels, objectness, class scores; score = objectness x class. yolov8 (also YOLO11): "
+        "[N, 4+classes, boxes] columns of [cx, cy, w, h] in input pixels and class scores; score = class.",
     )
     strides: tuple[int, ...] = Field(
-        (8, 16, 32), min_length=1, description="Detector feature-map strides in input pixels, in output order."
+        (8, 16, 32), min_length=1,
+        description="Detector feature-map strides in input pixels, in output order (decoder: yolox only).",
     )
     score_threshold: float = Field(
         0.3, ge=0.0, le=1.0, description="Detector: keep boxes whose score (obj x cls) is at least this."

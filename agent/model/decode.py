@@ -11,6 +11,12 @@ each row [cx, cy, log w, log h, objectness, class probabilities...] (objectness/
 through a sigmoid in the exported models; raw logits are detected and passed through a sigmoid).
 Centre = (offset + grid cell) * stride, size = exp(log size) * stride, score = obj * cls, then a
 threshold, class-wise NMS, and the map back to frame pixels through the letterbox.
+
+Decoded-row detectors (``decoder: yolov5`` / ``yolov8``): the export already applied the grid,
+so each candidate is [cx, cy, w, h] in model-input pixels followed by scores. YOLOv5/v7:
+(B, N, 5 + C) rows [box, objectness, classes], score = obj * cls. YOLOv8/YOLO11: (B, 4 + C, N),
+one *column* per candidate [box, classes] (no objectness), score = cls. Scores outside [0, 1]
+are logits and go through a sigmoid, as for YOLOX; the threshold, NMS and letterbox map are the same.
 """
 
 from __future__ import annotations
@@ -28,10 +34,12 @@ from agent.model.types import ModelOutput
 
 __all__ = [
     "classifier_outputs",
+    "detector_classes",
     "detector_outputs",
     "is_probability_rows",
     "nms_classwise",
     "softmax",
+    "yolo_rows_decode",
     "yolox_decode",
     "yolox_grid",
 ]
@@ -152,27 +160,68 @@ def yolox_decode(raw: npt.NDArray[np.generic], input_wh: tuple[int, int], cfg: O
         )
     out: list[F32] = []
     for pred in raw.astype(np.float32):  # (A, 5 + C)
-        conf = pred[:, 4:]
-        if float(conf.min()) < 0.0 or float(conf.max()) > 1.0:  # logits, not probabilities: sigmoid them
-            conf = 1.0 / (1.0 + np.exp(-conf))
-        scores_all = conf[:, :1] * conf[:, 1:]  # (A, C) obj x cls
-        cls = scores_all.argmax(axis=1)
-        score = scores_all[np.arange(cls.size), cls]
-        sel = np.flatnonzero(score >= cfg.score_threshold)
-        if sel.size == 0:
-            out.append(np.zeros((0, 6), dtype=np.float32))
-            continue
+        conf = _probabilities(pred[:, 4:])
+        score, cls, sel = _best_class(conf[:, :1] * conf[:, 1:], cfg)  # obj x cls
         p = pred[sel]
         cxy = (p[:, :2] + grid[sel]) * stride[sel]
         half = np.exp(np.minimum(p[:, 2:4], 20.0)) * stride[sel] / 2.0  # clamp: exp overflow on garbage
-        boxes = np.concatenate((cxy - half, cxy + half), axis=1).astype(np.float32)
-        keep = nms_classwise(boxes, score[sel], cls[sel], cfg.nms_iou, cfg.max_detections)
-        det = np.empty((keep.size, 6), dtype=np.float32)
-        det[:, :4] = boxes[keep]
-        det[:, 4] = score[sel][keep]
-        det[:, 5] = cls[sel][keep]
-        out.append(det)
+        out.append(_suppress(np.concatenate((cxy - half, cxy + half), axis=1), score, cls, cfg))
     return out
+
+
+def yolo_rows_decode(raw: npt.NDArray[np.generic], cfg: OutputConfig) -> list[F32]:
+    """Decode YOLOv5 (B, N, 5 + C) or YOLOv8 (B, 4 + C, N) output (``cfg.decoder``, module
+    docstring) to per-frame (K, 6) [x1, y1, x2, y2, score, cls] in model pixels."""
+    v8 = cfg.decoder == "yolov8"
+    first = 4 if v8 else 5  # attributes before the class scores
+    shape = "[batch, 4 + classes, boxes]" if v8 else "[batch, boxes, 5 + classes]"
+    if raw.ndim != 3 or raw.shape[1 if v8 else 2] < first + 1:
+        hint = " (a [batch, boxes, 4 + classes] output is yolov8 transposed: check output.decoder)" if not v8 else ""
+        raise ModelError(f"{cfg.decoder} output must be {shape}, got shape {list(raw.shape)}{hint}")
+    rows = np.asarray(raw, dtype=np.float32)
+    if v8:
+        rows = rows.transpose(0, 2, 1)  # (B, N, 4 + C)
+    out: list[F32] = []
+    for pred in rows:
+        conf = _probabilities(pred[:, 4:])
+        score, cls, sel = _best_class(conf if v8 else conf[:, :1] * conf[:, 1:], cfg)
+        cxy, half = pred[sel, :2], np.abs(pred[sel, 2:4]) / 2.0
+        out.append(_suppress(np.concatenate((cxy - half, cxy + half), axis=1), score, cls, cfg))
+    return out
+
+
+def _probabilities(conf: F32) -> F32:
+    """Scores as probabilities: logits (any value outside [0, 1]) go through a sigmoid."""
+    if conf.size and (float(conf.min()) < 0.0 or float(conf.max()) > 1.0):
+        return np.asarray(1.0 / (1.0 + np.exp(-np.clip(conf, -60.0, 60.0))), dtype=np.float32)
+    return conf
+
+
+def _best_class(scores_all: F32, cfg: OutputConfig) -> tuple[F32, npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Per candidate: best class score and class, restricted to candidates at or above the threshold."""
+    cls = scores_all.argmax(axis=1)
+    score = scores_all[np.arange(cls.size), cls]
+    sel = np.flatnonzero(score >= cfg.score_threshold)
+    return score[sel], cls[sel], sel
+
+
+def _suppress(boxes: npt.NDArray[np.floating], score: F32, cls: npt.NDArray[np.intp], cfg: OutputConfig) -> F32:
+    """Class-wise NMS of the selected candidates -> (K, 6) [x1, y1, x2, y2, score, cls]."""
+    boxes = boxes.astype(np.float32)
+    keep = nms_classwise(boxes, score, cls, cfg.nms_iou, cfg.max_detections)
+    det = np.empty((keep.size, 6), dtype=np.float32)
+    det[:, :4] = boxes[keep]
+    det[:, 4] = score[keep]
+    det[:, 5] = cls[keep]
+    return det
+
+
+def detector_classes(dims: Sequence[int], cfg: OutputConfig) -> int | None:
+    """Number of classes a detector output of per-frame shape ``dims`` declares (None: unknown)."""
+    if len(dims) != 2:
+        return None
+    attrs, first = (int(dims[0]), 4) if cfg.decoder == "yolov8" else (int(dims[1]), 5)
+    return attrs - first if attrs > first else None
 
 
 def detector_outputs(
@@ -183,7 +232,7 @@ def detector_outputs(
     labels: Sequence[str] = (),
 ) -> list[ModelOutput]:
     """Decode a detector's raw output into one :class:`ModelOutput` per frame, boxes in frame pixels."""
-    dets = yolox_decode(raw, input_wh, cfg)
+    dets = yolox_decode(raw, input_wh, cfg) if cfg.decoder == "yolox" else yolo_rows_decode(raw, cfg)
     if len(dets) != len(geos):
         raise ModelError(f"detector output batch is {len(dets)} but {len(geos)} frames were sent")
     out: list[ModelOutput] = []

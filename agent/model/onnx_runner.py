@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from agent.errors import BackendUnavailable, ModelError
 from agent.model.config import ModelConfig
-from agent.model.decode import classifier_outputs, detector_outputs
+from agent.model.decode import classifier_outputs, detector_classes, detector_outputs
 from agent.model.labels import read_labels, resolve_labels
 from agent.model.ort_gpu import ORT_PROVIDER_NAMES, gpu_providers
 from agent.model.preprocess import preprocess_with_transforms
@@ -187,7 +187,7 @@ class OnnxRunner:
         if not all(isinstance(d, int) for d in dims):
             return None
         if self.cfg.kind == "detector":
-            return int(dims[-1]) - 5 if dims and int(dims[-1]) > 5 else None
+            return detector_classes(dims, self.cfg.output)
         return int(np.prod(dims)) if dims else None
 
     def _run(self, tensor: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:

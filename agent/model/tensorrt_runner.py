@@ -47,7 +47,7 @@ from agent.gpu.launcher import Launcher, open_launcher
 from agent.gpu.preprocess import DeviceFrame, FrameUploader, GpuPreprocessor, unsupported_reason
 from agent.gpu.squeeze import Squeeze, slot_layout, split_by_variant, squeeze_canvas
 from agent.model.config import ModelConfig
-from agent.model.decode import classifier_outputs, detector_outputs
+from agent.model.decode import classifier_outputs, detector_classes, detector_outputs
 from agent.model.engine_cache import EngineCache, default_engine_dir
 from agent.model.labels import resolve_labels
 from agent.model.onnx_runner import file_sha256
@@ -224,7 +224,7 @@ class TensorRTRunner:
     def _num_classes(self) -> int | None:
         dims = self._out_shape[1:]
         if self.cfg.kind == "detector":
-            return int(dims[-1]) - 5 if dims and int(dims[-1]) > 5 else None
+            return detector_classes(dims, self.cfg.output)
         return int(np.prod(dims)) if dims else None
 
     # ------------------------------------------------------------------ properties
