@@ -40,6 +40,7 @@ REASON_CODES: tuple[str, ...] = (
     "defocused",
     "moved",
     "drift",
+    "resolution",
 )
 
 

@@ -229,11 +229,14 @@ def test_profile_from_file_and_mismatch(tmp_path: Path) -> None:
     p = again.progress()
     assert p.frames_calibrated == 0 and p.decisions.get("PASS", 0) > 100 and p.reasons.get("dark", 0) >= 36
 
-    # another frame size: the first frame raises ProfileError out of run() (exit 78 in the CLI)
-    other_size = _cfg(tmp_path, source={"uri": SYNTH.replace("160x96", "128x96")},
+    # another frame size (a swapped camera): the daemon keeps running and BLOCKs every frame
+    # with the reason 'resolution' (no test can score it) until it is recalibrated
+    other_size = _cfg(tmp_path, source={"uri": SYNTH.replace("160x96", "128x96"), "max_frames": 60},
                       policy={"profile": str(profile_path)})
-    with pytest.raises(ProfileError, match=r"is 128x96.*profile .* is for 160x96"):
-        _run(Daemon(other_size, notifier=Notifier(None)))
+    swapped = Daemon(other_size, notifier=Notifier(None))
+    assert _run(swapped) == 0
+    p = swapped.progress()
+    assert p.decisions == {"BLOCK": 60} and p.reasons == {"resolution": 60}
 
     # another grid: refused at start-up, before any thread runs
     other_grid = _cfg(tmp_path, stats={"grid": [2, 2]}, policy={"profile": str(profile_path)})

@@ -134,11 +134,41 @@ def test_disabled_reasons(clean: Data, profile: Profile) -> None:
         PolicyConfig(disabled_reasons=["darkness"])
 
 
-def test_frame_of_another_size_is_refused(clean: Data, profile: Profile) -> None:
+def test_frame_of_another_size_is_blocked_until_the_size_is_back(
+    clean: Data, profile: Profile, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A swapped camera / another stream resolution: BLOCK 'resolution' (no test can score it),
+    one warning per change, and guarding as before once the profile's size is back."""
     guard = Guard(profile)
-    small = clean[0][0][:36, :64]
-    with pytest.raises(ProfileError, match="recalibrate"):
-        guard.update(frame(small, 1), CpuStats((4, 4)).compute(small), None)
+    images = [im for im, _ in clean[:8]]
+    small = [im[:36, :64] for im in images]
+    backend = CpuStats((4, 4))
+    with caplog.at_level("WARNING", logger="agent.scoring.policy"):
+        for i, im in enumerate(small[:3]):
+            v = guard.update(frame(im, i), backend.compute(im, key="s"), None)
+            assert v.decision == Decision.BLOCK and v.reason_codes == ("resolution",)
+            assert v.reasons[0].detail == {"frame": "64x36", "profile": f"{profile.width}x{profile.height}"}
+            assert v.p_values == {} and v.stats.width == 64
+        back = [guard.update(frame(im, 10 + i), backend.compute(im), None) for i, im in enumerate(images)]
+    assert [r.message.split(":")[0] for r in caplog.records] == ["camera cam7", "camera cam7"]
+    assert "BLOCKed with reason 'resolution'" in caplog.records[0].message
+    assert "back to the profile's" in caplog.records[1].message
+    assert all("resolution" not in v.reason_codes and "family" in v.p_values for v in back)
+    # a clean frame of the profile's size after the episode is judged as one before it
+    ref = Guard(profile).update(frame(images[0], 0), CpuStats((4, 4)).compute(images[0]), None)
+    assert back[0].p_values == ref.p_values
+
+
+def test_frame_with_another_grid_is_refused(clean: Data, profile: Profile) -> None:
+    guard = Guard(profile)
+    image = clean[0][0]
+    with pytest.raises(ProfileError, match=r"tile grid .*recalibrate"):
+        guard.update(frame(image, 1), CpuStats((2, 2)).compute(image), None)
+
+
+def test_resolution_cannot_be_disabled() -> None:
+    with pytest.raises(ValueError, match="'resolution' cannot be disabled"):
+        PolicyConfig(disabled_reasons=["resolution"])
 
 
 def test_ood_model_with_logits_uses_energy(clean: Data) -> None:

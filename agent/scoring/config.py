@@ -176,6 +176,9 @@ class PolicyConfig(StrictModel):
         unknown = sorted(set(codes) - set(REASON_CODES))
         if unknown:
             raise ValueError(f"unknown reason codes {unknown}; expected some of {list(REASON_CODES)}")
+        if "resolution" in codes:
+            raise ValueError("'resolution' cannot be disabled: a frame of another size than the profile's "
+                             "cannot be scored at all (recalibrate for the new resolution instead)")
         return codes
 
     @model_validator(mode="after")

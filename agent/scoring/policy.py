@@ -18,6 +18,12 @@
 5. drift (drift.DriftMonitor): the frame goes into the sliding windows and the sequential
    alarm; ``Guard.drift`` gives the health-summary fields and the ``drift`` events.
 
+A frame whose size is not the profile's (the camera was swapped, or its stream switched to
+another resolution) cannot be compared with the calibration: it is BLOCKed with the reason
+``resolution`` (no test runs on it; a warning is logged when the size changes, and the rolling
+state restarts when the profile's size is back). A frame with another tile grid is a
+configuration error (ProfileError).
+
 ``Verdict.p_values`` holds each applicable test's p_k plus ``family`` (p_family);
 ``Verdict.scores`` the raw scores. Each Reason carries p_k as ``p_value`` and F(p_k) as
 ``detail['p_family']``.
@@ -77,6 +83,7 @@ class Guard:
         self._alpha_block = cfg.alpha_block
         self.set_alphas(cfg.alpha_flag, cfg.alpha_block)
         self._size = (profile.width, profile.height)
+        self._foreign_size: tuple[int, int] | None = None  # the size of the last frame, when not the profile's
         self._grid = tuple(profile.grid)
         self._floor = profile.calibration.glare_floor
         self._needs_image = any(t.needs_image for t in self._tests)
@@ -164,6 +171,39 @@ class Guard:
         """Sequential drift alarms raised/cleared since the last call (publish as ``drift`` events)."""
         return self.drift.pop_events()
 
+    def _size_changed(self, frame: Frame, stats: FrameStats) -> bool:
+        """True when the frame is not of the profile's size; logs each change of size."""
+        size = (stats.width, stats.height)
+        foreign = None if size == self._size else size
+        if foreign != self._foreign_size:
+            if foreign is not None:
+                logger.warning(
+                    "camera %s: frame %d is %dx%d but profile %s is for %dx%d (camera swapped or stream "
+                    "resolution changed): frames are BLOCKed with reason 'resolution' until the size is back "
+                    "or the camera is recalibrated (`edge-guard calibrate`)",
+                    frame.camera_id, frame.seq, size[0], size[1], self.profile.profile_id, *self._size,
+                )
+            else:
+                logger.warning("camera %s: frame %d is back to the profile's %dx%d: guarding again",
+                               frame.camera_id, frame.seq, *self._size)
+                self.reset()  # temporal tests and tamper alarms start afresh on the profile's view
+            self._foreign_size = foreign
+        return foreign is not None
+
+    def _foreign_frame(
+        self, frame: Frame, stats: FrameStats, output: ModelOutput | None,
+        latency_ms: Mapping[str, float] | None, t0: float,
+    ) -> Verdict:
+        """BLOCK a frame of another size with the reason ``resolution`` (module docstring)."""
+        reason = Reason(code="resolution", decision=Decision.BLOCK, score=1.0, detail={
+            "frame": f"{stats.width}x{stats.height}", "profile": f"{self._size[0]}x{self._size[1]}",
+        })
+        latency = dict(latency_ms or {})
+        latency["score"] = (time.perf_counter() - t0) * 1000.0
+        return Verdict(camera_id=frame.camera_id, seq=frame.seq, capture_ts=frame.capture_ts,
+                       decision=Decision.BLOCK, reasons=(reason,), scores={}, p_values={}, stats=stats,
+                       output=output, latency_ms=latency, fault=frame.fault)
+
     def reset(self) -> None:
         """Forget rolling state (call when the camera reconnects)."""
         for t in self._tests:
@@ -187,12 +227,14 @@ class Guard:
         when the profile was calibrated with squeezing.
         """
         t0 = time.perf_counter()
-        if (stats.width, stats.height) != self._size or stats.grid != self._grid:
+        if stats.grid != self._grid:
             raise ProfileError(
-                f"frame {frame.seq} of {frame.camera_id} is {stats.width}x{stats.height} with grid "
-                f"{stats.grid}, but profile {self.profile.profile_id} is for {self._size[0]}x{self._size[1]} "
-                f"with grid {self._grid}: recalibrate with `edge-guard calibrate`"
+                f"frame {frame.seq} of {frame.camera_id} has tile grid {stats.grid}, but profile "
+                f"{self.profile.profile_id} is for grid {self._grid}: set stats.grid to the profile's or "
+                "recalibrate with `edge-guard calibrate`"
             )
+        if self._size_changed(frame, stats):
+            return self._foreign_frame(frame, stats, output, latency_ms, t0)
         image = frame.image if self._needs_image else None
         small = None if image is None else thumbnail_bgr(image)
         obs = observe(stats, output, live=frame.live, floor=self._floor, image=image, squeeze=squeeze,
