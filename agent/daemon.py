@@ -17,7 +17,8 @@ Stop (SIGINT/SIGTERM or `Daemon.stop`): the reader stops, the worker drains the 
 health summary is published, sinks are closed (flushed), exit 0. A file that ends (or
 ``source.max_frames``) ends the run the same way. A profile that does not fit the model or the
 grid raises `ProfileError` out of `run` (exit 78 from the CLI); frames of another size than the
-profile's (a swapped camera) are BLOCKed with the reason `resolution` and the daemon keeps running.
+profile's (a swapped camera) are BLOCKed with the reason `resolution` and the daemon keeps running;
+during start-up calibration such a change restarts the calibration on the new size.
 """
 
 from __future__ import annotations

@@ -132,6 +132,7 @@ class Scorer:
         self._grid = grid
         self._make_ids = make_ids
         self._on_profile = on_profile
+        self._camera_id = camera_id
         self._lock = threading.Lock()
         self._guard: Guard | None = None
         self._calibrator: Calibrator | None = None
@@ -193,6 +194,16 @@ class Scorer:
     def _calibrate(self, m: Measured) -> None:
         cal = self._calibrator
         assert cal is not None
+        size = (m.stats.width, m.stats.height)
+        if cal.size is not None and size != cal.size:
+            # the stream switched resolution (a reconnect to another profile, a swapped camera):
+            # a profile is for one size, so calibration starts over on the new one
+            logger.warning(
+                "camera %s: frame %d is %dx%d but calibration began at %dx%d (%d frames): the stream "
+                "changed resolution, calibration restarts at the new size",
+                m.frame.camera_id, m.frame.seq, size[0], size[1], *cal.size, self.calibrated,
+            )
+            cal = self._calibrator = Calibrator(self._cal_cfg, self._grid, camera_id=self._camera_id)
         cal.update(m.stats, m.output, image=m.frame.image, squeeze=m.squeeze, live=m.frame.live)
         self.calibrated = max(0, cal.n - self._cal_cfg.skip)
         if not cal.done:

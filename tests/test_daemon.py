@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cv2
 import pytest
 from helpers import read_jsonl
 
@@ -20,8 +21,10 @@ from agent.errors import ConfigError, ProfileError
 from agent.frame import Frame
 from agent.gpu.nvml import gpu_health
 from agent.health import HealthSummary
+from agent.scoring.profile import Profile
 from agent.sdnotify import Notifier
 from agent.sinks.base import CameraState
+from agent.sources.synthetic_scene import SyntheticScene
 from agent.verdict import Decision, Verdict
 
 # 240 frames: 100 calibrate, then clean, a dark window, clean. Small frames keep it fast.
@@ -242,6 +245,31 @@ def test_profile_from_file_and_mismatch(tmp_path: Path) -> None:
     other_grid = _cfg(tmp_path, stats={"grid": [2, 2]}, policy={"profile": str(profile_path)})
     with pytest.raises(ProfileError, match=r"grid 4x4.*grid 2x2"):
         Daemon(other_grid, notifier=Notifier(None)).start()
+
+
+def test_calibration_restarts_when_the_stream_changes_resolution(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A folder whose frames switch from 96x64 to 128x96 during start-up calibration (a stream
+    reconnecting to another resolution): calibration starts over on the new size and guards."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(150):
+        size = (96, 64) if i < 30 else (128, 96)
+        image = SyntheticScene(3, size).render(i)[0]
+        assert cv2.imwrite(str(folder / f"{i:04d}.png"), image)
+    profile_path = tmp_path / "profile.json"
+    daemon = Daemon(_cfg(tmp_path, source={"uri": str(folder), "max_frames": None}, calibration={"frames": 60}),
+                    notifier=Notifier(None), profile_out=profile_path)
+    with caplog.at_level("WARNING", logger="agent.pipeline"):
+        assert _run(daemon) == 0
+    assert "is 128x96 but calibration began at 96x64 (30 frames)" in caplog.text
+    profile = Profile.load(profile_path)
+    assert (profile.width, profile.height, profile.n_frames) == (128, 96, 60)
+    p = daemon.progress()
+    assert p.frames_calibrated == 30 + 60  # the 30 frames of the old size went to calibration too
+    assert sum(p.decisions.values()) == 150 - 30 - 60
+    assert "resolution" not in p.reasons
 
 
 def test_commands_for_mqtt(tmp_path: Path) -> None:
