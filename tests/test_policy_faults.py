@@ -145,3 +145,27 @@ def test_darkness_is_not_blur(verdicts: list[Verdict]) -> None:
     """Sharpness is normalised by contrast: an under-exposed (lower-gain) frame is not 'blur'."""
     dark = [v for v in verdicts if v.fault == "dark"]
     assert dark and not any("blur" in v.reason_codes for v in dark)
+
+
+def test_monochrome_camera() -> None:
+    """A grey camera (IR night mode, a mono sensor): saturation and channel ratios never vary,
+    yet calibrating with images on its own frames, every fault a grey camera can have is
+    caught in >= 90 % of its frames and clean frames pass (colour_cast cannot exist on it)."""
+    colour = _stream("synthetic://default")
+    backend = CpuStats((4, 4))
+    stream: Stream = []
+    for image, _, fault in colour:
+        grey = np.ascontiguousarray(np.repeat(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[:, :, None], 3, axis=2), np.uint8)
+        stream.append((grey, backend.compute(grey), fault))
+    cal = Calibrator(CalibrationConfig(frames=300), (4, 4))
+    for image, stats, _ in stream[:300]:
+        cal.update(stats, image=image, live=True)
+    profile = cal.build()
+    assert {"moved", "adversarial_hf", "low_saturation", "color_cast"} <= set(profile.test_names())
+    caught: dict[str, list[bool]] = defaultdict(list)
+    for v in _guard_all(Guard(profile), stream, 300):
+        caught[v.fault or "clean"].append(v.decision >= Decision.FLAG)
+    shares = {k: float(np.mean(x)) for k, x in caught.items()}
+    for fault in set(FAULT_NAMES) - {"color_cast"}:
+        assert shares[fault] >= 0.9, shares
+    assert len(caught["clean"]) >= 300 and shares["clean"] <= 0.02, shares
