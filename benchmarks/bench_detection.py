@@ -24,7 +24,8 @@ global OpenCV statistics, benchmarks/_detection_baseline.py) and prints both sid
   tolerances 0; at most alpha with the tolerances kept) and a sequential control (the same
   scene in time order, correlated like real video, calibrated over 10 000 frames at stride
   10 and guarded on the next 10 000: the rate should again be about alpha); drift alarms on the clean video
-  looped (played forwards and backwards, 3 times); the per-frame cost of each detector at
+  looped (played forwards and backwards, 3 times), and the delay of the first FLAG and of the
+  drift alarm when the held-out frames darken steadily; the per-frame cost of each detector at
   768x432 on one core.
 
 Prints a table with PASS/FAIL per target, writes ``detection.json`` and ``detection.png``
@@ -350,6 +351,25 @@ def drift_loops(vt: list[U8], run: GuardRun, loops: int) -> dict[str, Any]:
             "window_psi": {k: v for k, v in run.guard.drift_snapshot().scores.items() if k.startswith("psi.")}}
 
 
+def drift_onset(held: list[U8], run: GuardRun, low: float = 0.4) -> dict[str, Any]:
+    """The held-out frames darkening steadily from gain 1 to ``low`` (a lens getting dirty, an IR
+    illuminator failing): the frame and gain of the first FLAG and of the ``stats`` drift alarm."""
+    run.reset()
+    run.guard.drift_events()
+    gains = np.linspace(1.0, low, len(held))
+    first_flag: int | None = None
+    alarm: int | None = None
+    for k, (image, g) in enumerate(zip(held, gains, strict=True)):
+        dimmed = np.asarray(np.clip(image * g, 0, 255), np.uint8)
+        if run.update(dimmed).decision >= Decision.FLAG and first_flag is None:
+            first_flag = k
+        if alarm is None and any(e.lifecycle == "start" for e in run.guard.drift_events()):
+            alarm = k
+    return {"frames": len(held), "gain_per_frame": float(gains[0] - gains[1]),
+            "first_flag": first_flag, "first_flag_gain": None if first_flag is None else float(gains[first_flag]),
+            "drift_alarm": alarm, "drift_alarm_gain": None if alarm is None else float(gains[alarm])}
+
+
 def costs(vt: list[U8], data: Path, repeat: int) -> dict[str, float]:
     cv2.setNumThreads(1)
     frames = [np.asarray(cv2.resize(im, (768, 432), interpolation=cv2.INTER_AREA), np.uint8) for im in vt[:260]]
@@ -458,6 +478,10 @@ def print_report(r: dict[str, Any], alpha: float) -> list[tuple[str, bool, str]]
     print("    " + ", ".join(f"alpha {a}: {v:.4f} ({q['runs'][a]} runs)" for a, v in q["fpr"].items()))
     print(f"drift on {r['drift']['frames']} looped clean frames: {r['drift']['alarms']} alarms "
           f"(max CUSUM/h {r['drift']['max_cusum_over_threshold']:.2f})")
+    on = r["drift_onset"]
+    print(f"drift onset: the {on['frames']} held-out frames darkening by {on['gain_per_frame']:.2%} per frame: "
+          f"first FLAG at frame {on['first_flag']} (gain {on['first_flag_gain']}), drift alarm at frame "
+          f"{on['drift_alarm']} (gain {on['drift_alarm_gain']})")
     print("\nper-frame cost at 768x432, one core (ms):")
     for k, v in r["cost_ms"].items():
         print(f"  {k:44s} {v:7.3f}")
@@ -507,6 +531,7 @@ def main() -> None:
     print(f"adversarial done ({time.perf_counter() - t0:.0f} s)")
     r["events"] = scene_events(args.data, vt, args.cal, run, args.alpha)
     r["drift"] = drift_loops(vt, run, 1 if args.quick else 3)
+    r["drift_onset"] = drift_onset(vt[args.cal:], run)
     r["cost_ms"] = costs(vt, args.data, 30 if args.quick else 100)
     r["seconds"] = round(time.perf_counter() - t0, 1)
     results = print_report(r, args.alpha)
