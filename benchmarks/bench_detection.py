@@ -479,9 +479,13 @@ def print_report(r: dict[str, Any], alpha: float) -> list[tuple[str, bool, str]]
     print(f"drift on {r['drift']['frames']} looped clean frames: {r['drift']['alarms']} alarms "
           f"(max CUSUM/h {r['drift']['max_cusum_over_threshold']:.2f})")
     on = r["drift_onset"]
+
+    def gain(g: float | None) -> str:
+        return "never" if g is None else f"gain {g:.3f}"
+
     print(f"drift onset: the {on['frames']} held-out frames darkening by {on['gain_per_frame']:.2%} per frame: "
-          f"first FLAG at frame {on['first_flag']} (gain {on['first_flag_gain']}), drift alarm at frame "
-          f"{on['drift_alarm']} (gain {on['drift_alarm_gain']})")
+          f"first FLAG at frame {on['first_flag']} ({gain(on['first_flag_gain'])}), drift alarm at frame "
+          f"{on['drift_alarm']} ({gain(on['drift_alarm_gain'])})")
     print("\nper-frame cost at 768x432, one core (ms):")
     for k, v in r["cost_ms"].items():
         print(f"  {k:44s} {v:7.3f}")
