@@ -180,18 +180,18 @@ def test_nms_matches_opencv() -> None:
 def test_yolov5_and_yolov8_rows_by_hand() -> None:
     """One box at centre (20, 12), 16 x 8 input pixels: YOLOv5 row [box, obj, classes] and
     YOLOv8 column [box, classes]; a second candidate below the threshold is dropped."""
-    v5 = np.zeros((1, 2, 5 + 3), np.float32)
+    v5 = np.zeros((1, 10, 5 + 3), np.float32)  # 8 empty candidates (score 0) after the two
     v5[0, 0] = [20, 12, 16, 8, 0.8, 0.1, 0.9, 0.2]
     v5[0, 1] = [5, 5, 4, 4, 0.3, 0.5, 0.1, 0.1]  # 0.15 < 0.3
     det = yolo_rows_decode(v5, OutputConfig(decoder="yolov5"))[0]
     np.testing.assert_allclose(det, [[12, 8, 28, 16, 0.72, 1]], rtol=1e-6)
-    v8 = np.zeros((1, 4 + 3, 2), np.float32)
+    v8 = np.zeros((1, 4 + 3, 10), np.float32)
     v8[0, :, 0] = [20, 12, 16, 8, 0.1, 0.2, 0.9]
     v8[0, :, 1] = [5, 5, 4, 4, 0.2, 0.1, 0.1]
     det = yolo_rows_decode(v8, OutputConfig(decoder="yolov8"))[0]
     np.testing.assert_allclose(det, [[12, 8, 28, 16, 0.9, 2]], rtol=1e-6)
-    assert detector_classes([2, 8], OutputConfig(decoder="yolov5")) == 3
-    assert detector_classes([7, 2], OutputConfig(decoder="yolov8")) == 3
+    assert detector_classes([10, 8], OutputConfig(decoder="yolov5")) == 3
+    assert detector_classes([7, 10], OutputConfig(decoder="yolov8")) == 3
     assert detector_classes([3549, 85], OutputConfig()) == 80
 
 
@@ -200,6 +200,10 @@ def test_yolo_rows_shape_errors_name_the_decoder() -> None:
         yolo_rows_decode(np.zeros((1, 10, 5), np.float32), OutputConfig(decoder="yolov5"))
     with pytest.raises(ModelError, match=r"yolov8 output must be \[batch, 4 \+ classes, boxes\]"):
         yolo_rows_decode(np.zeros((1, 8400), np.float32), OutputConfig(decoder="yolov8"))
+    with pytest.raises(ModelError, match=r"looks transposed, check output.decoder \(is it yolov8\?\)"):
+        yolo_rows_decode(np.zeros((1, 84, 8400), np.float32), OutputConfig(decoder="yolov5"))
+    with pytest.raises(ModelError, match=r"84 candidate boxes of 8400 values.*is it yolov5\?"):
+        yolo_rows_decode(np.zeros((1, 8400, 84), np.float32), OutputConfig(decoder="yolov8"))
 
 
 def test_yolov5_and_yolov8_layouts_decode_yolox_nano_alike(test_data: Path) -> None:
@@ -226,3 +230,61 @@ def test_yolov5_and_yolov8_layouts_decode_yolox_nano_alike(test_data: Path) -> N
         outs = detector_outputs(layout, (416, 416), geos, OutputConfig(decoder=decoder))
         for a, b in zip(ref, outs, strict=True):
             np.testing.assert_allclose(_arr(b.detections), _arr(a.detections), rtol=1e-4, atol=1e-3)
+
+
+def _yolo_export(yolox: Path, out: Path, decoder: str) -> Path:
+    """YOLOX-nano with its grid decoding appended as ONNX nodes: the output a YOLOv5
+    ([1, A, 5 + 80] rows) or YOLOv8 ([1, 4 + 80, A] columns, score = obj x cls) export gives."""
+    import onnx  # noqa: PLC0415
+    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
+
+    model = onnx.load(str(yolox))
+    graph = model.graph
+    grid, stride = yolox_grid((416, 416), (8, 16, 32))
+    consts: dict[str, np.ndarray] = {"grid": grid[None], "stride": stride[None], **{
+        f"{name}_{k}": np.array(v, np.int64) for name, (lo, hi) in
+        {"xy": (0, 2), "wh": (2, 4), "obj": (4, 5), "cls": (5, 85)}.items() for k, v in (("lo", [lo]), ("hi", [hi]))
+    }, "axis": np.array([2], np.int64)}
+    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+    parts = ("xy", "wh", "obj", "cls")
+    nodes = [helper.make_node("Slice", ["output", f"{n}_lo", f"{n}_hi", "axis"], [n]) for n in parts]
+    nodes += [
+        helper.make_node("Add", ["xy", "grid"], ["xy_g"]), helper.make_node("Mul", ["xy_g", "stride"], ["cxy"]),
+        helper.make_node("Exp", ["wh"], ["wh_e"]), helper.make_node("Mul", ["wh_e", "stride"], ["wh_px"]),
+    ]
+    if decoder == "yolov5":
+        nodes.append(helper.make_node("Concat", ["cxy", "wh_px", "obj", "cls"], ["decoded"], axis=2))
+        shape = [1, 3549, 85]
+    else:
+        nodes += [helper.make_node("Mul", ["obj", "cls"], ["scores"]),
+                  helper.make_node("Concat", ["cxy", "wh_px", "scores"], ["rows"], axis=2),
+                  helper.make_node("Transpose", ["rows"], ["decoded"], perm=[0, 2, 1])]
+        shape = [1, 84, 3549]
+    graph.node.extend(nodes)
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("decoded", TensorProto.FLOAT, shape))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+    return out
+
+
+@pytest.mark.parametrize("decoder", ["yolov5", "yolov8"])
+def test_yolov5_and_yolov8_exports_run_end_to_end(test_data: Path, tmp_path: Path, decoder: str) -> None:
+    """A real ONNX file in each layout through OnnxRunner (class count from the output shape
+    checked against the 80 COCO labels) gives YOLOX-nano's own detections."""
+    from agent.model.config import ModelConfig  # noqa: PLC0415
+    from agent.model.onnx_runner import OnnxRunner  # noqa: PLC0415
+
+    yolox = test_data / "models" / "yolox_nano_coco.onnx"
+    pre = PreprocessConfig(size=(416, 416), resize="letterbox", pad_value=114)
+    labels = test_data / "models" / "coco80.names"
+    ref = OnnxRunner(ModelConfig(path=yolox, kind="detector", providers=["cpu"], preprocess=pre, labels=labels))
+    path = _yolo_export(yolox, tmp_path / f"{decoder}.onnx", decoder)
+    runner = OnnxRunner(ModelConfig(path=path, kind="detector", providers=["cpu"], preprocess=pre, labels=labels,
+                                    output=OutputConfig(decoder=decoder)))
+    cap = cv2.VideoCapture(str(test_data / "videos" / "opencv_vtest.avi"))
+    frames = [np.asarray(cap.read()[1], np.uint8) for _ in range(3)]
+    cap.release()
+    for a, b in zip(ref.infer(frames), runner.infer(frames), strict=True):
+        assert _arr(a.detections).shape[0] >= 3 and a.label == b.label == "person"
+        np.testing.assert_allclose(_arr(b.detections), _arr(a.detections), rtol=1e-4, atol=1e-2)

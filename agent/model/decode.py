@@ -178,6 +178,13 @@ def yolo_rows_decode(raw: npt.NDArray[np.generic], cfg: OutputConfig) -> list[F3
     if raw.ndim != 3 or raw.shape[1 if v8 else 2] < first + 1:
         hint = " (a [batch, boxes, 4 + classes] output is yolov8 transposed: check output.decoder)" if not v8 else ""
         raise ModelError(f"{cfg.decoder} output must be {shape}, got shape {list(raw.shape)}{hint}")
+    n_boxes, n_attrs = (raw.shape[2], raw.shape[1]) if v8 else (raw.shape[1], raw.shape[2])
+    if n_boxes < n_attrs:  # exports give thousands of candidates and a few dozen attributes
+        other = "yolov5" if v8 else "yolov8"
+        raise ModelError(
+            f"{cfg.decoder} output {list(raw.shape)} would hold {n_boxes} candidate boxes of {n_attrs} values: "
+            f"the layout looks transposed, check output.decoder (is it {other}?)"
+        )
     rows = np.asarray(raw, dtype=np.float32)
     if v8:
         rows = rows.transpose(0, 2, 1)  # (B, N, 4 + C)
