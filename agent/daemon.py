@@ -348,7 +348,11 @@ class Daemon:
         elif not decision.ping:
             self.reporter.set_camera_state("degraded", "pipeline stalled")
         elif w.first_done.is_set():
-            self.reporter.set_camera_state("online", self.phase)
+            mismatch = self.scorer.size_mismatch if self.scorer is not None else None
+            if mismatch is not None:  # a swapped camera: every frame is BLOCKed with reason 'resolution'
+                self.reporter.set_camera_state("degraded", mismatch)
+            else:
+                self.reporter.set_camera_state("online", self.phase)
 
     def _publish_health(self) -> None:
         self.reporter.publish_health(self.source, self.backends(), self.ids, self.phase)

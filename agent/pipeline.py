@@ -164,6 +164,12 @@ class Scorer:
             m.latency_ms["score"] = (time.perf_counter() - t0) * 1e3
             return verdict
 
+    @property
+    def size_mismatch(self) -> str | None:
+        """Set while guarded frames are not of the profile's size (Guard.size_mismatch; any thread)."""
+        guard = self._guard
+        return None if guard is None else guard.size_mismatch
+
     def drift_snapshot(self) -> DriftSnapshot | None:
         """Drift scores and alarms for the health summary (None while calibrating; any thread)."""
         guard = self._guard

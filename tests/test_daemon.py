@@ -234,12 +234,17 @@ def test_profile_from_file_and_mismatch(tmp_path: Path) -> None:
 
     # another frame size (a swapped camera): the daemon keeps running and BLOCKs every frame
     # with the reason 'resolution' (no test can score it) until it is recalibrated
-    other_size = _cfg(tmp_path, source={"uri": SYNTH.replace("160x96", "128x96"), "max_frames": 60},
-                      policy={"profile": str(profile_path)})
+    # (paced at 100 fps so that the supervisor sees it: the status turns 'degraded')
+    swapped_out = tmp_path / "swapped"
+    other_size = _cfg(tmp_path, source={"uri": SYNTH.replace("160x96", "128x96"), "max_frames": 60,
+                                        "realtime": True, "fps": 100.0},
+                      policy={"profile": str(profile_path)}, file_sink={"dir": str(swapped_out)})
     swapped = Daemon(other_size, notifier=Notifier(None))
     assert _run(swapped) == 0
     p = swapped.progress()
     assert p.decisions == {"BLOCK": 60} and p.reasons == {"resolution": 60}
+    states = [(s["state"], s["reason"]) for s in read_jsonl(swapped_out / "status.jsonl")]
+    assert ("degraded", "frames 128x96, profile 160x96: recalibrate") in states, states
 
     # another grid: refused at start-up, before any thread runs
     other_grid = _cfg(tmp_path, stats={"grid": [2, 2]}, policy={"profile": str(profile_path)})

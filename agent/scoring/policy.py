@@ -171,6 +171,14 @@ class Guard:
         """Sequential drift alarms raised/cleared since the last call (publish as ``drift`` events)."""
         return self.drift.pop_events()
 
+    @property
+    def size_mismatch(self) -> str | None:
+        """Why frames are BLOCKed for their size ("frames WxH, profile WxH: ..."), None when they fit."""
+        size = self._foreign_size
+        if size is None:
+            return None
+        return f"frames {size[0]}x{size[1]}, profile {self._size[0]}x{self._size[1]}: recalibrate"
+
     def _size_changed(self, frame: Frame, stats: FrameStats) -> bool:
         """True when the frame is not of the profile's size; logs each change of size."""
         size = (stats.width, stats.height)
