@@ -277,6 +277,41 @@ def test_calibration_restarts_when_the_stream_changes_resolution(
     assert "resolution" not in p.reasons
 
 
+def test_swapped_camera_recovers_with_a_reloaded_profile(tmp_path: Path) -> None:
+    """The operator's path after a camera swap: frames BLOCKed for 'resolution' and status
+    degraded, a profile calibrated for the new camera copied over policy.profile, the reload
+    command: guarding resumes on the new profile and the status is online again."""
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    for path, size in ((old, "160x96"), (new, "128x96")):
+        cal = _cfg(tmp_path, source={"uri": SYNTH.replace("160x96", size), "max_frames": 100},
+                   file_sink={"dir": str(tmp_path / f"cal-{size}")})
+        assert _run(Daemon(cal, notifier=Notifier(None), profile_out=path)) == 0
+    live = tmp_path / "profile.json"
+    live.write_bytes(old.read_bytes())
+    reloaded: list[str] = []
+
+    def operator(daemon: Daemon) -> None:
+        p = daemon.progress()
+        if not reloaded and p.reasons.get("resolution", 0) >= 20:
+            live.write_bytes(new.read_bytes())
+            reloaded.append(daemon.reload_profile())
+
+    out = tmp_path / "swapped"
+    cfg = _cfg(tmp_path, source={"uri": SYNTH.replace("160x96", "128x96"), "max_frames": 240, "realtime": True,
+                                 "fps": 100.0}, policy={"profile": str(live)}, file_sink={"dir": str(out)})
+    daemon = Daemon(cfg, notifier=Notifier(None), on_tick=operator)
+    assert _run(daemon) == 0
+    assert reloaded == [json.loads(new.read_text())["profile_id"]]
+    verdicts = read_jsonl(out / "verdicts.jsonl")
+    codes = [v["reasons"][0]["code"] if v["reasons"] else None for v in verdicts]
+    first_guarded = next(i for i, c in enumerate(codes) if c != "resolution")
+    assert first_guarded >= 20 and "resolution" not in codes[first_guarded:]
+    assert daemon.progress().reasons.get("dark", 0) >= 30  # the dark window (frames 150-189) is caught
+    states = [(st["state"], st["reason"]) for st in read_jsonl(out / "status.jsonl")]
+    degraded = states.index(("degraded", "frames 128x96, profile 160x96: recalibrate"))
+    assert ("online", "guarding") in states[degraded:], states
+
+
 def test_commands_for_mqtt(tmp_path: Path) -> None:
     profile_path = tmp_path / "p.json"
     cfg = _cfg(tmp_path, source={"max_frames": 110})
