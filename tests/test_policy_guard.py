@@ -159,6 +159,21 @@ def test_frame_of_another_size_is_blocked_until_the_size_is_back(
     assert back[0].p_values == ref.p_values
 
 
+def test_a_stream_flapping_between_sizes_does_not_flood_the_log(
+    clean: Data, profile: Profile, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = Guard(profile)
+    image = clean[0][0]
+    small = np.ascontiguousarray(image[:36, :64])
+    backend = CpuStats((4, 4))
+    with caplog.at_level("WARNING", logger="agent.scoring.policy"):
+        decisions = [guard.update(frame(im, i), backend.compute(im, key=str(i % 2)), None).reason_codes
+                     for i, im in enumerate([small, image] * 150)]
+    assert decisions[::2] == [("resolution",)] * 150 and all("resolution" not in d for d in decisions[1::2])
+    assert [r.message.split("size change ")[1][:3] for r in caplog.records] == ["1):", "2):", "3):", "4):",
+                                                                                "100", "200", "300"]
+
+
 def test_frame_with_another_grid_is_refused(clean: Data, profile: Profile) -> None:
     guard = Guard(profile)
     image = clean[0][0]

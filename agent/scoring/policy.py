@@ -84,6 +84,7 @@ class Guard:
         self.set_alphas(cfg.alpha_flag, cfg.alpha_block)
         self._size = (profile.width, profile.height)
         self._foreign_size: tuple[int, int] | None = None  # the size of the last frame, when not the profile's
+        self._size_changes = 0
         self._grid = tuple(profile.grid)
         self._floor = profile.calibration.glare_floor
         self._needs_image = any(t.needs_image for t in self._tests)
@@ -184,16 +185,20 @@ class Guard:
         size = (stats.width, stats.height)
         foreign = None if size == self._size else size
         if foreign != self._foreign_size:
+            self._size_changes += 1
+            # a stream flapping between sizes would log every frame: the first changes, then every 100th
+            log = logger.warning if self._size_changes <= 4 or self._size_changes % 100 == 0 else logger.debug
             if foreign is not None:
-                logger.warning(
+                log(
                     "camera %s: frame %d is %dx%d but profile %s is for %dx%d (camera swapped or stream "
-                    "resolution changed): frames are BLOCKed with reason 'resolution' until the size is back "
-                    "or the camera is recalibrated (`edge-guard calibrate`)",
+                    "resolution changed; size change %d): frames are BLOCKed with reason 'resolution' until "
+                    "the size is back or the camera is recalibrated (`edge-guard calibrate`)",
                     frame.camera_id, frame.seq, size[0], size[1], self.profile.profile_id, *self._size,
+                    self._size_changes,
                 )
             else:
-                logger.warning("camera %s: frame %d is back to the profile's %dx%d: guarding again",
-                               frame.camera_id, frame.seq, *self._size)
+                log("camera %s: frame %d is back to the profile's %dx%d (size change %d): guarding again",
+                    frame.camera_id, frame.seq, *self._size, self._size_changes)
                 self.reset()  # temporal tests and tamper alarms start afresh on the profile's view
             self._foreign_size = foreign
         return foreign is not None
