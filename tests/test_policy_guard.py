@@ -11,6 +11,7 @@ import pytest
 from agent.errors import ConfigError, ProfileError
 from agent.frame import Frame
 from agent.model.types import ModelOutput
+from agent.scoring import policy
 from agent.scoring.base import Scorer
 from agent.scoring.calibrate import Calibrator
 from agent.scoring.config import CalibrationConfig, PolicyConfig
@@ -135,7 +136,7 @@ def test_disabled_reasons(clean: Data, profile: Profile) -> None:
 
 
 def test_frame_of_another_size_is_blocked_until_the_size_is_back(
-    clean: Data, profile: Profile, caplog: pytest.LogCaptureFixture
+    clean: Data, profile: Profile, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A swapped camera / another stream resolution: BLOCK 'resolution' (no test can score it),
     one warning per change, and guarding as before once the profile's size is back."""
@@ -154,6 +155,9 @@ def test_frame_of_another_size_is_blocked_until_the_size_is_back(
     assert "BLOCKed with reason 'resolution'" in caplog.records[0].message
     assert "back to the profile's" in caplog.records[1].message
     assert all("resolution" not in v.reason_codes and "family" in v.p_values for v in back)
+    assert guard.size_mismatch is not None  # held for MISMATCH_HOLD_S after the last small frame
+    monkeypatch.setattr(policy, "MISMATCH_HOLD_S", 0.0)
+    assert guard.size_mismatch is None
     # a clean frame of the profile's size after the episode is judged as one before it
     ref = Guard(profile).update(frame(images[0], 0), CpuStats((4, 4)).compute(images[0]), None)
     assert back[0].p_values == ref.p_values
@@ -172,6 +176,8 @@ def test_a_stream_flapping_between_sizes_does_not_flood_the_log(
     assert decisions[::2] == [("resolution",)] * 150 and all("resolution" not in d for d in decisions[1::2])
     assert [r.message.split("size change ")[1][:3] for r in caplog.records] == ["1):", "2):", "3):", "4):",
                                                                                 "100", "200", "300"]
+    # the camera status it feeds stays one steady 'degraded' state, not a flip per frame
+    assert guard.size_mismatch == f"frames 64x36, profile {profile.width}x{profile.height}: recalibrate"
 
 
 def test_frame_with_another_grid_is_refused(clean: Data, profile: Profile) -> None:

@@ -52,12 +52,14 @@ from agent.scoring.tamper import TamperMonitor, TamperState
 from agent.stats.types import FrameStats
 from agent.verdict import Decision, Reason, Verdict
 
-__all__ = ["FAMILY_KEY", "Guard"]
+__all__ = ["FAMILY_KEY", "MISMATCH_HOLD_S", "Guard"]
 
 logger = logging.getLogger(__name__)
 
 #: Key of the family-wise p-value in ``Verdict.p_values``.
 FAMILY_KEY = "family"
+#: Seconds after the latest frame of another size during which ``Guard.size_mismatch`` stays set.
+MISMATCH_HOLD_S = 5.0
 
 
 class Guard:
@@ -84,6 +86,7 @@ class Guard:
         self.set_alphas(cfg.alpha_flag, cfg.alpha_block)
         self._size = (profile.width, profile.height)
         self._foreign_size: tuple[int, int] | None = None  # the size of the last frame, when not the profile's
+        self._last_foreign: tuple[tuple[int, int], float] | None = None  # (size, monotonic time) of the latest
         self._size_changes = 0
         self._grid = tuple(profile.grid)
         self._floor = profile.calibration.glare_floor
@@ -174,11 +177,13 @@ class Guard:
 
     @property
     def size_mismatch(self) -> str | None:
-        """Why frames are BLOCKed for their size ("frames WxH, profile WxH: ..."), None when they fit."""
-        size = self._foreign_size
-        if size is None:
+        """Why frames are BLOCKed for their size ("frames WxH, profile WxH: recalibrate") while a frame of
+        another size came within ``MISMATCH_HOLD_S`` (a flapping stream stays one steady state); else None."""
+        last = self._last_foreign
+        if last is None or time.monotonic() - last[1] > MISMATCH_HOLD_S:
             return None
-        return f"frames {size[0]}x{size[1]}, profile {self._size[0]}x{self._size[1]}: recalibrate"
+        (w, h), _ = last
+        return f"frames {w}x{h}, profile {self._size[0]}x{self._size[1]}: recalibrate"
 
     def _size_changed(self, frame: Frame, stats: FrameStats) -> bool:
         """True when the frame is not of the profile's size; logs each change of size."""
@@ -201,6 +206,8 @@ class Guard:
                     frame.camera_id, frame.seq, *self._size, self._size_changes)
                 self.reset()  # temporal tests and tamper alarms start afresh on the profile's view
             self._foreign_size = foreign
+        if foreign is not None:
+            self._last_foreign = (foreign, time.monotonic())
         return foreign is not None
 
     def _foreign_frame(
