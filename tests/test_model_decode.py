@@ -206,6 +206,16 @@ def test_yolo_rows_shape_errors_name_the_decoder() -> None:
         yolo_rows_decode(np.zeros((1, 8400, 84), np.float32), OutputConfig(decoder="yolov8"))
 
 
+def _vtest_frames(test_data: Path, n: int) -> list[npt.NDArray[np.uint8]]:
+    """The first ``n`` frames of opencv_vtest.avi (people walking: detections in every frame)."""
+    cap = cv2.VideoCapture(str(test_data / "videos" / "opencv_vtest.avi"))
+    try:
+        frames = [np.asarray(cap.read()[1], np.uint8) for _ in range(n)]
+    finally:
+        cap.release()
+    return frames
+
+
 def test_yolov5_and_yolov8_layouts_decode_yolox_nano_alike(test_data: Path) -> None:
     """Real detections: YOLOX-nano's raw output on vtest frames, re-expressed as a YOLOv5 export
     (grid applied, [cx, cy, w, h, obj, classes] rows) and as a YOLOv8 one (columns, score =
@@ -213,9 +223,7 @@ def test_yolov5_and_yolov8_layouts_decode_yolox_nano_alike(test_data: Path) -> N
     import onnxruntime as ort  # noqa: PLC0415
 
     pre = PreprocessConfig(size=(416, 416), resize="letterbox", pad_value=114)
-    cap = cv2.VideoCapture(str(test_data / "videos" / "opencv_vtest.avi"))
-    frames = [np.asarray(cap.read()[1], np.uint8) for _ in range(4)]
-    cap.release()
+    frames = _vtest_frames(test_data, 4)
     tensor, geos = preprocess_with_transforms(frames, pre)
     model = test_data / "models" / "yolox_nano_coco.onnx"
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
@@ -282,9 +290,7 @@ def test_yolov5_and_yolov8_exports_run_end_to_end(test_data: Path, tmp_path: Pat
     path = _yolo_export(yolox, tmp_path / f"{decoder}.onnx", decoder)
     runner = OnnxRunner(ModelConfig(path=path, kind="detector", providers=["cpu"], preprocess=pre, labels=labels,
                                     output=OutputConfig(decoder=decoder)))
-    cap = cv2.VideoCapture(str(test_data / "videos" / "opencv_vtest.avi"))
-    frames = [np.asarray(cap.read()[1], np.uint8) for _ in range(3)]
-    cap.release()
+    frames = _vtest_frames(test_data, 3)
     for a, b in zip(ref.infer(frames), runner.infer(frames), strict=True):
         assert _arr(a.detections).shape[0] >= 3 and a.label == b.label == "person"
         np.testing.assert_allclose(_arr(b.detections), _arr(a.detections), rtol=1e-4, atol=1e-2)

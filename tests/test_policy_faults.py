@@ -64,6 +64,11 @@ def _calibrate(stream: Stream, frames: int) -> Profile:
     return cal.build()
 
 
+def _grey(image: Image) -> Image:
+    """The frame as a monochrome camera delivers it: luma in all three channels."""
+    return np.ascontiguousarray(np.repeat(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[:, :, None], 3, axis=2), np.uint8)
+
+
 def _guard_all(guard: Guard, stream: Stream, start: int) -> list[Verdict]:
     return [
         guard.update(Frame(image, "cam", i, float(i), float(i), live=True, fault=fault), stats, None)
@@ -108,7 +113,7 @@ def test_low_saturation_fires_on_grey_frames(faults_stream: Stream) -> None:
     backend = CpuStats((4, 4))
     hits = 0
     for i, (image, _, _) in enumerate(faults_stream[-20:]):
-        grey = np.ascontiguousarray(np.repeat(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[:, :, None], 3, axis=2), np.uint8)
+        grey = _grey(image)
         verdict = guard.update(Frame(grey, "cam", i, 0.0, 0.0), backend.compute(grey), None)
         hits += "low_saturation" in verdict.reason_codes
     assert hits == 20
@@ -155,7 +160,7 @@ def test_monochrome_camera() -> None:
     backend = CpuStats((4, 4))
     stream: Stream = []
     for image, _, fault in colour:
-        grey = np.ascontiguousarray(np.repeat(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[:, :, None], 3, axis=2), np.uint8)
+        grey = _grey(image)
         stream.append((grey, backend.compute(grey), fault))
     cal = Calibrator(CalibrationConfig(frames=300), (4, 4))
     for image, stats, _ in stream[:300]:

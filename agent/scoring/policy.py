@@ -218,11 +218,8 @@ class Guard:
         reason = Reason(code="resolution", decision=Decision.BLOCK, score=1.0, detail={
             "frame": f"{stats.width}x{stats.height}", "profile": f"{self._size[0]}x{self._size[1]}",
         })
-        latency = dict(latency_ms or {})
-        latency["score"] = (time.perf_counter() - t0) * 1000.0
-        return Verdict(camera_id=frame.camera_id, seq=frame.seq, capture_ts=frame.capture_ts,
-                       decision=Decision.BLOCK, reasons=(reason,), scores={}, p_values={}, stats=stats,
-                       output=output, latency_ms=latency, fault=frame.fault)
+        return self._verdict(frame, stats, output, latency_ms, t0, decision=Decision.BLOCK, reasons=(reason,),
+                             scores={}, p_values={})
 
     def reset(self) -> None:
         """Forget rolling state (call when the camera reconnects)."""
@@ -298,18 +295,18 @@ class Guard:
         if model_p:
             surprise["model"] = -math.log(max(min(model_p), 1e-300))
         self.drift.update(obs, surprise, frame.seq, frame.capture_ts, frame.camera_id)
+        return self._verdict(frame, stats, output, latency_ms, t0, decision=decision, reasons=tuple(reasons),
+                             scores=scores, p_values=p_values)
+
+    @staticmethod
+    def _verdict(
+        frame: Frame, stats: FrameStats, output: ModelOutput | None, latency_ms: Mapping[str, float] | None,
+        t0: float, *, decision: Decision, reasons: tuple[Reason, ...], scores: dict[str, float],
+        p_values: dict[str, float],
+    ) -> Verdict:
+        """The frame's Verdict, with the scoring time since ``t0`` added as ``latency_ms['score']``."""
         latency = dict(latency_ms or {})
         latency["score"] = (time.perf_counter() - t0) * 1000.0
-        return Verdict(
-            camera_id=frame.camera_id,
-            seq=frame.seq,
-            capture_ts=frame.capture_ts,
-            decision=decision,
-            reasons=tuple(reasons),
-            scores=scores,
-            p_values=p_values,
-            stats=stats,
-            output=output,
-            latency_ms=latency,
-            fault=frame.fault,
-        )
+        return Verdict(camera_id=frame.camera_id, seq=frame.seq, capture_ts=frame.capture_ts, decision=decision,
+                       reasons=reasons, scores=scores, p_values=p_values, stats=stats, output=output,
+                       latency_ms=latency, fault=frame.fault)
