@@ -57,7 +57,8 @@ class CalibrationResult:
         widened = sum(t.tolerance > 0 for t in p.tests)
         mode = (
             f"p-values widened by the physical tolerances of {widened} tests (exact once the kept frames "
-            "resolve policy.alpha_flag)" if widened else "exact conformal p-values (no tolerances)"
+            "resolve policy.alpha_flag and their last third confirms it; the log says which failed)"
+            if widened else "exact conformal p-values (no tolerances)"
         )
         return f"  kept {ess.describe()}\n  {mode}\n"
 

@@ -23,7 +23,9 @@ frames are left out of the profile.
 ``build`` is given ``alpha_flag`` and the kept frames hold the 1/alpha_flag independent scene
 states that level needs (ess.py; the case where no correlation warning is logged), the default
 tolerances are recorded as 0: the calibration then resolves alpha by itself and the p-values
-are exact conformal ones. Tolerances named in ``calibration.tolerances`` are kept as given;
+are exact conformal ones, unless the window's last third, guarded with exact p-values against
+the rest, flags implausibly often for a stationary scene (forward.py: the scene changed along
+the window; a warning says so). Tolerances named in ``calibration.tolerances`` are kept as given;
 ``calibration.exact_when_resolved: false`` keeps the defaults in every case.
 
 Deterministic: the same frames in the same order give the same profile (and profile_id).
@@ -47,6 +49,7 @@ from agent.scoring import adversarial, ood, patch, rules, tamper  # noqa: F401  
 from agent.scoring.base import Test, make_test
 from agent.scoring.config import ALL_TESTS, CalibrationConfig
 from agent.scoring.ess import EffectiveFrames, effective_frames, frames_needed
+from agent.scoring.forward import ScoreSeries, forward_check
 from agent.scoring.observation import FEATURES, U8, Observation, TileMotion, observe, thumbnail_bgr
 from agent.scoring.profile import (
     QUANTILE_LEVELS,
@@ -240,6 +243,8 @@ class Calibrator:
         n_cal = len(obs)
         ess = effective_frames(np.stack([o.features for o in obs]))
         exact = self.cfg.exact_when_resolved and alpha_flag is not None and ess.resolves(alpha_flag)
+        if exact and alpha_flag is not None:
+            exact = self._forward_confirms(tests, scores, blocks, alpha_flag, ess)
         test_profiles: list[TestProfile] = []
         for test in tests:
             vals = scores[test.name]
@@ -297,6 +302,37 @@ class Calibrator:
             profile.profile_id, len(obs), length, ess.describe(), [t.name for t in test_profiles],
         )
         return profile
+
+    def _forward_confirms(
+        self,
+        tests: Sequence[Test],
+        scores: dict[str, list[float]],
+        blocks: npt.NDArray[np.int64],
+        alpha_flag: float,
+        ess: EffectiveFrames,
+    ) -> bool:
+        """True unless the window's last third, guarded with exact p-values, flags implausibly often."""
+        exact_tests = []
+        for test in tests:
+            if all(math.isnan(v) for v in scores[test.name]):
+                continue
+            probe = make_test(test.name, self.cfg)
+            if not self._tolerance_named(test.name):
+                probe.set_tolerance(0.0)
+            exact_tests.append(ScoreSeries(test.name, scores[test.name], probe.tolerance, probe.resolution))
+        check = forward_check(
+            exact_tests, blocks, alpha=alpha_flag, autocorrelation=ess.autocorrelation,
+            radius=self.cfg.guard_blocks, tail_k=self.cfg.tail_k,
+        )
+        if check is None or check.passed:
+            return True
+        logger.warning(
+            "calibration: %s, so the scene changed along the calibration window and exact p-values would "
+            "flag too often on what follows: default tolerances kept (clean FLAG rate at most alpha, "
+            "possibly below). Calibrate on a stretch that shows the camera's usual variety throughout",
+            check.describe(),
+        )
+        return False
 
     def _tolerance_named(self, test: str) -> bool:
         """True when ``calibration.tolerances`` sets this test's tolerance (by name or by '*')."""

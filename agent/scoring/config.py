@@ -95,8 +95,9 @@ class CalibrationConfig(StrictModel):
     exact_when_resolved: bool = Field(
         True,
         description="Drop the default tolerances (exact conformal p-values, clean FLAG rate about alpha) when the "
-        "calibration holds the 1/alpha_flag independent scene states that alpha_flag needs. With fewer (the "
-        "calibrator warns) they stay and keep the rate at most alpha. Tolerances named in `tolerances` always apply.",
+        "calibration holds the 1/alpha_flag independent scene states that alpha_flag needs and its last third, "
+        "guarded against the rest, confirms the level. Otherwise (the calibrator warns) they stay and keep the "
+        "rate at most alpha. Tolerances named in `tolerances` always apply.",
     )
     squeeze: SqueezeConfig = Field(default_factory=SqueezeConfig, description="Feature squeezing (adversarial).")
     glare_floor: float = Field(

@@ -1,0 +1,127 @@
+"""Forward check: exact p-values only where the calibration window's last third confirms them."""
+
+from __future__ import annotations
+
+import dataclasses
+import doctest
+
+import numpy as np
+import pytest
+from helpers import synthetic_stats
+
+from agent.scoring import forward
+from agent.scoring.calibrate import Calibrator
+from agent.scoring.config import CalibrationConfig
+from agent.scoring.forward import ForwardCheck, ScoreSeries, binomial_tail, forward_check
+from agent.stats.types import FrameStats
+
+
+def test_doctests() -> None:
+    assert doctest.testmod(forward).failed == 0
+
+
+def test_hand_computed_window() -> None:
+    """12 one-frame blocks, radius 0: the first 8 calibrate, the last 4 are scored.
+
+    Past scores 1..8 give out-of-block p-values k/8, so the family level sorts m = 1/8 .. 8/8.
+    Future scores 0, 4.5, 8.5, 100 (no tail) get p = 1, 5/9, 1/9, 1/9; family p-values 1, 5/9,
+    1/9 (below every m_i: the Bonferroni fallback min(1/9, 1 * 1/9)), 1/9. At alpha 0.2 two are
+    flagged: P(Binomial(4, 0.2) >= 2) = 1 - 0.8^4 - 4 * 0.2 * 0.8^3 = 0.1808.
+    """
+    scores = [1, 2, 3, 4, 5, 6, 7, 8, 0, 4.5, 8.5, 100]
+    check = forward_check(
+        [ScoreSeries("t", scores, 0.0, 1e-6)], np.arange(12), alpha=0.2, autocorrelation=1.0, radius=0, tail_k=0
+    )
+    assert check is not None
+    assert (check.past, check.future, check.flagged, check.states) == (8, 4, 2, 4.0)
+    assert check.p_value == pytest.approx(0.1808)
+    assert check.passed
+    # A third future score beyond every past one: P(Binomial(4, 0.2) >= 3) = 0.0272, below 5 %.
+    worse = forward_check(
+        [ScoreSeries("t", [*scores[:8], 9, 4.5, 8.5, 100], 0.0, 1e-6)],
+        np.arange(12),
+        alpha=0.2,
+        autocorrelation=1.0,
+        radius=0,
+        tail_k=0,
+    )
+    assert worse is not None and worse.flagged == 3
+    assert worse.p_value == pytest.approx(binomial_tail(4, 3, 0.2)) == pytest.approx(0.0272)
+    assert not worse.passed
+    # A tolerance of 1 widens the past scores: 8.5 is no longer beyond them (p = 2/9, family
+    # p-value 2/9 > 0.2), 100 still is.
+    widened = forward_check(
+        [ScoreSeries("t", scores, 1.0, 1.0)], np.arange(12), alpha=0.2, autocorrelation=1.0, radius=0, tail_k=0
+    )
+    assert widened is not None and widened.flagged == 1
+
+
+def test_episodes_are_counted_in_autocorrelation_times() -> None:
+    """30 correlated frames flagged in a row are one episode, not 30 independent alarms."""
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=600)
+    scores[-60:-30] += 50.0  # one 30-frame episode in the future part
+    check = forward_check(
+        [ScoreSeries("t", scores.tolist(), 0.0, 1e-6)], np.arange(600) // 10, alpha=0.05, autocorrelation=30.0
+    )
+    assert check is not None and check.flagged >= 30
+    assert check.states == pytest.approx(200 / 30)
+    assert check.p_value == pytest.approx(binomial_tail(7, round(check.flagged / 30), 0.05))
+
+
+def test_stationary_scores_pass_and_a_shift_fails() -> None:
+    rng = np.random.default_rng(1)
+    blocks = np.arange(900) // 30
+    clean = [ScoreSeries(f"t{k}", rng.normal(size=900).tolist(), 0.0, 1e-6) for k in range(3)]
+    ok = forward_check(clean, blocks, alpha=0.05, autocorrelation=1.0)
+    assert ok is not None and ok.passed, ok
+    assert ok.flagged / ok.future < 0.1
+    shifted = [dataclasses.replace(t, scores=[*t.scores[:600], *(s + 1.5 for s in t.scores[600:])]) for t in clean]
+    bad = forward_check(shifted, blocks, alpha=0.05, autocorrelation=1.0)
+    assert bad is not None and not bad.passed
+    assert "flagged" in bad.describe() and "stationary" in bad.describe()
+
+
+def test_tests_that_never_applied_before_the_cut_are_skipped_and_short_windows_unchecked() -> None:
+    blocks = np.arange(120) // 10  # 12 blocks
+    never = ScoreSeries("never", [float("nan")] * 120, 0.0, 1e-6)
+    assert forward_check([never], blocks, alpha=0.05, autocorrelation=1.0) is None
+    late = ScoreSeries("late", [float("nan")] * 80 + [9.0] * 40, 0.0, 1e-6)
+    steady = ScoreSeries("steady", [1.0] * 120, 0.0, 1e-6)
+    check = forward_check([steady, late], blocks, alpha=0.05, autocorrelation=1.0)
+    assert isinstance(check, ForwardCheck) and check.flagged == 0
+    assert forward_check([steady], np.arange(120) // 20, alpha=0.05, autocorrelation=1.0) is None  # 6 blocks
+    with pytest.raises(ValueError, match="10 scores for 120 block ids"):
+        forward_check([ScoreSeries("t", [1.0] * 10, 0.0, 1e-6)], blocks, alpha=0.05, autocorrelation=1.0)
+
+
+@pytest.fixture(scope="module")
+def shuffled() -> list[FrameStats]:
+    """Frames at random times: 160 of them resolve alpha 0.05 (see test_profile)."""
+    stats = synthetic_stats("synthetic://clean?size=96x64&seed=9&frames=200")
+    return [stats[i] for i in np.random.default_rng(3).permutation(len(stats))][:160]
+
+
+def _build(frames: list[FrameStats]) -> dict[str, float]:
+    cal = Calibrator(CalibrationConfig(frames=160), (4, 4))
+    for s in frames:
+        cal.update(s)
+    return {t.name: t.tolerance for t in cal.build(alpha_flag=0.05).tests}
+
+
+def test_a_window_that_darkens_keeps_the_tolerances(
+    shuffled: list[FrameStats], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same independent frames, dimmed by up to 20 % over the window's second half (dusk
+    during calibration): enough states for alpha 0.05, but the last third is darker than the
+    rest, so the calibrator keeps the default tolerances and says why."""
+    assert set(_build(shuffled).values()) == {0.0}  # stationary: exact
+    dusk = [
+        dataclasses.replace(s, brightness=s.brightness * (1 - 0.2 * max(0, i - 80) / 80))
+        for i, s in enumerate(shuffled)
+    ]
+    with caplog.at_level("WARNING", logger="agent.scoring.calibrate"):
+        tolerances = _build(dusk)
+    assert tolerances["dark"] > 0 and tolerances["blur"] > 0
+    assert "scene changed along the calibration window" in caplog.text
+    assert "default tolerances kept" in caplog.text
