@@ -15,6 +15,7 @@ from agent.model.decode import (
     classifier_outputs,
     detector_classes,
     detector_outputs,
+    end2end_decode,
     is_probability_rows,
     nms_classwise,
     softmax,
@@ -206,6 +207,32 @@ def test_yolo_rows_shape_errors_name_the_decoder() -> None:
         yolo_rows_decode(np.zeros((1, 8400, 84), np.float32), OutputConfig(decoder="yolov8"))
 
 
+def test_end2end_rows_by_hand() -> None:
+    """Final rows [x1, y1, x2, y2, score, class], padded: low scores, negative classes and padding
+    are dropped, the rest kept best first without NMS (two overlapping boxes of one class both
+    stay: the model chose them), then mapped through the letterbox."""
+    raw = np.zeros((1, 8, 6), np.float32)  # 8 rows, the unused ones all zero (score 0)
+    raw[0, 0] = [4, 4, 12, 12, 0.5, 2]
+    raw[0, 1] = [4, 4, 12, 13, 0.9, 2]  # IoU 0.89 with row 0: kept all the same
+    raw[0, 2] = [0, 0, 8, 8, 0.2, 0]  # below 0.3
+    raw[0, 3] = [0, 0, 8, 8, 0.95, -1]  # padding some exports mark with class -1
+    det = end2end_decode(raw, OutputConfig(decoder="end2end"))[0]
+    np.testing.assert_allclose(det, [[4, 4, 12, 13, 0.9, 2], [4, 4, 12, 12, 0.5, 2]])
+    assert end2end_decode(raw, OutputConfig(decoder="end2end", max_detections=1))[0].shape == (1, 6)
+    geo = plan_resize((64, 32), PreprocessConfig(size=(32, 32), resize="letterbox"))  # r = 0.5
+    out = detector_outputs(raw, (32, 32), [geo], OutputConfig(decoder="end2end"), labels=("a", "b", "c"))[0]
+    np.testing.assert_allclose(_arr(out.detections)[0], [8, 8, 24, 26, 0.9, 2])
+    assert (out.top1, out.label) == (2, "c") and out.confidence == pytest.approx(0.9)
+    assert detector_classes([300, 6], OutputConfig(decoder="end2end")) is None  # not in the shape
+
+
+def test_end2end_shape_errors() -> None:
+    with pytest.raises(ModelError, match=r"\[batch, 6, detections\] output is transposed"):
+        end2end_decode(np.zeros((1, 6, 300), np.float32), OutputConfig(decoder="end2end"))
+    with pytest.raises(ModelError, match=r"got shape \[1, 8400, 84\]; raw YOLO heads need decoder yolov5"):
+        end2end_decode(np.zeros((1, 8400, 84), np.float32), OutputConfig(decoder="end2end"))
+
+
 def _vtest_frames(test_data: Path, n: int) -> list[npt.NDArray[np.uint8]]:
     """The first ``n`` frames of opencv_vtest.avi (people walking: detections in every frame)."""
     cap = cv2.VideoCapture(str(test_data / "videos" / "opencv_vtest.avi"))
@@ -242,7 +269,9 @@ def test_yolov5_and_yolov8_layouts_decode_yolox_nano_alike(test_data: Path) -> N
 
 def _yolo_export(yolox: Path, out: Path, decoder: str) -> Path:
     """YOLOX-nano with its grid decoding appended as ONNX nodes: the output a YOLOv5
-    ([1, A, 5 + 80] rows) or YOLOv8 ([1, 4 + 80, A] columns, score = obj x cls) export gives."""
+    ([1, A, 5 + 80] rows), YOLOv8 ([1, 4 + 80, A] columns, score = obj x cls) or end-to-end
+    export ([1, 300, 6] rows [x1, y1, x2, y2, score, class]: the 300 best candidates, as an
+    NMS-free head gives them) gives."""
     import onnx  # noqa: PLC0415
     from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
 
@@ -263,6 +292,24 @@ def _yolo_export(yolox: Path, out: Path, decoder: str) -> Path:
     if decoder == "yolov5":
         nodes.append(helper.make_node("Concat", ["cxy", "wh_px", "obj", "cls"], ["decoded"], axis=2))
         shape = [1, 3549, 85]
+    elif decoder == "end2end":
+        graph.initializer.extend([numpy_helper.from_array(np.array([0.5], np.float32), "half"),
+                                  numpy_helper.from_array(np.array([300], np.int64), "k"),
+                                  numpy_helper.from_array(np.array([1, 3549], np.int64), "flat"),
+                                  numpy_helper.from_array(np.array([300], np.int64), "picks")])
+        nodes += [helper.make_node("Mul", ["obj", "cls"], ["scores"]),
+                  helper.make_node("ReduceMax", ["scores"], ["score"], axes=[2], keepdims=1),
+                  helper.make_node("ArgMax", ["scores"], ["cls_i"], axis=2, keepdims=1),
+                  helper.make_node("Cast", ["cls_i"], ["cls_f"], to=TensorProto.FLOAT),
+                  helper.make_node("Mul", ["wh_px", "half"], ["half_wh"]),
+                  helper.make_node("Sub", ["cxy", "half_wh"], ["xy1"]),
+                  helper.make_node("Add", ["cxy", "half_wh"], ["xy2"]),
+                  helper.make_node("Concat", ["xy1", "xy2", "score", "cls_f"], ["rows"], axis=2),
+                  helper.make_node("Reshape", ["score", "flat"], ["score_flat"]),
+                  helper.make_node("TopK", ["score_flat", "k"], ["top_v", "top_i"], axis=1),
+                  helper.make_node("Reshape", ["top_i", "picks"], ["top_flat"]),
+                  helper.make_node("Gather", ["rows", "top_flat"], ["decoded"], axis=1)]
+        shape = [1, 300, 6]
     else:
         nodes += [helper.make_node("Mul", ["obj", "cls"], ["scores"]),
                   helper.make_node("Concat", ["cxy", "wh_px", "scores"], ["rows"], axis=2),
@@ -276,17 +323,20 @@ def _yolo_export(yolox: Path, out: Path, decoder: str) -> Path:
     return out
 
 
-@pytest.mark.parametrize("decoder", ["yolov5", "yolov8"])
-def test_yolov5_and_yolov8_exports_run_end_to_end(test_data: Path, tmp_path: Path, decoder: str) -> None:
+@pytest.mark.parametrize("decoder", ["yolov5", "yolov8", "end2end"])
+def test_yolov5_yolov8_and_end2end_exports_run_end_to_end(test_data: Path, tmp_path: Path, decoder: str) -> None:
     """A real ONNX file in each layout through OnnxRunner (class count from the output shape
-    checked against the 80 COCO labels) gives YOLOX-nano's own detections."""
+    checked against the 80 COCO labels, where the shape holds it) gives YOLOX-nano's own
+    detections; the end-to-end export has no NMS in its graph, nor does its decoder, so it is
+    compared with YOLOX-nano decoded without NMS."""
     from agent.model.config import ModelConfig  # noqa: PLC0415
     from agent.model.onnx_runner import OnnxRunner  # noqa: PLC0415
 
     yolox = test_data / "models" / "yolox_nano_coco.onnx"
     pre = PreprocessConfig(size=(416, 416), resize="letterbox", pad_value=114)
     labels = test_data / "models" / "coco80.names"
-    ref = OnnxRunner(ModelConfig(path=yolox, kind="detector", providers=["cpu"], preprocess=pre, labels=labels))
+    ref = OnnxRunner(ModelConfig(path=yolox, kind="detector", providers=["cpu"], preprocess=pre, labels=labels,
+                                 output=OutputConfig(nms_iou=1.0 if decoder == "end2end" else 0.45)))
     path = _yolo_export(yolox, tmp_path / f"{decoder}.onnx", decoder)
     runner = OnnxRunner(ModelConfig(path=path, kind="detector", providers=["cpu"], preprocess=pre, labels=labels,
                                     output=OutputConfig(decoder=decoder)))

@@ -60,13 +60,15 @@ class OutputConfig(StrictModel):
         description="auto: apply softmax unless the outputs already are probabilities "
         "(non-negative, summing to 1); yes/no force it.",
     )
-    decoder: Literal["yolox", "yolov5", "yolov8"] = Field(
+    decoder: Literal["yolox", "yolov5", "yolov8", "end2end"] = Field(
         "yolox",
         description="Detector output decoding (kind: detector). yolox: raw [N, anchors, 5+classes] grid "
         "output: add grid offsets, exp(wh), times stride; score = objectness x class probability. "
         "yolov5 (also YOLOv7 and other 'decoded rows' exports): [N, boxes, 5+classes] rows of [cx, cy, w, h] "
         "in input pixels, objectness, class scores; score = objectness x class. yolov8 (also YOLO11): "
-        "[N, 4+classes, boxes] columns of [cx, cy, w, h] in input pixels and class scores; score = class.",
+        "[N, 4+classes, boxes] columns of [cx, cy, w, h] in input pixels and class scores; score = class. "
+        "end2end (NMS-free or NMS-included exports: YOLOv10, YOLO26, Ultralytics nms=True): [N, detections, 6] "
+        "final rows [x1, y1, x2, y2, score, class] in input pixels, taken as they are (no NMS).",
     )
     strides: tuple[int, ...] = Field(
         (8, 16, 32), min_length=1,

@@ -17,6 +17,12 @@ so each candidate is [cx, cy, w, h] in model-input pixels followed by scores. YO
 (B, N, 5 + C) rows [box, objectness, classes], score = obj * cls. YOLOv8/YOLO11: (B, 4 + C, N),
 one *column* per candidate [box, classes] (no objectness), score = cls. Scores outside [0, 1]
 are logits and go through a sigmoid, as for YOLOX; the threshold, NMS and letterbox map are the same.
+
+End-to-end detectors (``decoder: end2end``: YOLOv10, YOLO26, Ultralytics exports with
+``nms=True``): (B, D, 6) final rows [x1, y1, x2, y2, score, class] in model-input pixels, padded
+to a fixed D (zero or negative-class rows). The model already chose its detections, so no NMS:
+rows under the threshold or with a negative class are dropped, the rest kept best first (at most
+``max_detections``) and mapped through the letterbox. The class count is not in the shape.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ __all__ = [
     "classifier_outputs",
     "detector_classes",
     "detector_outputs",
+    "end2end_decode",
     "is_probability_rows",
     "nms_classwise",
     "softmax",
@@ -197,6 +204,26 @@ def yolo_rows_decode(raw: npt.NDArray[np.generic], cfg: OutputConfig) -> list[F3
     return out
 
 
+def end2end_decode(raw: npt.NDArray[np.generic], cfg: OutputConfig) -> list[F32]:
+    """Decode end-to-end output (B, D, 6) (module docstring) to per-frame (K, 6) rows in model pixels."""
+    if raw.ndim != 3 or raw.shape[2] != 6:
+        hint = " (a [batch, 6, detections] output is transposed)" if raw.ndim == 3 and raw.shape[1] == 6 else ""
+        raise ModelError(
+            f"end2end output must be [batch, detections, 6] rows of [x1, y1, x2, y2, score, class], got shape "
+            f"{list(raw.shape)}{hint}; raw YOLO heads need decoder yolov5, yolov8 or yolox"
+        )
+    out: list[F32] = []
+    for pred in np.asarray(raw, dtype=np.float32):
+        score = _probabilities(pred[:, 4])
+        sel = np.flatnonzero((score >= cfg.score_threshold) & (pred[:, 5] >= 0) & np.isfinite(pred[:, :4]).all(axis=1))
+        sel = sel[np.argsort(-score[sel], kind="stable")][: cfg.max_detections]
+        det = pred[sel].copy()
+        det[:, 4] = score[sel]
+        det[:, 5] = np.rint(det[:, 5])
+        out.append(det)
+    return out
+
+
 def _probabilities(conf: F32) -> F32:
     """Scores as probabilities: logits (any value outside [0, 1]) go through a sigmoid."""
     if conf.size and (float(conf.min()) < 0.0 or float(conf.max()) > 1.0):
@@ -225,7 +252,7 @@ def _suppress(boxes: npt.NDArray[np.floating], score: F32, cls: npt.NDArray[np.i
 
 def detector_classes(dims: Sequence[int], cfg: OutputConfig) -> int | None:
     """Number of classes a detector output of per-frame shape ``dims`` declares (None: unknown)."""
-    if len(dims) != 2:
+    if len(dims) != 2 or cfg.decoder == "end2end":
         return None
     attrs, first = (int(dims[0]), 4) if cfg.decoder == "yolov8" else (int(dims[1]), 5)
     return attrs - first if attrs > first else None
@@ -239,7 +266,12 @@ def detector_outputs(
     labels: Sequence[str] = (),
 ) -> list[ModelOutput]:
     """Decode a detector's raw output into one :class:`ModelOutput` per frame, boxes in frame pixels."""
-    dets = yolox_decode(raw, input_wh, cfg) if cfg.decoder == "yolox" else yolo_rows_decode(raw, cfg)
+    if cfg.decoder == "yolox":
+        dets = yolox_decode(raw, input_wh, cfg)
+    elif cfg.decoder == "end2end":
+        dets = end2end_decode(raw, cfg)
+    else:
+        dets = yolo_rows_decode(raw, cfg)
     if len(dets) != len(geos):
         raise ModelError(f"detector output batch is {len(dets)} but {len(geos)} frames were sent")
     out: list[ModelOutput] = []
