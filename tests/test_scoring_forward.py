@@ -12,7 +12,7 @@ from helpers import synthetic_stats
 from agent.scoring import forward
 from agent.scoring.calibrate import Calibrator
 from agent.scoring.config import CalibrationConfig
-from agent.scoring.forward import ForwardCheck, ScoreSeries, binomial_tail, forward_check
+from agent.scoring.forward import ForwardCheck, ScoreSeries, beta_binomial_tail, forward_check
 from agent.stats.types import FrameStats
 
 
@@ -26,7 +26,9 @@ def test_hand_computed_window() -> None:
     Past scores 1..8 give out-of-block p-values k/8, so the family level sorts m = 1/8 .. 8/8.
     Future scores 0, 4.5, 8.5, 100 (no tail) get p = 1, 5/9, 1/9, 1/9; family p-values 1, 5/9,
     1/9 (below every m_i: the Bonferroni fallback min(1/9, 1 * 1/9)), 1/9. At alpha 0.2 two are
-    flagged: P(Binomial(4, 0.2) >= 2) = 1 - 0.8^4 - 4 * 0.2 * 0.8^3 = 0.1808.
+    flagged. 8 past states at alpha 0.2 give the beta-binomial a = 0.2 * 9 = 1.8, b = 7.2:
+    P(X = 0) = (7.2 * 8.2 * 9.2 * 10.2) / (9 * 10 * 11 * 12) = 0.46636,
+    P(X = 1) = 4 * 1.8 * (7.2 * 8.2 * 9.2) / (9 * 10 * 11 * 12) = 0.32919, so P(X >= 2) = 0.20445.
     """
     scores = [1, 2, 3, 4, 5, 6, 7, 8, 0, 4.5, 8.5, 100]
     check = forward_check(
@@ -34,19 +36,19 @@ def test_hand_computed_window() -> None:
     )
     assert check is not None
     assert (check.past, check.future, check.flagged, check.states) == (8, 4, 2, 4.0)
-    assert check.p_value == pytest.approx(0.1808)
+    assert check.p_value == pytest.approx(0.20445, abs=1e-5)
     assert check.passed
-    # A third future score beyond every past one: P(Binomial(4, 0.2) >= 3) = 0.0272, below 5 %.
+    # Every future score beyond the past ones: P(X = 4) = (1.8 * 2.8 * 3.8 * 4.8) / 11880 = 0.00774 < 1 %.
     worse = forward_check(
-        [ScoreSeries("t", [*scores[:8], 9, 4.5, 8.5, 100], 0.0, 1e-6)],
+        [ScoreSeries("t", [*scores[:8], 9, 8.5, 10, 100], 0.0, 1e-6)],
         np.arange(12),
         alpha=0.2,
         autocorrelation=1.0,
         radius=0,
         tail_k=0,
     )
-    assert worse is not None and worse.flagged == 3
-    assert worse.p_value == pytest.approx(binomial_tail(4, 3, 0.2)) == pytest.approx(0.0272)
+    assert worse is not None and worse.flagged == 4
+    assert worse.p_value == pytest.approx(beta_binomial_tail(4, 4, 1.8, 7.2)) == pytest.approx(0.0077382, abs=1e-6)
     assert not worse.passed
     # A tolerance of 1 widens the past scores: 8.5 is no longer beyond them (p = 2/9, family
     # p-value 2/9 > 0.2), 100 still is.
@@ -66,7 +68,9 @@ def test_episodes_are_counted_in_autocorrelation_times() -> None:
     )
     assert check is not None and check.flagged >= 30
     assert check.states == pytest.approx(200 / 30)
-    assert check.p_value == pytest.approx(binomial_tail(7, round(check.flagged / 30), 0.05))
+    past_states = check.past / 30
+    a, b = 0.05 * (past_states + 1), 0.95 * (past_states + 1)
+    assert check.p_value == pytest.approx(beta_binomial_tail(7, round(check.flagged / 30), a, b))
 
 
 def test_stationary_scores_pass_and_a_shift_fails() -> None:
