@@ -18,6 +18,7 @@ from agent.model.decode import (
     end2end_decode,
     is_probability_rows,
     nms_classwise,
+    rtdetr_decode,
     softmax,
     yolo_rows_decode,
     yolox_decode,
@@ -233,6 +234,27 @@ def test_end2end_shape_errors() -> None:
         end2end_decode(np.zeros((1, 8400, 84), np.float32), OutputConfig(decoder="end2end"))
 
 
+def test_rtdetr_rows_by_hand() -> None:
+    """Queries [cx, cy, w, h] as fractions of a 40 x 20 input, then class scores: the box at
+    centre (20, 10), 16 x 8 pixels, class 1 at 0.9; a query under the threshold and one whose
+    scores are all low are dropped; logits go through a sigmoid; no NMS (a set prediction)."""
+    raw = np.zeros((1, 8, 4 + 3), np.float32)  # 8 queries, 5 of them empty
+    raw[0, 0] = [0.5, 0.5, 0.4, 0.4, 0.1, 0.9, 0.2]
+    raw[0, 1] = [0.5, 0.5, 0.4, 0.45, 0.6, 0.1, 0.1]  # IoU 0.89 with query 0, another class: kept
+    raw[0, 2] = [0.1, 0.1, 0.1, 0.1, 0.2, 0.1, 0.25]  # best 0.25 < 0.3
+    det = rtdetr_decode(raw, (40, 20), OutputConfig(decoder="rtdetr"))[0]
+    np.testing.assert_allclose(det, [[12, 6, 28, 14, 0.9, 1], [12, 5.5, 28, 14.5, 0.6, 0]], rtol=1e-6)
+    logits = raw.copy()
+    logits[0, :, 4:] = -20.0  # empty queries: sigmoid 2e-9
+    logits[0, :3, 4:] = np.log(raw[0, :3, 4:] / (1 - raw[0, :3, 4:]))  # the same scores before a sigmoid
+    np.testing.assert_allclose(rtdetr_decode(logits, (40, 20), OutputConfig(decoder="rtdetr"))[0], det, rtol=1e-5)
+    assert detector_classes([300, 84], OutputConfig(decoder="rtdetr")) == 80
+    with pytest.raises(ModelError, match=r"looks transposed \(\[batch, 4 \+ classes, boxes\] is decoder yolov8\)"):
+        rtdetr_decode(np.zeros((1, 84, 8400), np.float32), (640, 640), OutputConfig(decoder="rtdetr"))
+    with pytest.raises(ModelError, match=r"rtdetr output must be \[batch, queries, 4 \+ classes\]"):
+        rtdetr_decode(np.zeros((1, 300, 4), np.float32), (640, 640), OutputConfig(decoder="rtdetr"))
+
+
 def _vtest_frames(test_data: Path, n: int) -> list[npt.NDArray[np.uint8]]:
     """The first ``n`` frames of opencv_vtest.avi (people walking: detections in every frame)."""
     cap = cv2.VideoCapture(str(test_data / "videos" / "opencv_vtest.avi"))
@@ -269,9 +291,9 @@ def test_yolov5_and_yolov8_layouts_decode_yolox_nano_alike(test_data: Path) -> N
 
 def _yolo_export(yolox: Path, out: Path, decoder: str) -> Path:
     """YOLOX-nano with its grid decoding appended as ONNX nodes: the output a YOLOv5
-    ([1, A, 5 + 80] rows), YOLOv8 ([1, 4 + 80, A] columns, score = obj x cls) or end-to-end
-    export ([1, 300, 6] rows [x1, y1, x2, y2, score, class]: the 300 best candidates, as an
-    NMS-free head gives them) gives."""
+    ([1, A, 5 + 80] rows), YOLOv8 ([1, 4 + 80, A] columns, score = obj x cls), end-to-end
+    ([1, 300, 6] rows [x1, y1, x2, y2, score, class]) or RT-DETR export ([1, 300, 4 + 80] rows of
+    normalised [cx, cy, w, h] and class scores) gives; the last two hold the 300 best candidates."""
     import onnx  # noqa: PLC0415
     from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
 
@@ -292,24 +314,32 @@ def _yolo_export(yolox: Path, out: Path, decoder: str) -> Path:
     if decoder == "yolov5":
         nodes.append(helper.make_node("Concat", ["cxy", "wh_px", "obj", "cls"], ["decoded"], axis=2))
         shape = [1, 3549, 85]
-    elif decoder == "end2end":
+    elif decoder in ("end2end", "rtdetr"):
+        # The 300 best candidates (by best obj x cls), as an NMS-free head or a DETR decoder emits them.
         graph.initializer.extend([numpy_helper.from_array(np.array([0.5], np.float32), "half"),
+                                  numpy_helper.from_array(np.array([416.0], np.float32), "side"),
                                   numpy_helper.from_array(np.array([300], np.int64), "k"),
                                   numpy_helper.from_array(np.array([1, 3549], np.int64), "flat"),
                                   numpy_helper.from_array(np.array([300], np.int64), "picks")])
         nodes += [helper.make_node("Mul", ["obj", "cls"], ["scores"]),
-                  helper.make_node("ReduceMax", ["scores"], ["score"], axes=[2], keepdims=1),
-                  helper.make_node("ArgMax", ["scores"], ["cls_i"], axis=2, keepdims=1),
-                  helper.make_node("Cast", ["cls_i"], ["cls_f"], to=TensorProto.FLOAT),
-                  helper.make_node("Mul", ["wh_px", "half"], ["half_wh"]),
-                  helper.make_node("Sub", ["cxy", "half_wh"], ["xy1"]),
-                  helper.make_node("Add", ["cxy", "half_wh"], ["xy2"]),
-                  helper.make_node("Concat", ["xy1", "xy2", "score", "cls_f"], ["rows"], axis=2),
-                  helper.make_node("Reshape", ["score", "flat"], ["score_flat"]),
+                  helper.make_node("ReduceMax", ["scores"], ["score"], axes=[2], keepdims=1)]
+        if decoder == "end2end":  # [x1, y1, x2, y2, score, class] in input pixels
+            nodes += [helper.make_node("ArgMax", ["scores"], ["cls_i"], axis=2, keepdims=1),
+                      helper.make_node("Cast", ["cls_i"], ["cls_f"], to=TensorProto.FLOAT),
+                      helper.make_node("Mul", ["wh_px", "half"], ["half_wh"]),
+                      helper.make_node("Sub", ["cxy", "half_wh"], ["xy1"]),
+                      helper.make_node("Add", ["cxy", "half_wh"], ["xy2"]),
+                      helper.make_node("Concat", ["xy1", "xy2", "score", "cls_f"], ["rows"], axis=2)]
+            shape = [1, 300, 6]
+        else:  # [cx, cy, w, h] as fractions of the input, then the class scores
+            nodes += [helper.make_node("Div", ["cxy", "side"], ["cxy_n"]),
+                      helper.make_node("Div", ["wh_px", "side"], ["wh_n"]),
+                      helper.make_node("Concat", ["cxy_n", "wh_n", "scores"], ["rows"], axis=2)]
+            shape = [1, 300, 84]
+        nodes += [helper.make_node("Reshape", ["score", "flat"], ["score_flat"]),
                   helper.make_node("TopK", ["score_flat", "k"], ["top_v", "top_i"], axis=1),
                   helper.make_node("Reshape", ["top_i", "picks"], ["top_flat"]),
                   helper.make_node("Gather", ["rows", "top_flat"], ["decoded"], axis=1)]
-        shape = [1, 300, 6]
     else:
         nodes += [helper.make_node("Mul", ["obj", "cls"], ["scores"]),
                   helper.make_node("Concat", ["cxy", "wh_px", "scores"], ["rows"], axis=2),
@@ -323,12 +353,12 @@ def _yolo_export(yolox: Path, out: Path, decoder: str) -> Path:
     return out
 
 
-@pytest.mark.parametrize("decoder", ["yolov5", "yolov8", "end2end"])
-def test_yolov5_yolov8_and_end2end_exports_run_end_to_end(test_data: Path, tmp_path: Path, decoder: str) -> None:
+@pytest.mark.parametrize("decoder", ["yolov5", "yolov8", "end2end", "rtdetr"])
+def test_every_decoder_runs_an_exported_model_end_to_end(test_data: Path, tmp_path: Path, decoder: str) -> None:
     """A real ONNX file in each layout through OnnxRunner (class count from the output shape
     checked against the 80 COCO labels, where the shape holds it) gives YOLOX-nano's own
-    detections; the end-to-end export has no NMS in its graph, nor does its decoder, so it is
-    compared with YOLOX-nano decoded without NMS."""
+    detections; the end-to-end and DETR-style exports have no NMS in their graph, nor do their
+    decoders, so they are compared with YOLOX-nano decoded without NMS."""
     from agent.model.config import ModelConfig  # noqa: PLC0415
     from agent.model.onnx_runner import OnnxRunner  # noqa: PLC0415
 
@@ -336,7 +366,7 @@ def test_yolov5_yolov8_and_end2end_exports_run_end_to_end(test_data: Path, tmp_p
     pre = PreprocessConfig(size=(416, 416), resize="letterbox", pad_value=114)
     labels = test_data / "models" / "coco80.names"
     ref = OnnxRunner(ModelConfig(path=yolox, kind="detector", providers=["cpu"], preprocess=pre, labels=labels,
-                                 output=OutputConfig(nms_iou=1.0 if decoder == "end2end" else 0.45)))
+                                 output=OutputConfig(nms_iou=1.0 if decoder in ("end2end", "rtdetr") else 0.45)))
     path = _yolo_export(yolox, tmp_path / f"{decoder}.onnx", decoder)
     runner = OnnxRunner(ModelConfig(path=path, kind="detector", providers=["cpu"], preprocess=pre, labels=labels,
                                     output=OutputConfig(decoder=decoder)))

@@ -60,7 +60,7 @@ class OutputConfig(StrictModel):
         description="auto: apply softmax unless the outputs already are probabilities "
         "(non-negative, summing to 1); yes/no force it.",
     )
-    decoder: Literal["yolox", "yolov5", "yolov8", "end2end"] = Field(
+    decoder: Literal["yolox", "yolov5", "yolov8", "end2end", "rtdetr"] = Field(
         "yolox",
         description="Detector output decoding (kind: detector). yolox: raw [N, anchors, 5+classes] grid "
         "output: add grid offsets, exp(wh), times stride; score = objectness x class probability. "
@@ -68,7 +68,9 @@ class OutputConfig(StrictModel):
         "in input pixels, objectness, class scores; score = objectness x class. yolov8 (also YOLO11): "
         "[N, 4+classes, boxes] columns of [cx, cy, w, h] in input pixels and class scores; score = class. "
         "end2end (NMS-free or NMS-included exports: YOLOv10, YOLO26, Ultralytics nms=True): [N, detections, 6] "
-        "final rows [x1, y1, x2, y2, score, class] in input pixels, taken as they are (no NMS).",
+        "final rows [x1, y1, x2, y2, score, class] in input pixels, taken as they are (no NMS). rtdetr "
+        "(RT-DETR and other DETR-style set predictions): [N, queries, 4+classes] rows of [cx, cy, w, h] as "
+        "fractions of the input size and class scores; score = class, no NMS.",
     )
     strides: tuple[int, ...] = Field(
         (8, 16, 32), min_length=1,

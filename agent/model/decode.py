@@ -23,6 +23,11 @@ End-to-end detectors (``decoder: end2end``: YOLOv10, YOLO26, Ultralytics exports
 to a fixed D (zero or negative-class rows). The model already chose its detections, so no NMS:
 rows under the threshold or with a negative class are dropped, the rest kept best first (at most
 ``max_detections``) and mapped through the letterbox. The class count is not in the shape.
+
+DETR-style detectors (``decoder: rtdetr``: RT-DETR as Ultralytics exports it): (B, Q, 4 + C), one
+row per query [cx, cy, w, h] as fractions of the model input's width and height, then the class
+scores (logits go through a sigmoid); score = best class. A set prediction has no duplicates to
+suppress, so no NMS: threshold, best first, letterbox map.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ __all__ = [
     "end2end_decode",
     "is_probability_rows",
     "nms_classwise",
+    "rtdetr_decode",
     "softmax",
     "yolo_rows_decode",
     "yolox_decode",
@@ -210,7 +216,8 @@ def end2end_decode(raw: npt.NDArray[np.generic], cfg: OutputConfig) -> list[F32]
         hint = " (a [batch, 6, detections] output is transposed)" if raw.ndim == 3 and raw.shape[1] == 6 else ""
         raise ModelError(
             f"end2end output must be [batch, detections, 6] rows of [x1, y1, x2, y2, score, class], got shape "
-            f"{list(raw.shape)}{hint}; raw YOLO heads need decoder yolov5, yolov8 or yolox"
+            f"{list(raw.shape)}{hint}; raw YOLO heads need decoder yolov5, yolov8 or yolox, DETR-style "
+            "[batch, queries, 4 + classes] rows rtdetr"
         )
     out: list[F32] = []
     for pred in np.asarray(raw, dtype=np.float32):
@@ -221,6 +228,30 @@ def end2end_decode(raw: npt.NDArray[np.generic], cfg: OutputConfig) -> list[F32]
         det[:, 4] = score[sel]
         det[:, 5] = np.rint(det[:, 5])
         out.append(det)
+    return out
+
+
+def rtdetr_decode(raw: npt.NDArray[np.generic], input_wh: tuple[int, int], cfg: OutputConfig) -> list[F32]:
+    """Decode DETR-style output (B, Q, 4 + C) (module docstring) to per-frame (K, 6) rows in model pixels."""
+    if raw.ndim != 3 or raw.shape[2] < 5:
+        raise ModelError(
+            f"rtdetr output must be [batch, queries, 4 + classes] rows of normalised [cx, cy, w, h] and class "
+            f"scores, got shape {list(raw.shape)}"
+        )
+    if raw.shape[1] < raw.shape[2]:
+        raise ModelError(
+            f"rtdetr output {list(raw.shape)} would hold {raw.shape[1]} queries of {raw.shape[2]} values: the "
+            "layout looks transposed ([batch, 4 + classes, boxes] is decoder yolov8)"
+        )
+    scale = np.array([input_wh[0], input_wh[1]], np.float32)
+    out: list[F32] = []
+    for pred in np.asarray(raw, dtype=np.float32):
+        score, cls, sel = _best_class(_probabilities(pred[:, 4:]), cfg)
+        order = np.argsort(-score, kind="stable")[: cfg.max_detections]
+        cxy, half = pred[sel, :2] * scale, np.abs(pred[sel, 2:4]) * scale / 2.0
+        det = np.empty((sel.size, 6), np.float32)
+        det[:, :2], det[:, 2:4], det[:, 4], det[:, 5] = cxy - half, cxy + half, score, cls
+        out.append(det[order])
     return out
 
 
@@ -254,7 +285,10 @@ def detector_classes(dims: Sequence[int], cfg: OutputConfig) -> int | None:
     """Number of classes a detector output of per-frame shape ``dims`` declares (None: unknown)."""
     if len(dims) != 2 or cfg.decoder == "end2end":
         return None
-    attrs, first = (int(dims[0]), 4) if cfg.decoder == "yolov8" else (int(dims[1]), 5)
+    if cfg.decoder == "yolov8":
+        attrs, first = int(dims[0]), 4
+    else:
+        attrs, first = int(dims[1]), 4 if cfg.decoder == "rtdetr" else 5
     return attrs - first if attrs > first else None
 
 
@@ -270,6 +304,8 @@ def detector_outputs(
         dets = yolox_decode(raw, input_wh, cfg)
     elif cfg.decoder == "end2end":
         dets = end2end_decode(raw, cfg)
+    elif cfg.decoder == "rtdetr":
+        dets = rtdetr_decode(raw, input_wh, cfg)
     else:
         dets = yolo_rows_decode(raw, cfg)
     if len(dets) != len(geos):
