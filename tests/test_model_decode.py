@@ -316,14 +316,13 @@ def _yolo_export(yolox: Path, out: Path, decoder: str) -> Path:
         shape = [1, 3549, 85]
     elif decoder in ("end2end", "rtdetr"):
         # The 300 best candidates (by best obj x cls), as an NMS-free head or a DETR decoder emits them.
-        graph.initializer.extend([numpy_helper.from_array(np.array([0.5], np.float32), "half"),
-                                  numpy_helper.from_array(np.array([416.0], np.float32), "side"),
-                                  numpy_helper.from_array(np.array([300], np.int64), "k"),
+        graph.initializer.extend([numpy_helper.from_array(np.array([300], np.int64), "k"),
                                   numpy_helper.from_array(np.array([1, 3549], np.int64), "flat"),
                                   numpy_helper.from_array(np.array([300], np.int64), "picks")])
         nodes += [helper.make_node("Mul", ["obj", "cls"], ["scores"]),
                   helper.make_node("ReduceMax", ["scores"], ["score"], axes=[2], keepdims=1)]
         if decoder == "end2end":  # [x1, y1, x2, y2, score, class] in input pixels
+            graph.initializer.append(numpy_helper.from_array(np.array([0.5], np.float32), "half"))
             nodes += [helper.make_node("ArgMax", ["scores"], ["cls_i"], axis=2, keepdims=1),
                       helper.make_node("Cast", ["cls_i"], ["cls_f"], to=TensorProto.FLOAT),
                       helper.make_node("Mul", ["wh_px", "half"], ["half_wh"]),
@@ -332,6 +331,7 @@ def _yolo_export(yolox: Path, out: Path, decoder: str) -> Path:
                       helper.make_node("Concat", ["xy1", "xy2", "score", "cls_f"], ["rows"], axis=2)]
             shape = [1, 300, 6]
         else:  # [cx, cy, w, h] as fractions of the input, then the class scores
+            graph.initializer.append(numpy_helper.from_array(np.array([416.0], np.float32), "side"))
             nodes += [helper.make_node("Div", ["cxy", "side"], ["cxy_n"]),
                       helper.make_node("Div", ["wh_px", "side"], ["wh_n"]),
                       helper.make_node("Concat", ["cxy_n", "wh_n", "scores"], ["rows"], axis=2)]
