@@ -1,6 +1,7 @@
 """Detection quality on real footage: corruptions, adversarial inputs, real degradations, drift, cost.
 
     python benchmarks/bench_detection.py [--data DIR] [--video FILE] [--cal N] [--out DIR] [--alpha 0.01] [--quick]
+                                         [--max-frames N] [--max-side PX] [--memory-gb GB]
 
 Calibrates the guard on the first ``--cal`` frames of a clean fixed-camera video (``--video``,
 default ``opencv_vtest.avi``: your own camera's footage works the same) and measures on its
@@ -79,7 +80,30 @@ MEAN = (104.0, 117.0, 123.0)
 PRE = PreprocessConfig(size=(224, 224), mean=MEAN)
 
 
-def read_video(path: Path, size: tuple[int, int] | None = None, max_frames: int | None = None) -> list[U8]:
+def available_gb() -> float:
+    """MemAvailable from /proc/meminfo in GiB (8 where it cannot be read)."""
+    try:
+        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 8.0
+
+
+def read_video(
+    path: Path,
+    size: tuple[int, int] | None = None,
+    max_frames: int | None = None,
+    *,
+    max_side: int = 0,
+    budget_gb: float = 0.0,
+) -> list[U8]:
+    """Decode ``path`` (at most ``max_frames`` frames) into memory.
+
+    ``max_side`` > 0 shrinks frames whose longer side exceeds it (aspect kept); ``budget_gb`` > 0
+    refuses, after the first frame, a video whose frames would take more memory than that.
+    """
     cap = cv2.VideoCapture(str(path))
     frames: list[U8] = []
     try:
@@ -87,8 +111,22 @@ def read_video(path: Path, size: tuple[int, int] | None = None, max_frames: int 
             ok, frame = cap.read()
             if not ok:
                 break
+            h, w = frame.shape[:2]
+            if size is None and 0 < max_side < max(w, h):
+                r = max_side / max(w, h)
+                size = (max(1, round(w * r)), max(1, round(h * r)))
             if size is not None:
                 frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+            if not frames and budget_gb > 0:
+                count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))  # 0 when the container does not say
+                n = min(max_frames or count, count or max_frames or 1)
+                need = n * frame.nbytes / 2**30
+                if need > budget_gb:
+                    raise SystemExit(
+                        f"{path}: {n} frames of {frame.shape[1]}x{frame.shape[0]} would take {need:.3g} GiB "
+                        f"in memory (more than --memory-gb {budget_gb:g}): lower --max-frames or shrink them "
+                        "with --max-side (e.g. --max-side 1280)"
+                    )
             frames.append(np.asarray(frame, np.uint8))
     finally:
         cap.release()
@@ -506,6 +544,12 @@ def main() -> None:
     parser.add_argument("--cal", type=int, default=400, help="calibration frames at the start of the video")
     parser.add_argument("--max-frames", type=int, default=1000,
                         help="frames read from the video (all are kept in memory; default 1000)")
+    parser.add_argument("--max-side", type=int, default=0,
+                        help="shrink frames whose longer side exceeds this many pixels (default 0: camera size; "
+                        "a 4K camera is guarded at 4K but needs 25 GiB for 1000 frames)")
+    parser.add_argument("--memory-gb", type=float, default=None,
+                        help="refuse a video whose frames would take more memory than this (default: half of "
+                        "the memory available now)")
     parser.add_argument("--quick", action="store_true",
                         help="fewer frames, PGD steps and loops (~half the time); its controls (400 test "
                         "frames, ~100 sequential states) are too small to resolve alpha 0.01 +-50 %% and may "
@@ -513,7 +557,8 @@ def main() -> None:
     args = parser.parse_args()
     t0 = time.perf_counter()
     video = args.video or args.data / "videos" / "opencv_vtest.avi"
-    vt = read_video(video, max_frames=args.max_frames)
+    budget = args.memory_gb if args.memory_gb is not None else available_gb() / 2
+    vt = read_video(video, max_frames=args.max_frames, max_side=args.max_side, budget_gb=budget)
     if args.cal < 100 or len(vt) < args.cal + 200:
         raise SystemExit(f"--cal {args.cal}: need at least 100 calibration frames and 200 held-out ones, but "
                          f"{video} gave {len(vt)} frames (--max-frames {args.max_frames})")
