@@ -36,6 +36,7 @@ OPTIONAL_COMMANDS: tuple[str, ...] = (
     "agent.service",  # edge-guard install-service
     "agent.fieldtools.bench",  # edge-guard bench
     "agent.fieldtools.stress",  # edge-guard stress
+    "agent.fieldtools.report",  # edge-guard report
 )
 
 
@@ -47,6 +48,7 @@ examples:
   edge-guard check-config configs/example.yaml     validate a config, list every error
   edge-guard calibrate --config cam1.yaml --frames 600 --out cam1-profile.json
   edge-guard run --config cam1.yaml                the daemon (what systemd runs)
+  edge-guard report runs/cam1 --plot cam1.png      what changed since calibration (health over days)
 
 exit codes: 0 ok, 1 runtime failure (restart helps), 2 usage, 78 configuration error
 (bad config, missing model, mismatched profile: fix the config, restarting will not help).

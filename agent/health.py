@@ -35,7 +35,9 @@ class HealthSummary(BaseModel):
     window_start_ts: float = Field(description="Wall-clock start of the interval (epoch seconds).")
     window_end_ts: float = Field(description="Wall-clock end of the interval (epoch seconds).")
     frames_in: int = Field(0, description="Frames read from the source in the interval.")
-    frames_processed: int = Field(0, description="Frames that got a verdict in the interval.")
+    frames_processed: int = Field(
+        0, description="Frames measured in the interval: guarded (a verdict each) or used for calibration."
+    )
     frames_dropped: int = Field(0, description="Frames dropped under overload in the interval.")
     frames_corrupt: int = Field(0, description="Frames rejected as corrupt/invalid in the interval.")
     frames_calibrated: int = Field(
