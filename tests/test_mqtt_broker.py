@@ -24,6 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.cli import main
 from agent.frame import Frame
 from agent.health import HealthSummary
 from agent.scoring.drift import DriftEvent
@@ -330,7 +331,7 @@ def test_tail_shows_the_fleet_and_saves_frames(broker: Mosquitto, tmp_path: Path
     sink.publish_camera_status("cam0", "online", "guarding")
     tail = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "tail", "--host", broker.host, "--port", str(broker.port), "--once",
-         "--duration", "4", "--save-frames", str(tmp_path / "frames")],
+         "--duration", "4", "--save-frames", str(tmp_path / "frames"), "--save-health", str(tmp_path / "health")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     # Publish only once the CLI has subscribed (its last filter is the frames one): importing can
@@ -355,3 +356,8 @@ def test_tail_shows_the_fleet_and_saves_frames(broker: Mosquitto, tmp_path: Path
     assert any(ln.startswith("lab/n1") and "online" in ln for ln in lines)
     saved = list((tmp_path / "frames" / "lab" / "n1" / "cam0").glob("*.jpg"))
     assert saved and f"{len(saved)} frame(s) saved" in out
+    # The health summaries as edge-guard report reads them: one line each, in order.
+    saved_health = (tmp_path / "health" / "lab" / "n1" / "cam0" / "health.jsonl").read_text().splitlines()
+    health = [json.loads(ln) for ln in saved_health]
+    assert [h["seq"] for h in health] == [0, 1, 2] and "3 health summaries saved" in out
+    assert main(["report", str(tmp_path / "health"), "--camera", "cam0"]) == 0

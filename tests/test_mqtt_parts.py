@@ -410,6 +410,21 @@ def test_fleet_view_renders_rates_and_gaps(tmp_path: Path) -> None:
     assert (tmp_path / "s1/n1/cam0/e1_4_first.jpg").read_bytes() == jpeg
 
 
+def test_fleet_view_saves_health_once_per_message_and_rates_exclude_calibration(tmp_path: Path) -> None:
+    """A window holding start-up calibration (300 frames, no decision) and 100 guarded frames:
+    the rates are of the 100. A QoS 1 re-delivery (same msg_id) is saved once."""
+    view = FleetView("edge-guard/v1", save_health=tmp_path)
+    summary = {"camera_id": "cam0", "seq": 0, "window_start_ts": 0.0, "window_end_ts": 1.0, "fps": 25.0,
+               "frames_processed": 400, "frames_calibrated": 300, "decisions": {"PASS": 90, "FLAG": 10}}
+    payload = json.dumps({"type": "health", "msg_id": "r-7", "seq": 0, "summary": summary}).encode()
+    for _ in range(2):
+        view.feed("edge-guard/v1/s1/n1/cam0/health", payload)
+    row = view.cameras[("s1", "n1", "cam0")]
+    assert row.rates == {"PASS": 0.9, "FLAG": 0.1, "BLOCK": 0.0}
+    lines = (tmp_path / "s1" / "n1" / "cam0" / "health.jsonl").read_text().splitlines()
+    assert [json.loads(ln) for ln in lines] == [summary] and view.health_saved == 1
+
+
 def test_session_taken_over_is_named_and_short_sessions_back_off(tmp_path: Path) -> None:
     # The broker's DISCONNECT 0x8E (MQTT 5 brokers newer than the mosquitto in CI send it; the
     # socket-close variant runs against a real broker in test_mqtt_broker.py).

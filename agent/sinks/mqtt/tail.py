@@ -3,7 +3,9 @@
 Subscribes to the edge-guard topics and shows a refreshing table of every camera: status,
 fps, PASS/FLAG/BLOCK rates of the last health window, open/total events, drift alarms,
 publisher backlog and drops. ``--save-frames DIR`` writes received JPEG frames to
-``DIR/<site>/<node>/<camera>/<event_id>_<seq>_<role>.jpg`` (sha256 checked).
+``DIR/<site>/<node>/<camera>/<event_id>_<seq>_<role>.jpg`` (sha256 checked);
+``--save-health DIR`` appends every health summary to ``DIR/<site>/<node>/<camera>/health.jsonl``
+(QoS 1 re-deliveries dropped by ``msg_id``), the files ``edge-guard report DIR`` reads.
 """
 
 from __future__ import annotations
@@ -51,9 +53,12 @@ class CameraRow:
 class FleetView:
     """Folds received messages into per-camera rows and renders them as text (no I/O)."""
 
-    def __init__(self, prefix: str, save_frames: Path | None = None) -> None:
+    def __init__(self, prefix: str, save_frames: Path | None = None, save_health: Path | None = None) -> None:
         self.topics = Topics(prefix, "x", "x")
         self.save_frames = save_frames
+        self.save_health = save_health
+        self.health_saved = 0
+        self._health_ids: set[str] = set()
         self.nodes: dict[tuple[str, str], CameraRow] = {}
         self.cameras: dict[tuple[str, str, str], CameraRow] = {}
         self.messages = 0
@@ -98,13 +103,15 @@ class FleetView:
                 row.health_gaps += seq - row.health_seq - 1
             row.health_seq = max(seq, row.health_seq or 0)
             row.fps = float(s.get("fps", 0.0))
-            n = max(1, int(s.get("frames_processed", 0)))
-            row.rates = {d: int(s.get("decisions", {}).get(d, 0)) / n for d in ("PASS", "FLAG", "BLOCK")}
+            decisions = s.get("decisions", {})
+            n = max(1, sum(int(v) for v in decisions.values()))  # frames_processed also counts calibration
+            row.rates = {d: int(decisions.get(d, 0)) / n for d in ("PASS", "FLAG", "BLOCK")}
             row.drift_alarms = list(s.get("drift_alarms", []))
             b = body.get("backlog", {})
             row.backlog = int(b.get("queued_msgs", 0))
             row.drops = int(sum(b.get("drops", {}).values()))
             row.last_health = time.time()
+            self._save_health((site, node, camera), body)
         elif kind == "events" and body.get("type", "event") == "event":
             # (drift_event messages share the topic; their alarms show via the health summary)
             eid = str(body["event_id"])
@@ -113,6 +120,17 @@ class FleetView:
                 row.open_events.add(eid)
             elif body["lifecycle"] == "end":
                 row.open_events.discard(eid)
+
+    def _save_health(self, where: tuple[str, str, str], body: dict[str, Any]) -> None:
+        msg_id = str(body.get("msg_id", ""))
+        if self.save_health is None or (msg_id and msg_id in self._health_ids):
+            return
+        self._health_ids.add(msg_id)
+        folder = self.save_health.joinpath(*where)
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / "health.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(body["summary"], separators=(",", ":")) + "\n")
+        self.health_saved += 1
 
     def _frame(self, where: tuple[str, str, str], event_id: str, payload: bytes, user: dict[str, str]) -> None:
         site, node, camera = where
@@ -172,6 +190,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--username", help="broker user name")
     p.add_argument("--password-file", type=Path, help="file holding the password")
     p.add_argument("--save-frames", type=Path, metavar="DIR", help="write received JPEG frames here")
+    p.add_argument("--save-health", type=Path, metavar="DIR",
+                   help="append health summaries to DIR/<site>/<node>/<camera>/health.jsonl (for edge-guard report)")
     p.add_argument("--once", action="store_true", help="collect for --duration (default 3 s), print once, exit")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--refresh", type=float, default=1.0, help="seconds between table refreshes")
@@ -208,7 +228,7 @@ def _client(args: argparse.Namespace, view: FleetView, errors: list[str]) -> mqt
 
 def run_tail(args: argparse.Namespace) -> int:
     """Run ``edge-guard tail``; returns the exit code (1 when the broker cannot be used)."""
-    view = FleetView(args.prefix, args.save_frames)
+    view = FleetView(args.prefix, args.save_frames, args.save_health)
     errors: list[str] = []
     client = _client(args, view, errors)
     port = args.port or (8883 if args.tls_ca else 1883)
@@ -239,4 +259,6 @@ def run_tail(args: argparse.Namespace) -> int:
         sys.stdout.write(view.render())
     if args.save_frames is not None:
         sys.stdout.write(f"{len(view.saved)} frame(s) saved under {args.save_frames}\n")
+    if args.save_health is not None:
+        sys.stdout.write(f"{view.health_saved} health summaries saved under {args.save_health}\n")
     return 0
