@@ -10,7 +10,7 @@ import numpy.typing as npt
 import pytest
 
 from agent.errors import ModelError
-from agent.model.config import OutputConfig, PreprocessConfig
+from agent.model.config import ModelConfig, OutputConfig, PreprocessConfig
 from agent.model.decode import (
     classifier_outputs,
     detector_classes,
@@ -20,6 +20,7 @@ from agent.model.decode import (
     nms_classwise,
     rtdetr_decode,
     softmax,
+    xyxy_decode,
     yolo_rows_decode,
     yolox_decode,
     yolox_grid,
@@ -208,6 +209,21 @@ def test_yolo_rows_shape_errors_name_the_decoder() -> None:
         yolo_rows_decode(np.zeros((1, 8400, 84), np.float32), OutputConfig(decoder="yolov8"))
 
 
+def test_xyxy_rows_by_hand_and_concat_refused_for_tensorrt() -> None:
+    """Corner rows [x1, y1, x2, y2, classes] in pixels: best class as score, class-wise NMS (the
+    second box overlaps the first with IoU 0.89, same class: suppressed), threshold."""
+    raw = np.zeros((1, 8, 4 + 2), np.float32)
+    raw[0, 0] = [4, 4, 12, 12, 0.2, 0.8]
+    raw[0, 1] = [4, 4, 12, 13, 0.1, 0.7]
+    raw[0, 2] = [20, 20, 30, 30, 0.6, 0.1]
+    raw[0, 3] = [0, 0, 2, 2, 0.2, 0.25]  # best 0.25 < 0.3
+    det = xyxy_decode(raw, OutputConfig(decoder="xyxy"))[0]
+    np.testing.assert_allclose(det, [[4, 4, 12, 12, 0.8, 1], [20, 20, 30, 30, 0.6, 0]], rtol=1e-6)
+    assert detector_classes([8400, 84], OutputConfig(decoder="xyxy")) == 80
+    with pytest.raises(ValueError, match=r"output.concat \['scores'\] needs runtime onnxruntime"):
+        ModelConfig(runtime="tensorrt", kind="detector", output=OutputConfig(concat=("scores",), decoder="xyxy"))
+
+
 def test_end2end_rows_by_hand() -> None:
     """Final rows [x1, y1, x2, y2, score, class], padded: low scores, negative classes and padding
     are dropped, the rest kept best first without NMS (two overlapping boxes of one class both
@@ -289,88 +305,123 @@ def test_yolov5_and_yolov8_layouts_decode_yolox_nano_alike(test_data: Path) -> N
             np.testing.assert_allclose(_arr(b.detections), _arr(a.detections), rtol=1e-4, atol=1e-3)
 
 
-def _yolo_export(yolox: Path, out: Path, decoder: str) -> Path:
-    """YOLOX-nano with its grid decoding appended as ONNX nodes: the output a YOLOv5
-    ([1, A, 5 + 80] rows), YOLOv8 ([1, 4 + 80, A] columns, score = obj x cls), end-to-end
-    ([1, 300, 6] rows [x1, y1, x2, y2, score, class]) or RT-DETR export ([1, 300, 4 + 80] rows of
-    normalised [cx, cy, w, h] and class scores) gives; the last two hold the 300 best candidates."""
+def _yolo_export(yolox: Path, out: Path, layout: str) -> Path:
+    """YOLOX-nano with its grid decoding appended as ONNX nodes, giving the output(s) of another
+    export: ``yolov5`` [1, A, 5 + 80] rows; ``yolov8`` [1, 4 + 80, A] columns (score = obj x cls);
+    ``xyxy`` (YOLO-NAS) boxes [1, A, 4] as corners and scores [1, A, 80], two outputs; ``end2end``
+    [1, 300, 6] rows [x1, y1, x2, y2, score, class]; ``rtdetr`` [1, 300, 4 + 80] rows of normalised
+    [cx, cy, w, h] and class scores; ``rfdetr`` the same boxes and class *logits* as two outputs.
+    The last three hold the 300 best candidates (no NMS), as NMS-free heads give them."""
     import onnx  # noqa: PLC0415
     from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
 
     model = onnx.load(str(yolox))
     graph = model.graph
     grid, stride = yolox_grid((416, 416), (8, 16, 32))
-    consts: dict[str, np.ndarray] = {"grid": grid[None], "stride": stride[None], **{
-        f"{name}_{k}": np.array(v, np.int64) for name, (lo, hi) in
-        {"xy": (0, 2), "wh": (2, 4), "obj": (4, 5), "cls": (5, 85)}.items() for k, v in (("lo", [lo]), ("hi", [hi]))
-    }, "axis": np.array([2], np.int64)}
-    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
-    parts = ("xy", "wh", "obj", "cls")
-    nodes = [helper.make_node("Slice", ["output", f"{n}_lo", f"{n}_hi", "axis"], [n]) for n in parts]
-    nodes += [
-        helper.make_node("Add", ["xy", "grid"], ["xy_g"]), helper.make_node("Mul", ["xy_g", "stride"], ["cxy"]),
-        helper.make_node("Exp", ["wh"], ["wh_e"]), helper.make_node("Mul", ["wh_e", "stride"], ["wh_px"]),
-    ]
-    if decoder == "yolov5":
-        nodes.append(helper.make_node("Concat", ["cxy", "wh_px", "obj", "cls"], ["decoded"], axis=2))
-        shape = [1, 3549, 85]
-    elif decoder in ("end2end", "rtdetr"):
-        # The 300 best candidates (by best obj x cls), as an NMS-free head or a DETR decoder emits them.
-        graph.initializer.extend([numpy_helper.from_array(np.array([300], np.int64), "k"),
-                                  numpy_helper.from_array(np.array([1, 3549], np.int64), "flat"),
-                                  numpy_helper.from_array(np.array([300], np.int64), "picks")])
-        nodes += [helper.make_node("Mul", ["obj", "cls"], ["scores"]),
-                  helper.make_node("ReduceMax", ["scores"], ["score"], axes=[2], keepdims=1)]
-        if decoder == "end2end":  # [x1, y1, x2, y2, score, class] in input pixels
-            graph.initializer.append(numpy_helper.from_array(np.array([0.5], np.float32), "half"))
-            nodes += [helper.make_node("ArgMax", ["scores"], ["cls_i"], axis=2, keepdims=1),
-                      helper.make_node("Cast", ["cls_i"], ["cls_f"], to=TensorProto.FLOAT),
-                      helper.make_node("Mul", ["wh_px", "half"], ["half_wh"]),
-                      helper.make_node("Sub", ["cxy", "half_wh"], ["xy1"]),
-                      helper.make_node("Add", ["cxy", "half_wh"], ["xy2"]),
-                      helper.make_node("Concat", ["xy1", "xy2", "score", "cls_f"], ["rows"], axis=2)]
-            shape = [1, 300, 6]
-        else:  # [cx, cy, w, h] as fractions of the input, then the class scores
-            graph.initializer.append(numpy_helper.from_array(np.array([416.0], np.float32), "side"))
-            nodes += [helper.make_node("Div", ["cxy", "side"], ["cxy_n"]),
-                      helper.make_node("Div", ["wh_px", "side"], ["wh_n"]),
-                      helper.make_node("Concat", ["cxy_n", "wh_n", "scores"], ["rows"], axis=2)]
-            shape = [1, 300, 84]
-        nodes += [helper.make_node("Reshape", ["score", "flat"], ["score_flat"]),
-                  helper.make_node("TopK", ["score_flat", "k"], ["top_v", "top_i"], axis=1),
-                  helper.make_node("Reshape", ["top_i", "picks"], ["top_flat"]),
-                  helper.make_node("Gather", ["rows", "top_flat"], ["decoded"], axis=1)]
-    else:
-        nodes += [helper.make_node("Mul", ["obj", "cls"], ["scores"]),
-                  helper.make_node("Concat", ["cxy", "wh_px", "scores"], ["rows"], axis=2),
-                  helper.make_node("Transpose", ["rows"], ["decoded"], perm=[0, 2, 1])]
-        shape = [1, 84, 3549]
+    consts: dict[str, np.ndarray] = {
+        "grid": grid[None], "stride": stride[None], "half": np.array([0.5], np.float32),
+        "side": np.array([416.0], np.float32), "one": np.array([1.0], np.float32),
+        "k": np.array([300], np.int64), "flat": np.array([1, 3549], np.int64), "picks": np.array([300], np.int64),
+        "axis": np.array([2], np.int64),
+        **{f"{name}_{k}": np.array(v, np.int64) for name, (lo, hi) in
+           {"xy": (0, 2), "wh": (2, 4), "obj": (4, 5), "cls": (5, 85), "box": (0, 4), "cs": (4, 84)}.items()
+           for k, v in (("lo", [lo]), ("hi", [hi]))},
+    }
+    node = helper.make_node
+    nodes = [node("Slice", ["output", f"{n}_lo", f"{n}_hi", "axis"], [n]) for n in ("xy", "wh", "obj", "cls")]
+    nodes += [node("Add", ["xy", "grid"], ["xy_g"]), node("Mul", ["xy_g", "stride"], ["cxy"]),
+              node("Exp", ["wh"], ["wh_e"]), node("Mul", ["wh_e", "stride"], ["wh_px"]),
+              node("Mul", ["obj", "cls"], ["scores"]), node("Mul", ["wh_px", "half"], ["half_wh"]),
+              node("Sub", ["cxy", "half_wh"], ["xy1"]), node("Add", ["cxy", "half_wh"], ["xy2"])]
+    outputs: dict[str, list[int]] = {}
+    if layout == "yolov5":
+        nodes.append(node("Concat", ["cxy", "wh_px", "obj", "cls"], ["decoded"], axis=2))
+        outputs["decoded"] = [1, 3549, 85]
+    elif layout == "yolov8":
+        nodes += [node("Concat", ["cxy", "wh_px", "scores"], ["rows"], axis=2),
+                  node("Transpose", ["rows"], ["decoded"], perm=[0, 2, 1])]
+        outputs["decoded"] = [1, 84, 3549]
+    elif layout == "xyxy":
+        nodes.append(node("Concat", ["xy1", "xy2"], ["decoded"], axis=2))
+        outputs.update(decoded=[1, 3549, 4], scores=[1, 3549, 80])
+    else:  # the 300 best candidates by best obj x cls
+        nodes += [node("ReduceMax", ["scores"], ["score"], axes=[2], keepdims=1),
+                  node("Reshape", ["score", "flat"], ["score_flat"]),
+                  node("TopK", ["score_flat", "k"], ["top_v", "top_i"], axis=1),
+                  node("Reshape", ["top_i", "picks"], ["top_flat"])]
+        if layout == "end2end":
+            nodes += [node("ArgMax", ["scores"], ["cls_i"], axis=2, keepdims=1),
+                      node("Cast", ["cls_i"], ["cls_f"], to=TensorProto.FLOAT),
+                      node("Concat", ["xy1", "xy2", "score", "cls_f"], ["rows"], axis=2),
+                      node("Gather", ["rows", "top_flat"], ["decoded"], axis=1)]
+            outputs["decoded"] = [1, 300, 6]
+        else:
+            nodes += [node("Div", ["cxy", "side"], ["cxy_n"]), node("Div", ["wh_px", "side"], ["wh_n"]),
+                      node("Concat", ["cxy_n", "wh_n", "scores"], ["rows"], axis=2)]
+            if layout == "rtdetr":
+                nodes.append(node("Gather", ["rows", "top_flat"], ["decoded"], axis=1))
+                outputs["decoded"] = [1, 300, 84]
+            else:  # rfdetr: boxes, then the class probabilities turned back into logits
+                nodes += [node("Gather", ["rows", "top_flat"], ["picked"], axis=1),
+                          node("Slice", ["picked", "box_lo", "box_hi", "axis"], ["decoded"]),
+                          node("Slice", ["picked", "cs_lo", "cs_hi", "axis"], ["probs"]),
+                          node("Sub", ["one", "probs"], ["one_minus"]), node("Div", ["probs", "one_minus"], ["odds"]),
+                          node("Log", ["odds"], ["logits"])]
+                outputs.update(decoded=[1, 300, 4], logits=[1, 300, 80])
+    used = {i for n in nodes for i in n.input}
+    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items() if k in used)
     graph.node.extend(nodes)
     del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info("decoded", TensorProto.FLOAT, shape))
+    graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n, shape in outputs.items())
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
     return out
 
 
-@pytest.mark.parametrize("decoder", ["yolov5", "yolov8", "end2end", "rtdetr"])
-def test_every_decoder_runs_an_exported_model_end_to_end(test_data: Path, tmp_path: Path, decoder: str) -> None:
-    """A real ONNX file in each layout through OnnxRunner (class count from the output shape
-    checked against the 80 COCO labels, where the shape holds it) gives YOLOX-nano's own
-    detections; the end-to-end and DETR-style exports have no NMS in their graph, nor do their
-    decoders, so they are compared with YOLOX-nano decoded without NMS."""
-    from agent.model.config import ModelConfig  # noqa: PLC0415
+@pytest.mark.parametrize(
+    ("layout", "output"),
+    [
+        ("yolov5", OutputConfig(decoder="yolov5")),
+        ("yolov8", OutputConfig(decoder="yolov8")),
+        ("xyxy", OutputConfig(name="decoded", concat=("scores",), decoder="xyxy")),
+        ("end2end", OutputConfig(decoder="end2end")),
+        ("rtdetr", OutputConfig(decoder="rtdetr")),
+        ("rfdetr", OutputConfig(name="decoded", concat=("logits",), decoder="rtdetr")),
+    ],
+)
+def test_every_decoder_runs_an_exported_model_end_to_end(
+    test_data: Path, tmp_path: Path, layout: str, output: OutputConfig
+) -> None:
+    """A real ONNX file in each layout through OnnxRunner (class count from the output shapes
+    checked against the 80 COCO labels, where the shapes hold it; boxes and scores in two
+    outputs joined by output.concat) gives YOLOX-nano's own detections; the end-to-end and
+    DETR-style exports have no NMS in their graph, nor do their decoders, so they are compared
+    with YOLOX-nano decoded without NMS."""
     from agent.model.onnx_runner import OnnxRunner  # noqa: PLC0415
 
     yolox = test_data / "models" / "yolox_nano_coco.onnx"
     pre = PreprocessConfig(size=(416, 416), resize="letterbox", pad_value=114)
     labels = test_data / "models" / "coco80.names"
+    no_nms = output.decoder in ("end2end", "rtdetr")
     ref = OnnxRunner(ModelConfig(path=yolox, kind="detector", providers=["cpu"], preprocess=pre, labels=labels,
-                                 output=OutputConfig(nms_iou=1.0 if decoder in ("end2end", "rtdetr") else 0.45)))
-    path = _yolo_export(yolox, tmp_path / f"{decoder}.onnx", decoder)
+                                 output=OutputConfig(nms_iou=1.0 if no_nms else 0.45)))
+    path = _yolo_export(yolox, tmp_path / f"{layout}.onnx", layout)
     runner = OnnxRunner(ModelConfig(path=path, kind="detector", providers=["cpu"], preprocess=pre, labels=labels,
-                                    output=OutputConfig(decoder=decoder)))
+                                    output=output))
     frames = _vtest_frames(test_data, 3)
     for a, b in zip(ref.infer(frames), runner.infer(frames), strict=True):
         assert _arr(a.detections).shape[0] >= 3 and a.label == b.label == "person"
         np.testing.assert_allclose(_arr(b.detections), _arr(a.detections), rtol=1e-4, atol=1e-2)
+
+
+def test_concat_names_missing_and_mismatched_outputs(test_data: Path, tmp_path: Path) -> None:
+    from agent.model.onnx_runner import OnnxRunner  # noqa: PLC0415
+
+    path = _yolo_export(test_data / "models" / "yolox_nano_coco.onnx", tmp_path / "xyxy.onnx", "xyxy")
+    pre = PreprocessConfig(size=(416, 416), resize="letterbox", pad_value=114)
+    with pytest.raises(ModelError, match=r"no output 'nope' \(output.concat\); its outputs are \['decoded', 'sc"):
+        OnnxRunner(ModelConfig(path=path, kind="detector", providers=["cpu"], preprocess=pre,
+                               output=OutputConfig(name="decoded", concat=("nope",), decoder="xyxy")))
+    with pytest.raises(ModelError, match=r"list the second in output.concat"):  # scores forgotten
+        OnnxRunner(ModelConfig(path=path, kind="detector", providers=["cpu"], preprocess=pre,
+                               output=OutputConfig(name="decoded", decoder="xyxy"))).infer(_vtest_frames(test_data, 1))

@@ -55,12 +55,19 @@ class PreprocessConfig(StrictModel):
 
 class OutputConfig(StrictModel):
     name: str | None = Field(None, description="Output tensor name (null: the first output).")
+    concat: tuple[str, ...] = Field(
+        (),
+        description="Further output tensors appended to `name`'s along the last axis before decoding, for "
+        "detectors whose boxes and class scores are separate outputs: YOLO-NAS [N, boxes, 4] + [N, boxes, "
+        "classes] (decoder xyxy), RF-DETR [N, queries, 4] + [N, queries, classes] (decoder rtdetr). "
+        "ONNX Runtime only.",
+    )
     softmax: Literal["auto", "yes", "no"] = Field(
         "auto",
         description="auto: apply softmax unless the outputs already are probabilities "
         "(non-negative, summing to 1); yes/no force it.",
     )
-    decoder: Literal["yolox", "yolov5", "yolov8", "end2end", "rtdetr"] = Field(
+    decoder: Literal["yolox", "yolov5", "yolov8", "end2end", "rtdetr", "xyxy"] = Field(
         "yolox",
         description="Detector output decoding (kind: detector). yolox: raw [N, anchors, 5+classes] grid "
         "output: add grid offsets, exp(wh), times stride; score = objectness x class probability. "
@@ -70,7 +77,8 @@ class OutputConfig(StrictModel):
         "end2end (NMS-free or NMS-included exports: YOLOv10, YOLO26, Ultralytics nms=True): [N, detections, 6] "
         "final rows [x1, y1, x2, y2, score, class] in input pixels, taken as they are (no NMS). rtdetr "
         "(RT-DETR and other DETR-style set predictions): [N, queries, 4+classes] rows of [cx, cy, w, h] as "
-        "fractions of the input size and class scores; score = class, no NMS.",
+        "fractions of the input size and class scores; score = class, no NMS. xyxy (e.g. YOLO-NAS): "
+        "[N, boxes, 4+classes] rows of [x1, y1, x2, y2] in input pixels and class scores; score = class, NMS.",
     )
     strides: tuple[int, ...] = Field(
         (8, 16, 32), min_length=1,
@@ -115,3 +123,12 @@ class ModelConfig(StrictModel):
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig, description="Input preparation.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Output decoding.")
     enabled: bool = Field(True, description="Run a model at all (false: statistics-only guard).")
+
+    @model_validator(mode="after")
+    def _check_runtime(self) -> ModelConfig:
+        if self.runtime == "tensorrt" and self.output.concat:
+            raise ValueError(
+                f"output.concat {list(self.output.concat)} needs runtime onnxruntime: the TensorRT runner reads "
+                "one output (ONNX Runtime's TensorRT execution provider keeps the model on the GPU)"
+            )
+        return self

@@ -24,6 +24,11 @@ to a fixed D (zero or negative-class rows). The model already chose its detectio
 rows under the threshold or with a negative class are dropped, the rest kept best first (at most
 ``max_detections``) and mapped through the letterbox. The class count is not in the shape.
 
+Corner rows (``decoder: xyxy``, e.g. YOLO-NAS): (B, N, 4 + C), [x1, y1, x2, y2] in model-input
+pixels then the class scores; score = best class, then threshold, class-wise NMS, letterbox map.
+Detectors whose boxes and scores are separate outputs are read with ``output.concat``: the runner
+appends those outputs to the first along the last axis, which gives these rows.
+
 DETR-style detectors (``decoder: rtdetr``: RT-DETR as Ultralytics exports it): (B, Q, 4 + C), one
 row per query [cx, cy, w, h] as fractions of the model input's width and height, then the class
 scores (logits go through a sigmoid); score = best class. A set prediction has no duplicates to
@@ -52,6 +57,7 @@ __all__ = [
     "nms_classwise",
     "rtdetr_decode",
     "softmax",
+    "xyxy_decode",
     "yolo_rows_decode",
     "yolox_decode",
     "yolox_grid",
@@ -210,6 +216,32 @@ def yolo_rows_decode(raw: npt.NDArray[np.generic], cfg: OutputConfig) -> list[F3
     return out
 
 
+def _class_rows(raw: npt.NDArray[np.generic], decoder: str, rows: str, box: str, hint: str = "") -> F32:
+    """(B, N, 4 + C) rows of a box and class scores as float32, once the shape is checked."""
+    if raw.ndim != 3 or raw.shape[2] < 5:
+        raise ModelError(
+            f"{decoder} output must be [batch, {rows}, 4 + classes] rows of {box} and class scores, got shape "
+            f"{list(raw.shape)}{hint}"
+        )
+    if raw.shape[1] < raw.shape[2]:
+        raise ModelError(
+            f"{decoder} output {list(raw.shape)} would hold {raw.shape[1]} {rows} of {raw.shape[2]} values: the "
+            "layout looks transposed ([batch, 4 + classes, boxes] is decoder yolov8)"
+        )
+    return np.asarray(raw, dtype=np.float32)
+
+
+def xyxy_decode(raw: npt.NDArray[np.generic], cfg: OutputConfig) -> list[F32]:
+    """Decode corner rows (B, N, 4 + C) (module docstring) to per-frame (K, 6) rows in model pixels."""
+    rows = _class_rows(raw, "xyxy", "boxes", "[x1, y1, x2, y2] in pixels",
+                       " (boxes and scores in two outputs: list the second in output.concat)")
+    out: list[F32] = []
+    for pred in rows:
+        score, cls, sel = _best_class(_probabilities(pred[:, 4:]), cfg)
+        out.append(_suppress(pred[sel, :4], score, cls, cfg))
+    return out
+
+
 def end2end_decode(raw: npt.NDArray[np.generic], cfg: OutputConfig) -> list[F32]:
     """Decode end-to-end output (B, D, 6) (module docstring) to per-frame (K, 6) rows in model pixels."""
     if raw.ndim != 3 or raw.shape[2] != 6:
@@ -233,19 +265,10 @@ def end2end_decode(raw: npt.NDArray[np.generic], cfg: OutputConfig) -> list[F32]
 
 def rtdetr_decode(raw: npt.NDArray[np.generic], input_wh: tuple[int, int], cfg: OutputConfig) -> list[F32]:
     """Decode DETR-style output (B, Q, 4 + C) (module docstring) to per-frame (K, 6) rows in model pixels."""
-    if raw.ndim != 3 or raw.shape[2] < 5:
-        raise ModelError(
-            f"rtdetr output must be [batch, queries, 4 + classes] rows of normalised [cx, cy, w, h] and class "
-            f"scores, got shape {list(raw.shape)}"
-        )
-    if raw.shape[1] < raw.shape[2]:
-        raise ModelError(
-            f"rtdetr output {list(raw.shape)} would hold {raw.shape[1]} queries of {raw.shape[2]} values: the "
-            "layout looks transposed ([batch, 4 + classes, boxes] is decoder yolov8)"
-        )
+    rows = _class_rows(raw, "rtdetr", "queries", "normalised [cx, cy, w, h]")
     scale = np.array([input_wh[0], input_wh[1]], np.float32)
     out: list[F32] = []
-    for pred in np.asarray(raw, dtype=np.float32):
+    for pred in rows:
         score, cls, sel = _best_class(_probabilities(pred[:, 4:]), cfg)
         order = np.argsort(-score, kind="stable")[: cfg.max_detections]
         cxy, half = pred[sel, :2] * scale, np.abs(pred[sel, 2:4]) * scale / 2.0
@@ -288,7 +311,7 @@ def detector_classes(dims: Sequence[int], cfg: OutputConfig) -> int | None:
     if cfg.decoder == "yolov8":
         attrs, first = int(dims[0]), 4
     else:
-        attrs, first = int(dims[1]), 4 if cfg.decoder == "rtdetr" else 5
+        attrs, first = int(dims[1]), 4 if cfg.decoder in ("rtdetr", "xyxy") else 5
     return attrs - first if attrs > first else None
 
 
@@ -306,6 +329,8 @@ def detector_outputs(
         dets = end2end_decode(raw, cfg)
     elif cfg.decoder == "rtdetr":
         dets = rtdetr_decode(raw, input_wh, cfg)
+    elif cfg.decoder == "xyxy":
+        dets = xyxy_decode(raw, cfg)
     else:
         dets = yolo_rows_decode(raw, cfg)
     if len(dets) != len(geos):

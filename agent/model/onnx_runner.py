@@ -127,6 +127,14 @@ class OnnxRunner:
             out_shape = list(outputs[names.index(cfg.output.name)].shape)
         else:
             raise ModelError(f"model {path} has no output {cfg.output.name!r}; its outputs are {names}")
+        self._fetch = [self._output_name, *cfg.output.concat]
+        for extra in cfg.output.concat:
+            if extra not in names:
+                raise ModelError(f"model {path} has no output {extra!r} (output.concat); its outputs are {names}")
+            dims = outputs[names.index(extra)].shape
+            last = dims[-1] if dims else None
+            grown = out_shape[-1] + last if isinstance(out_shape[-1], int) and isinstance(last, int) else None
+            out_shape = [*out_shape[:-1], grown]  # the class count of the concatenated rows
         num_classes = self._num_classes(out_shape)
 
         self.labels: tuple[str, ...] = resolve_labels(cfg.labels, labels, num_classes, path)
@@ -192,11 +200,18 @@ class OnnxRunner:
 
     def _run(self, tensor: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
         try:
-            result = self._session.run([self._output_name], {self._input_name: tensor})
+            result = self._session.run(self._fetch, {self._input_name: tensor})
         except Exception as exc:  # map ORT runtime failures at this boundary
             raise ModelError(f"inference failed for model {self.info.path}: {type(exc).__name__}: {exc}") from exc
-        out = np.asarray(result[0])
-        return out
+        if len(result) == 1:
+            return np.asarray(result[0])
+        parts = [np.asarray(r) for r in result]
+        if any(p.shape[:-1] != parts[0].shape[:-1] for p in parts):
+            shapes = {n: list(p.shape) for n, p in zip(self._fetch, parts, strict=True)}
+            raise ModelError(
+                f"model {self.info.path}: output.concat needs outputs that differ in their last axis only, got {shapes}"
+            )
+        return np.concatenate([p.astype(np.float32, copy=False) for p in parts], axis=-1)
 
     def infer(self, images: list[npt.NDArray[np.uint8]]) -> list[ModelOutput]:
         """Preprocess, run (in chunks of the model's batch size) and decode a batch of frames."""

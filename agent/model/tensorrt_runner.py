@@ -146,7 +146,7 @@ class TensorRTRunner:
         if len(inputs) != 1:
             raise ModelError(f"model {path} must have exactly one input (an image batch), it has {inputs}")
         self._input = inputs[0]
-        want = cfg.output.name or outputs[0]
+        want = cfg.output.name or outputs[0]  # output.concat is refused for this runtime (ModelConfig)
         if want not in outputs:
             raise ModelError(f"model {path} has no output {want!r}; its outputs are {outputs}")
         self._output = want
