@@ -222,6 +222,8 @@ def test_xyxy_rows_by_hand_and_concat_refused_for_tensorrt() -> None:
     assert detector_classes([8400, 84], OutputConfig(decoder="xyxy")) == 80
     with pytest.raises(ValueError, match=r"output.concat \['scores'\] needs runtime onnxruntime"):
         ModelConfig(runtime="tensorrt", kind="detector", output=OutputConfig(concat=("scores",), decoder="xyxy"))
+    with pytest.raises(ValueError, match=r"a classifier reads one output"):
+        ModelConfig(kind="classifier", output=OutputConfig(concat=("probs",)))
 
 
 def test_end2end_rows_by_hand() -> None:

@@ -126,6 +126,11 @@ class ModelConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_runtime(self) -> ModelConfig:
+        if self.output.concat and self.kind != "detector":
+            raise ValueError(
+                f"output.concat {list(self.output.concat)} joins a detector's boxes and class scores; a "
+                "classifier reads one output (output.name)"
+            )
         if self.runtime == "tensorrt" and self.output.concat:
             raise ValueError(
                 f"output.concat {list(self.output.concat)} needs runtime onnxruntime: the TensorRT runner reads "
