@@ -55,11 +55,21 @@ class CalibrationResult:
             return ""
         ess = EffectiveFrames(p.n_kept, p.autocorrelation_frames, p.effective_frames)
         widened = sum(t.tolerance > 0 for t in p.tests)
-        mode = (
-            f"p-values widened by the physical tolerances of {widened} tests (exact once the kept frames "
-            "resolve policy.alpha_flag and their last third confirms it; the log says which failed)"
-            if widened else "exact conformal p-values (no tolerances)"
-        )
+        fc = p.forward_check
+        if not widened:
+            mode = "exact conformal p-values (no tolerances)"
+        elif fc is not None and not fc.passed:
+            mode = (
+                f"p-values widened by the physical tolerances of {widened} tests: enough scene states for "
+                f"alpha_flag={fc.alpha:g}, but the scene changed along the window (its last {fc.future} frames, "
+                f"guarded against the {fc.past} before them, flagged {fc.flagged / max(1, fc.future):.1%}; "
+                f"P = {fc.p_value:.2g} for a stationary scene)"
+            )
+        else:
+            mode = (
+                f"p-values widened by the physical tolerances of {widened} tests (exact once the kept frames "
+                "resolve policy.alpha_flag and their last third confirms it)"
+            )
         return f"  kept {ess.describe()}\n  {mode}\n"
 
 

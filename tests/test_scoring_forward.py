@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import doctest
+from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import synthetic_stats
 
+from agent.calibrate_cmd import CalibrationResult
 from agent.scoring import forward
 from agent.scoring.calibrate import Calibrator
 from agent.scoring.config import CalibrationConfig
 from agent.scoring.forward import ForwardCheck, ScoreSeries, beta_binomial_tail, forward_check
+from agent.scoring.profile import Profile
 from agent.stats.types import FrameStats
 
 
@@ -106,26 +109,38 @@ def shuffled() -> list[FrameStats]:
     return [stats[i] for i in np.random.default_rng(3).permutation(len(stats))][:160]
 
 
-def _build(frames: list[FrameStats]) -> dict[str, float]:
+def _build(frames: list[FrameStats]) -> Profile:
     cal = Calibrator(CalibrationConfig(frames=160), (4, 4))
     for s in frames:
         cal.update(s)
-    return {t.name: t.tolerance for t in cal.build(alpha_flag=0.05).tests}
+    return cal.build(alpha_flag=0.05)
+
+
+def _tolerances(profile: Profile) -> dict[str, float]:
+    return {t.name: t.tolerance for t in profile.tests}
 
 
 def test_a_window_that_darkens_keeps_the_tolerances(
-    shuffled: list[FrameStats], caplog: pytest.LogCaptureFixture
+    shuffled: list[FrameStats], caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     """The same independent frames, dimmed by up to 20 % over the window's second half (dusk
     during calibration): enough states for alpha 0.05, but the last third is darker than the
     rest, so the calibrator keeps the default tolerances and says why."""
-    assert set(_build(shuffled).values()) == {0.0}  # stationary: exact
+    steady = _build(shuffled)
+    assert set(_tolerances(steady).values()) == {0.0}  # stationary: exact
+    assert steady.forward_check is not None and steady.forward_check.passed
     dusk = [
         dataclasses.replace(s, brightness=s.brightness * (1 - 0.2 * max(0, i - 80) / 80))
         for i, s in enumerate(shuffled)
     ]
     with caplog.at_level("WARNING", logger="agent.scoring.calibrate"):
-        tolerances = _build(dusk)
+        profile = _build(dusk)
+    tolerances = _tolerances(profile)
     assert tolerances["dark"] > 0 and tolerances["blur"] > 0
     assert "scene changed along the calibration window" in caplog.text
     assert "default tolerances kept" in caplog.text
+    # The profile records the check (and keeps it through a save), and edge-guard calibrate says it.
+    fc = Profile.from_dict(profile.model_dump(mode="json")).forward_check
+    assert fc is not None and not fc.passed and fc.p_value < 0.01 and fc.flagged > 0.5 * fc.future
+    result = CalibrationResult(profile, tmp_path / "p.json", 160, 160, 1.0, "dusk.mp4")
+    assert "but the scene changed along the window" in result.summary()

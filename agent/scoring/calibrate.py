@@ -49,7 +49,7 @@ from agent.scoring import adversarial, ood, patch, rules, tamper  # noqa: F401  
 from agent.scoring.base import Test, make_test
 from agent.scoring.config import ALL_TESTS, CalibrationConfig
 from agent.scoring.ess import EffectiveFrames, effective_frames, frames_needed
-from agent.scoring.forward import ScoreSeries, forward_check
+from agent.scoring.forward import ForwardCheck, ScoreSeries, forward_check
 from agent.scoring.observation import FEATURES, U8, Observation, TileMotion, observe, thumbnail_bgr
 from agent.scoring.profile import (
     QUANTILE_LEVELS,
@@ -243,8 +243,8 @@ class Calibrator:
         n_cal = len(obs)
         ess = effective_frames(np.stack([o.features for o in obs]))
         exact = self.cfg.exact_when_resolved and alpha_flag is not None and ess.resolves(alpha_flag)
-        if exact and alpha_flag is not None:
-            exact = self._forward_confirms(tests, scores, blocks, alpha_flag, ess)
+        check = self._forward_check(tests, scores, blocks, alpha_flag, ess) if exact and alpha_flag else None
+        exact = exact and (check is None or check.passed)
         test_profiles: list[TestProfile] = []
         for test in tests:
             vals = scores[test.name]
@@ -280,6 +280,10 @@ class Calibrator:
             "block": length,
             "autocorrelation_frames": ess.autocorrelation,
             "effective_frames": ess.effective,
+            "forward_check": None if check is None else {
+                "past": check.past, "future": check.future, "flagged": check.flagged, "alpha": check.alpha,
+                "states": check.states, "p_value": check.p_value, "passed": check.passed,
+            },
             "statistics": self._stat_distributions(obs),
             "features": self._feature_distributions(obs),
             "robust": RobustProfile(**ood_stats.params()),
@@ -303,15 +307,15 @@ class Calibrator:
         )
         return profile
 
-    def _forward_confirms(
+    def _forward_check(
         self,
         tests: Sequence[Test],
         scores: dict[str, list[float]],
         blocks: npt.NDArray[np.int64],
         alpha_flag: float,
         ess: EffectiveFrames,
-    ) -> bool:
-        """True unless the window's last third, guarded with exact p-values, flags implausibly often."""
+    ) -> ForwardCheck | None:
+        """The window's last third guarded with exact p-values (forward.py); warns when it fails."""
         exact_tests = []
         for test in tests:
             if all(math.isnan(v) for v in scores[test.name]):
@@ -325,14 +329,14 @@ class Calibrator:
             radius=self.cfg.guard_blocks, tail_k=self.cfg.tail_k,
         )
         if check is None or check.passed:
-            return True
+            return check
         logger.warning(
             "calibration: %s, so the scene changed along the calibration window and exact p-values would "
             "flag too often on what follows: default tolerances kept (clean FLAG rate at most alpha, "
             "possibly below). Calibrate on a stretch that shows the camera's usual variety throughout",
             check.describe(),
         )
-        return False
+        return check
 
     def _tolerance_named(self, test: str) -> bool:
         """True when ``calibration.tolerances`` sets this test's tolerance (by name or by '*')."""

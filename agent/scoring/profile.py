@@ -40,6 +40,7 @@ __all__ = [
     "QUANTILE_LEVELS",
     "Bins",
     "Distribution",
+    "ForwardCheckRecord",
     "ModelProfile",
     "Profile",
     "RobustProfile",
@@ -116,6 +117,19 @@ class TestProfile(_Record):
     calibration_scores: list[OptFloat]
 
 
+class ForwardCheckRecord(_Record):
+    """The calibrator's forward check (forward.py): the window's last ``future`` kept frames,
+    guarded with exact p-values calibrated on the ``past`` before them, ``flagged`` at ``alpha``."""
+
+    past: int = Field(ge=0)
+    future: int = Field(ge=0)
+    flagged: int = Field(ge=0)
+    alpha: float
+    states: float = Field(ge=0.0, description="Independent scene states of the future part.")
+    p_value: float = Field(ge=0.0, le=1.0, description="P(that many flagged episodes) for a stationary scene.")
+    passed: bool = Field(description="True: exact p-values kept; false: the default tolerances stayed.")
+
+
 class Profile(_Record):
     """A calibration profile (see the module docstring). Build it with ``Calibrator.build``."""
 
@@ -143,6 +157,9 @@ class Profile(_Record):
     )
     effective_frames: float | None = Field(
         default=None, ge=0.0, description="Independent scene states the kept frames hold: n_kept / autocorrelation."
+    )
+    forward_check: ForwardCheckRecord | None = Field(
+        default=None, description="The check that decided exact p-values (null: not run, e.g. alpha not resolved)."
     )
     quantile_levels: list[float] = Field(default_factory=lambda: list(QUANTILE_LEVELS))
     statistics: dict[str, Distribution]
