@@ -26,6 +26,7 @@ JSON (``--out``) and a PNG of RSS over time with the outage shaded (``--plot``).
     python benchmarks/bench_soak.py                      # 20 min, synthetic street camera, 60 s outage
     python benchmarks/bench_soak.py --minutes 2 --outage-s 15
     python benchmarks/bench_soak.py --source ../shared/data/videos/opencv_vtest.avi --minutes 30
+    python benchmarks/bench_soak.py --config /etc/edge-guard/cam1.yaml --minutes 60   # your model and camera
 
 Needs mosquitto on the PATH (``apt-get install mosquitto``).
 """
@@ -48,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -89,29 +91,39 @@ def sample(pid: int, t: float) -> Sample | None:
     return Sample(t, rss_kb / 1024.0, fds, int(fields["Threads"]), cpu)
 
 
-def write_config(directory: Path, broker: Mosquitto, source: str, fps: float) -> Path:
-    cfg = directory / "soak.yaml"
-    cfg.write_text(
-        f"""camera_id: cam0
-site: soak
-node: bench
-source:
-  uri: {json.dumps(source)}
-  realtime: true
-  loop: true
-  fps: {fps}
-health:
-  interval_s: 5
-mqtt:
-  host: {broker.host}
-  port: {broker.port}
-  will_delay_s: 1
-  spool:
-    path: {json.dumps(str(directory / "spool.sqlite"))}
-""",
-        encoding="utf-8",
+def write_config(directory: Path, broker: Mosquitto, args: argparse.Namespace) -> dict[str, Any]:
+    """Write the soak's config to ``directory/soak.yaml`` and return it: ``--config``'s model,
+    policy and calibration if given, the source paced live and looped, health every 5 s, MQTT
+    to the soak's broker."""
+    doc: dict[str, Any] = {}
+    if args.config is not None:
+        loaded = yaml.safe_load(args.config.read_text(encoding="utf-8"))
+        if not isinstance(loaded, dict):
+            raise SystemExit(f"bench_soak: {args.config} is not a YAML mapping (an edge-guard config)")
+        doc = loaded
+    camera = str(doc.get("camera_id") or "cam0")
+    source = dict(doc.get("source") or {})
+    if args.source is not None or "uri" not in source:
+        source["uri"] = args.source or "synthetic://default"
+    if args.fps is not None or "fps" not in source:
+        source["fps"] = args.fps or 25.0
+    source.update(realtime=True, loop=True)
+    doc.pop("file_sink", None)
+    doc.update(
+        camera_id=camera,
+        site="soak",
+        node="bench",
+        source=source,
+        health={**(doc.get("health") or {}), "interval_s": 5},
+        mqtt={
+            "host": broker.host,
+            "port": broker.port,
+            "will_delay_s": 1,
+            "spool": {"path": str(directory / "spool.sqlite")},
+        },
     )
-    return cfg
+    (directory / "soak.yaml").write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return doc
 
 
 def delivery(msgs: list[Received]) -> dict[str, Any]:
@@ -209,7 +221,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     duration = args.minutes * 60.0
     broker = Mosquitto(work / "broker").start()
     col = Collector(broker.host, broker.port, f"{PREFIX}/#", client_id="soak-collector", persistent=True)
-    cfg = write_config(work, broker, args.source, args.fps)
+    doc = write_config(work, broker, args)
+    cfg, camera = work / "soak.yaml", str(doc["camera_id"])
     samples: list[Sample] = []
     outage = (OUTAGE_AT * duration, OUTAGE_AT * duration + args.outage_s)
     wall: list[float] = []  # wall clock when the broker stopped, and when it started again
@@ -266,12 +279,12 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     spool.close()
     health = [m.json()["summary"] for m in msgs if m.topic.endswith("/health")]
     frames = sum(int(h.get("frames_processed", 0)) for h in health)
-    status = [m.json().get("state") for m in msgs if m.topic == f"{PREFIX}/cam0/status"]
+    status = [m.json().get("state") for m in msgs if m.topic == f"{PREFIX}/{camera}/status"]
     warm = max(WARMUP_SHARE * duration, WARMUP_MIN_S)
     return {
         "minutes": args.minutes,
-        "source": args.source,
-        "fps": args.fps,
+        "source": doc["source"]["uri"],
+        "fps": doc["source"]["fps"],
         "outage_s": args.outage_s,
         "exit_code": code,
         "crashed": crashed,
@@ -365,10 +378,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--outage-s", type=float, default=60.0, help="broker down this long at 40%% of the run")
     ap.add_argument(
         "--source",
-        default="synthetic://default",
-        help="camera URI, video file (looped) or folder; default the synthetic street with faults",
+        default=None,
+        help="camera URI, video file (looped) or folder; default: --config's source, else the synthetic "
+        "street with faults",
     )
-    ap.add_argument("--fps", type=float, default=25.0, help="pace the source at this rate (default 25)")
+    ap.add_argument(
+        "--fps",
+        type=float,
+        default=None,
+        help="pace the source at this rate (default: the config's source.fps, else 25)",
+    )
+    ap.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="your camera's config: its model, policy, calibration and source are soaked (its mqtt "
+        "and file_sink sections are replaced by the soak's broker)",
+    )
     ap.add_argument("--sample-s", type=float, default=10.0, help="seconds between process samples (default 10)")
     ap.add_argument(
         "--max-growth", type=float, default=10.0, help="RSS slope after warm-up that fails the run, MB/h (default 10)"

@@ -49,15 +49,28 @@ def test_slope_is_fitted_after_the_warm_up_only() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not mosquitto_available(), reason="mosquitto / mosquitto_passwd not installed")
 def test_short_soak_with_a_broker_outage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The user's config is soaked with its camera and source; its own broker (unreachable here)
+    and file sink are replaced by the soak's broker."""
+    user = tmp_path / "yard.yaml"
+    user.write_text("""camera_id: yard
+source:
+  uri: synthetic://default?seed=3
+file_sink:
+  dir: /nonexistent/out
+mqtt:
+  host: broker.invalid
+  port: 8883
+""")
     out = tmp_path / "soak.json"
-    code = main(["--minutes", "0.75", "--outage-s", "8", "--sample-s", "3", "--quiet", "--out", str(out),
-                 "--plot", str(tmp_path / "soak.png")])
+    code = main(["--config", str(user), "--minutes", "0.75", "--outage-s", "8", "--sample-s", "3", "--quiet",
+                 "--out", str(out), "--plot", str(tmp_path / "soak.png")])
     text = capsys.readouterr().out
     assert code == 0, text
     r = json.loads(out.read_text())
     assert r["exit_code"] == 0 and not r["crashed"] and r["spool_left"] == 0
     assert r["delivery"]["lost"] == 0 and r["delivery"]["health_seq_gaps"] == 0
-    assert r["delivery"]["streams"]["health/cam0"] >= 5 and r["frames_guarded"] > 300
+    assert r["delivery"]["streams"]["health/yard"] >= 5 and r["frames_guarded"] > 300
+    assert (r["source"], r["fps"], r["last_camera_status"]) == ("synthetic://default?seed=3", 25.0, "offline")
     assert r["outage"]["messages_spooled"] >= 1  # a health summary at least was created while it was down
     assert "[n/a ] RSS growth" in text  # 45 s are within the one-minute warm-up
     assert (tmp_path / "soak.png").stat().st_size > 1000
