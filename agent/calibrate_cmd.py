@@ -18,6 +18,7 @@ from agent.model.factory import effective_preprocess, load_warm_model
 from agent.pipeline import Measurer, ProfileIds, Scorer
 from agent.scoring.adversarial import make_squeezer
 from agent.scoring.ess import EffectiveFrames
+from agent.scoring.forward import ForwardCheck
 from agent.scoring.profile import Profile
 from agent.sources.factory import open_source
 from agent.stats.factory import create_backend
@@ -59,11 +60,10 @@ class CalibrationResult:
         if not widened:
             mode = "exact conformal p-values (no tolerances)"
         elif fc is not None and not fc.passed:
+            check = ForwardCheck(fc.past, fc.future, fc.flagged, fc.alpha, fc.states, fc.p_value)
             mode = (
                 f"p-values widened by the physical tolerances of {widened} tests: enough scene states for "
-                f"alpha_flag={fc.alpha:g}, but the scene changed along the window (its last {fc.future} frames, "
-                f"guarded against the {fc.past} before them, flagged {fc.flagged / max(1, fc.future):.1%}; "
-                f"P = {fc.p_value:.2g} for a stationary scene)"
+                f"alpha_flag={fc.alpha:g}, but the scene changed along the window: {check.describe()}"
             )
         else:
             mode = (

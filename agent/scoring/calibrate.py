@@ -33,6 +33,7 @@ Deterministic: the same frames in the same order give the same profile (and prof
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections import Counter
@@ -280,10 +281,7 @@ class Calibrator:
             "block": length,
             "autocorrelation_frames": ess.autocorrelation,
             "effective_frames": ess.effective,
-            "forward_check": None if check is None else {
-                "past": check.past, "future": check.future, "flagged": check.flagged, "alpha": check.alpha,
-                "states": check.states, "p_value": check.p_value, "passed": check.passed,
-            },
+            "forward_check": None if check is None else dataclasses.asdict(check) | {"passed": check.passed},
             "statistics": self._stat_distributions(obs),
             "features": self._feature_distributions(obs),
             "robust": RobustProfile(**ood_stats.params()),
@@ -317,9 +315,7 @@ class Calibrator:
     ) -> ForwardCheck | None:
         """The window's last third guarded with exact p-values (forward.py); warns when it fails."""
         exact_tests = []
-        for test in tests:
-            if all(math.isnan(v) for v in scores[test.name]):
-                continue
+        for test in tests:  # (forward_check skips a test that never applied)
             probe = make_test(test.name, self.cfg)
             if not self._tolerance_named(test.name):
                 probe.set_tolerance(0.0)
