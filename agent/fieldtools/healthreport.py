@@ -151,6 +151,11 @@ class Bucket:
         """Frame-weighted mean drift score per key."""
         return {k: m for k, v in self._drift.items() if (m := self._mean(v)) is not None}
 
+    def top_psi(self, n: int) -> list[tuple[str, float]]:
+        """The ``n`` highest PSI drift scores (``psi.*`` keys), highest first."""
+        psi = [(k, v) for k, v in self.drift.items() if k.startswith("psi.")]
+        return sorted(psi, key=lambda kv: -kv[1])[:n]
+
     @property
     def confidence_p50(self) -> float | None:
         return self._mean(self._conf)
@@ -211,8 +216,6 @@ class CameraReport:
         if not g:
             return {}
         first, last = g[0], g[-1]
-        drift = last.drift
-        top = sorted(((k, v) for k, v in drift.items() if k.startswith("psi.")), key=lambda kv: -kv[1])[:5]
         sf, sl = _shares(first.classes), _shares(last.classes)
         moved = sorted(set(sf) | set(sl), key=lambda k: -abs(sl.get(k, 0.0) - sf.get(k, 0.0)))[:3]
         return {
@@ -222,7 +225,7 @@ class CameraReport:
             "confidence_p50": [first.confidence_p50, last.confidence_p50],
             "class_mix_total_variation": total_variation(first.classes, last.classes),
             "classes_moved": {k: [round(sf.get(k, 0.0), 4), round(sl.get(k, 0.0), 4)] for k in moved},
-            "top_drift_last_bucket": dict(top),
+            "top_drift_last_bucket": dict(last.top_psi(5)),
             "drift_alarm_share_overall": (
                 sum(b.alarm_summaries for b in g) / max(1, sum(b.guarded_summaries for b in g))
             ),

@@ -16,11 +16,14 @@ import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from agent.fieldtools.healthreport import CameraReport
 
 __all__ = ["COLORS", "robustness_png", "timeline_png"]
 
@@ -154,20 +157,19 @@ def _line_panel(img: U8, origin: tuple[int, int], title: str, t: Sequence[float]
             _text(img, datetime.fromtimestamp(tt, UTC).strftime("%m-%d %H:%M"), (anchor, top + ph + 14), 0.3)
 
 
-def timeline_png(reports: Sequence[Any], path: Path) -> Path:
-    """One row per camera (healthreport.CameraReport): FLAG/BLOCK rates, the drift scores that
+def timeline_png(reports: Sequence[CameraReport], path: Path) -> Path:
+    """One row per camera: FLAG/BLOCK rates, the drift scores that
     are highest in the last bucket, and the median model confidence, per bucket (edge-guard report)."""
     rows = max(1, len(reports))
     img = np.full((_HEADER // 2 + rows * _TL_H, 3 * _TL_W, 3), 255, dtype=np.uint8)
     _text(img, "edge-guard report: per bucket, since calibration (UTC)", (10, 20), 0.5)
     for r, rep in enumerate(reports):
         y = _HEADER // 2 + r * _TL_H
-        g = [b for b in rep.buckets if b.frames > 0]
+        g = rep.guarded
         t = [b.start for b in g]
         rates = {f"{d} %": [None if (v := b.rate(d)) is None else 100 * v for b in g] for d in ("FLAG", "BLOCK")}
         _line_panel(img, (0, y), f"{rep.camera_id}: decisions", t, rates)
-        last = g[-1].drift if g else {}
-        top = sorted((k for k in last if k.startswith("psi.")), key=lambda k: -last[k])[:3]
+        top = [k for k, _ in g[-1].top_psi(3)] if g else []
         _line_panel(img, (_TL_W, y), f"{rep.camera_id}: drift (PSI)", t,
                     {k[4:]: [b.drift.get(k) for b in g] for k in top})
         _line_panel(img, (2 * _TL_W, y), f"{rep.camera_id}: model confidence (median)", t,

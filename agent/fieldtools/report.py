@@ -70,7 +70,7 @@ def _bucket_len(seconds: int) -> str:
 
 def _row(b: Bucket) -> list[str]:
     top = ", ".join(f"{k} {v}" for k, v in b.reasons.most_common(2)) or "-"
-    psi = sorted(((k, v) for k, v in b.drift.items() if k.startswith("psi.")), key=lambda kv: -kv[1])
+    psi = b.top_psi(1)
     drift = f"{psi[0][0][4:]} {psi[0][1]:.2f}" if psi else "-"
     conf = b.confidence_p50
     frames = str(b.frames) if b.frames or not b.frames_calibrating else f"(cal {b.frames_calibrating})"
