@@ -255,7 +255,7 @@ def end2end_decode(raw: npt.NDArray[np.generic], cfg: OutputConfig) -> list[F32]
     for pred in np.asarray(raw, dtype=np.float32):
         score = _probabilities(pred[:, 4])
         sel = np.flatnonzero((score >= cfg.score_threshold) & (pred[:, 5] >= 0) & np.isfinite(pred[:, :4]).all(axis=1))
-        sel = sel[np.argsort(-score[sel], kind="stable")][: cfg.max_detections]
+        sel = sel[_best_first(score[sel], cfg)]
         det = pred[sel].copy()
         det[:, 4] = score[sel]
         det[:, 5] = np.rint(det[:, 5])
@@ -270,12 +270,17 @@ def rtdetr_decode(raw: npt.NDArray[np.generic], input_wh: tuple[int, int], cfg: 
     out: list[F32] = []
     for pred in rows:
         score, cls, sel = _best_class(_probabilities(pred[:, 4:]), cfg)
-        order = np.argsort(-score, kind="stable")[: cfg.max_detections]
+        order = _best_first(score, cfg)
         cxy, half = pred[sel, :2] * scale, np.abs(pred[sel, 2:4]) * scale / 2.0
         det = np.empty((sel.size, 6), np.float32)
         det[:, :2], det[:, 2:4], det[:, 4], det[:, 5] = cxy - half, cxy + half, score, cls
         out.append(det[order])
     return out
+
+
+def _best_first(score: F32, cfg: OutputConfig) -> npt.NDArray[np.intp]:
+    """Indices of the ``max_detections`` highest scores, highest first (ties in input order)."""
+    return np.argsort(-score, kind="stable")[: cfg.max_detections]
 
 
 def _probabilities(conf: F32) -> F32:
