@@ -420,6 +420,14 @@ class Daemon:
         if isinstance(fatal, ProfileError):
             raise fatal  # a profile that does not fit: a configuration problem (exit 78)
         t = self.agg.totals()
+        scorer = self.scorer
+        if scorer is not None and scorer.phase == "calibrating" and t.frames_processed:
+            logger.warning(
+                "exiting (%s) during start-up calibration: %d of the %d calibration frames seen, so no profile "
+                "was built and no frame got a decision; feed a longer clip (or source.loop), lower "
+                "calibration.frames, or set policy.profile to a profile from `edge-guard calibrate`",
+                reason, scorer.calibrated, scorer.calibration_target,
+            )
         logger.info("exiting (%s): %d frames in, %d processed, %d dropped", reason,
                     t.frames_in, t.frames_processed, t.frames_dropped)
         return code

@@ -269,12 +269,30 @@ def test_calibration_restarts_when_the_stream_changes_resolution(
     with caplog.at_level("WARNING", logger="agent.pipeline"):
         assert _run(daemon) == 0
     assert "is 128x96 but calibration began at 96x64 (30 frames)" in caplog.text
+    assert "during start-up calibration" not in caplog.text  # it finished: no warning at exit
     profile = Profile.load(profile_path)
     assert (profile.width, profile.height, profile.n_frames) == (128, 96, 60)
     p = daemon.progress()
     assert p.frames_calibrated == 30 + 60  # the 30 frames of the old size went to calibration too
     assert sum(p.decisions.values()) == 150 - 30 - 60
     assert "resolution" not in p.reasons
+
+
+def test_a_source_that_ends_during_calibration_says_nothing_was_guarded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A clip shorter than the start-up calibration: a clean exit, but not a silent one."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(12):
+        assert cv2.imwrite(str(folder / f"{i:04d}.png"), SyntheticScene(3, (96, 64)).render(i)[0])
+    daemon = Daemon(_cfg(tmp_path, source={"uri": str(folder), "max_frames": None}, calibration={"frames": 40}),
+                    notifier=Notifier(None))
+    with caplog.at_level("WARNING", logger="agent.daemon"):
+        assert _run(daemon) == 0
+    assert ("exiting (source ended) during start-up calibration: 12 of the 40 calibration frames seen, so no "
+            "profile was built and no frame got a decision") in caplog.text
+    assert daemon.progress().frames_calibrated == 12 and not daemon.progress().decisions
 
 
 def test_swapped_camera_recovers_with_a_reloaded_profile(tmp_path: Path) -> None:
