@@ -422,11 +422,13 @@ class Daemon:
         t = self.agg.totals()
         scorer = self.scorer
         if scorer is not None and scorer.phase == "calibrating" and t.frames_processed:
+            restarts = scorer.calibration_restarts
             logger.warning(
-                "exiting (%s) during start-up calibration: %d of the %d calibration frames seen, so no profile "
+                "exiting (%s) during start-up calibration: %d of the %d calibration frames seen%s, so no profile "
                 "was built and no frame got a decision; feed a longer clip (or source.loop), lower "
                 "calibration.frames, or set policy.profile to a profile from `edge-guard calibrate`",
                 reason, scorer.calibrated, scorer.calibration_target,
+                f" (it started over {restarts} times when the frame size changed)" if restarts else "",
             )
         logger.info("exiting (%s): %d frames in, %d processed, %d dropped", reason,
                     t.frames_in, t.frames_processed, t.frames_dropped)

@@ -31,6 +31,8 @@ from agent.verdict import Verdict
 __all__ = ["Measured", "Measurer", "ProfileIds", "Scorer", "load_profile"]
 
 logger = logging.getLogger(__name__)
+#: A stream that keeps changing resolution during calibration is warned about at most this often.
+RESTART_LOG_S: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,8 @@ class Scorer:
         self._calibrator: Calibrator | None = None
         self.calibrated = 0
         self.profile: Profile | None = None
+        self._restarts = self._restarts_logged = 0  # calibration restarts on a resolution change
+        self._restart_logged: float | None = None  # monotonic time of the last restart warning
         if profile is not None:
             self._install(profile)
         else:
@@ -151,6 +155,11 @@ class Scorer:
     @property
     def calibration_target(self) -> int:
         return self._cal_cfg.frames
+
+    @property
+    def calibration_restarts(self) -> int:
+        """Times start-up calibration started over because the frame size changed."""
+        return self._restarts
 
     def update(self, m: Measured) -> Verdict | None:
         """Consume one measured frame; a Verdict when guarding, None while calibrating."""
@@ -204,11 +213,18 @@ class Scorer:
         if cal.size is not None and size != cal.size:
             # the stream switched resolution (a reconnect to another profile, a swapped camera):
             # a profile is for one size, so calibration starts over on the new one
-            logger.warning(
-                "camera %s: frame %d is %dx%d but calibration began at %dx%d (%d frames): the stream "
-                "changed resolution, calibration restarts at the new size",
-                m.frame.camera_id, m.frame.seq, size[0], size[1], *cal.size, self.calibrated,
-            )
+            self._restarts += 1
+            now = time.monotonic()
+            if self._restart_logged is None or now - self._restart_logged >= RESTART_LOG_S:
+                more = self._restarts - 1 - self._restarts_logged
+                logger.warning(
+                    "camera %s: frame %d is %dx%d but calibration began at %dx%d (%d frames): the stream "
+                    "changed resolution, calibration restarts at the new size%s",
+                    m.frame.camera_id, m.frame.seq, size[0], size[1], *cal.size, self.calibrated,
+                    f" ({more} more restarts since the last message: frames of one camera keep one size; "
+                    "a folder source must not mix image sizes)" if more else "",
+                )
+                self._restart_logged, self._restarts_logged = now, self._restarts
             cal = self._calibrator = Calibrator(self._cal_cfg, self._grid, camera_id=self._camera_id)
         cal.update(m.stats, m.output, image=m.frame.image, squeeze=m.squeeze, live=m.frame.live)
         self.calibrated = max(0, cal.n - self._cal_cfg.skip)

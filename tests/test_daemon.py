@@ -278,6 +278,23 @@ def test_calibration_restarts_when_the_stream_changes_resolution(
     assert "resolution" not in p.reasons
 
 
+def test_a_folder_of_mixed_sizes_warns_once_not_per_frame(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Sizes alternating on every frame restart calibration every frame; one warning says so."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(30):
+        image = SyntheticScene(3, (96, 64) if i % 2 else (128, 96)).render(i)[0]
+        assert cv2.imwrite(str(folder / f"{i:04d}.png"), image)
+    daemon = Daemon(_cfg(tmp_path, source={"uri": str(folder), "max_frames": None}, calibration={"frames": 20}),
+                    notifier=Notifier(None))
+    with caplog.at_level("WARNING", logger="agent.pipeline"):
+        assert _run(daemon) == 0
+    restarts = [r.getMessage() for r in caplog.records if "calibration restarts" in r.getMessage()]
+    assert len(restarts) == 1 and "frame 1 is 96x64 but calibration began at 128x96 (1 frames)" in restarts[0]
+    assert ("during start-up calibration: 1 of the 20 calibration frames seen (it started over 29 times when "
+            "the frame size changed)") in caplog.text
+
+
 def test_a_source_that_ends_during_calibration_says_nothing_was_guarded(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

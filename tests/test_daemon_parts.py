@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from agent import pipeline
 from agent.config import GuardConfig
+from agent.frame import Frame
 from agent.framequeue import DropOldestQueue
 from agent.health import HealthSummary
 from agent.healthagg import HealthAggregator, Reservoir
 from agent.model.types import ModelOutput
 from agent.reload import changed_paths, plan_reload
+from agent.scoring.config import CalibrationConfig, PolicyConfig
 from agent.stats.cpu import CpuStats
 from agent.tokenbucket import TokenBucket
 
@@ -182,3 +186,27 @@ def test_token_bucket_refills_at_its_rate() -> None:
     assert sum(bucket.take() for _ in range(10)) == 3
     with pytest.raises(ValueError, match="rate_per_s must be >= 0"):
         TokenBucket(-1.0, 1.0)
+
+
+def test_calibration_restart_warnings_are_throttled(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stream changing size on every frame restarts calibration every frame; the warning comes
+    at most once per RESTART_LOG_S and counts the restarts it did not report."""
+    clock = iter([1.0, 2.0, 3.0, 1.0 + pipeline.RESTART_LOG_S + 0.5])
+    monkeypatch.setattr(pipeline, "time", SimpleNamespace(monotonic=lambda: next(clock),
+                                                          perf_counter=time.perf_counter))
+    scorer = pipeline.Scorer(None, PolicyConfig(), CalibrationConfig(frames=20), (4, 4),
+                             lambda f: pipeline.ProfileIds(None, (0, 0), (4, 4), "x"))
+    backend = CpuStats((4, 4))
+    with caplog.at_level("WARNING", logger="agent.pipeline"):
+        for seq in range(5):
+            image = np.full((48, 64) if seq % 2 else (64, 96), 100, np.uint8)
+            image = np.dstack([image] * 3)
+            frame = Frame(image, "cam", seq, float(seq), float(seq), live=True)
+            assert scorer.update(pipeline.Measured(frame, backend.compute(image), None, {})) is None
+    warned = [r.getMessage() for r in caplog.records]
+    assert scorer.calibration_restarts == 4 and len(warned) == 2
+    assert "frame 1 is 64x48 but calibration began at 96x64 (1 frames)" in warned[0]
+    assert "more restarts" not in warned[0]
+    assert "frame 4 is 96x64" in warned[1] and "(2 more restarts since the last message" in warned[1]
