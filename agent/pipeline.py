@@ -167,7 +167,7 @@ class Scorer:
             if self._guard is None:
                 self._calibrate(m)
                 return None
-            # The guard checks the frame size against the profile (ProfileError when it differs).
+            # The guard checks the frame size against the profile (BLOCK, reason 'resolution', when it differs).
             t0 = time.perf_counter()
             verdict = self._guard.update(m.frame, m.stats, m.output, m.latency_ms, squeeze=m.squeeze)
             m.latency_ms["score"] = (time.perf_counter() - t0) * 1e3

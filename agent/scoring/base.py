@@ -10,8 +10,8 @@ Life cycle (river style: ``update()`` then read-only results)::
     test.calibrate(scores, tail_k=25)
 
 Tests that learn parameters set ``fitted = True``: the calibrator then scores each block with a
-copy fitted without that block (cross-fitting, calibrate.py), so calibration scores are
-out-of-sample.
+copy fitted without that block's fold and its neighbours (cross-fitting, calibrate.py), so
+calibration scores are out-of-sample.
     ...
     test.update(obs).p_value           # at run time
 
@@ -62,7 +62,7 @@ class Scorer(Protocol):
 
 
 class Test:
-    """Base class of a calibrated test. Subclasses set ``name``, ``tolerance`` and ``compute()``.
+    """Base class of a calibrated test. Subclasses set ``name``, ``default_tolerance`` and ``compute()``.
 
     ``name``: the test's id (also its reason code unless ``reason`` is set).
     ``tolerance``: the smallest score difference that matters physically, in score units.

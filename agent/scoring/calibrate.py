@@ -8,8 +8,10 @@ Frames go through three steps:
    least ``MIN_BLOCKS``). Blocks rather than single frames, because consecutive video frames
    are nearly identical: a frame is never judged against its own near-twins.
 3. Every test is fitted on all kept frames (its run-time parameters). Tests that learn
-   parameters (``Test.fitted``) are also **cross-fitted**: block b is scored by a copy fitted
-   without blocks b - g .. b + g (g = ``guard_blocks``), so every kept frame gets an
+   parameters (``Test.fitted``) are also **cross-fitted**: the blocks are grouped into at most
+   ``MAX_FOLDS`` folds of neighbouring blocks, and the blocks of a fold are scored by a copy
+   fitted without that fold and g = ``guard_blocks`` blocks either side (the full fit where
+   fewer than ``MIN_KEPT // 2`` training frames would remain), so every kept frame gets an
    out-of-sample calibration score and none is wasted on a separate FIT part. Stateful tests
    restart at every block. The scores become the tests' conformal calibration sets; the block
    ids go into the profile, from which the policy calibrates the family-wise level on

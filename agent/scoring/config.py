@@ -59,10 +59,11 @@ class CalibrationConfig(StrictModel):
         ge=1,
         le=100_000,
         description="Kept frames per block (shrunk automatically to give at least 10 blocks). Each block's "
-        "calibration scores come from tests fitted without it and its `guard_blocks` neighbours "
-        "(cross-fitting), and the family-wise level is calibrated on each frame's p-value against the "
-        "other, distant blocks only: correlated neighbouring frames never vouch for each other, so alpha "
-        "is the false-alarm rate on a stretch of video the calibration has not seen.",
+        "calibration scores come from tests fitted without it, the neighbouring blocks of its fold (at "
+        "most 12 folds) and `guard_blocks` blocks either side (cross-fitting), and the family-wise level "
+        "is calibrated on each frame's p-value against the other, distant blocks only: correlated "
+        "neighbouring frames never vouch for each other, so alpha is the false-alarm rate on a stretch of "
+        "video the calibration has not seen.",
     )
     guard_blocks: int = Field(
         1,

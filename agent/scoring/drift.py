@@ -14,7 +14,7 @@ calibration frames' share per bin as e (``Profile.drift_bins``); classes use the
 shares o_b are smoothed by half a count per bin, so an empty bin gives a finite PSI.
 Rule of thumb: < 0.1 stable, 0.1-0.25 moderate, > 0.25 large shift.
 
-**Sequential alarms (``Cusum``).** Per frame, the surprise x_t = min(-ln p_t, 10) of a
+**Sequential alarms (``Cusum``).** Per frame, the surprise x_t = min(-ln p_t, 5) (``SURPRISE_CAP``) of a
 p-value stream: ``stats`` uses the family-wise p-value of the frame (every enabled test),
 ``model`` the smallest p-value of the model-output tests. A one-sided CUSUM
 

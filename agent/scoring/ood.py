@@ -1,8 +1,9 @@
 """Out-of-distribution tests: the whole statistics vector, and the model's own output.
 
 ``ood_stats``: robust Mahalanobis distance d(x) = sqrt((x - m)^T C^-1 (x - m)) of the
-frame's FEATURES vector x to the robust location m and scatter C fitted on the calibration frames
-(robust.fit_robust_gaussian); p-value conformal on the CALIBRATION part.
+frame's ``OOD_FEATURES`` vector x (the observation FEATURES but ``motion``, ``tile_structure``
+and ``tile_structure_hi``) to the robust location m and scatter C fitted on the calibration
+frames (robust.fit_robust_gaussian); p-value conformal on the cross-fitted calibration scores.
 
 ``ood_model``: an output-based score, chosen at fit time from what the model gives:
 free energy E = -logsumexp(logits) when logits exist (Liu et al. 2020: higher energy =
@@ -38,9 +39,9 @@ MODEL_SCORE_KINDS: tuple[str, ...] = ("energy", "msp", "detection")
 #: Default tolerance of ood_model per score kind (``calibration.tolerances`` overrides it).
 KIND_TOLERANCE: dict[str, float] = {"energy": 0.5, "msp": 0.05, "detection": 0.05}
 #: Features in ood_stats: all but ``motion`` (a genuine change between two clean frames, e.g.
-#: the first frame after a fault or a person stepping in, is not a property of the frame) and
+#: the first frame after a fault or a person stepping in, is not a property of the frame),
 #: ``tile_structure`` (its lower quartile over tiles jumps whenever an object enters a flat
-#: part of the view; ``covered`` tests the upper quartile, ``tile_structure_hi``, instead).
+#: part of the view) and ``tile_structure_hi`` (the upper quartile: ``covered`` tests it).
 OOD_FEATURES: tuple[str, ...] = tuple(
     f for f in FEATURES if f not in ("motion", "tile_structure", "tile_structure_hi")
 )
@@ -49,7 +50,7 @@ _OOD_IDX = [FEATURES.index(f) for f in OOD_FEATURES]
 
 @register
 class OodStats(Test):
-    """Robust Mahalanobis distance of the FEATURES vector to the calibrated profile."""
+    """Robust Mahalanobis distance of the OOD_FEATURES vector to the calibrated profile."""
 
     name = "ood_stats"
     default_tolerance = 1.0

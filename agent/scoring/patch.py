@@ -142,7 +142,8 @@ class TileModel:
 
     @classmethod
     def fit(cls, observations: Sequence[Observation]) -> TileModel | None:
-        """Median/MAD over ``observations`` (None when there are none)."""
+        """Median and floored, pooled 5..95 % spread (module docstring) over ``observations``
+        (None when there are none)."""
         if not observations:
             return None
         x = np.stack([tile_features(o.stats) for o in observations])  # (n, T, F)

@@ -16,7 +16,8 @@
    ``policy.tamper.clear_alpha``; ``Guard.tamper_states`` tells when an alarm is raised or
    cleared;
 5. drift (drift.DriftMonitor): the frame goes into the sliding windows and the sequential
-   alarm; ``Guard.drift`` gives the health-summary fields and the ``drift`` events.
+   alarm; ``Guard.drift_snapshot()`` gives the health-summary fields and ``Guard.drift_events()``
+   the ``drift`` events.
 
 A frame whose size is not the profile's (the camera was swapped, or its stream switched to
 another resolution) cannot be compared with the calibration: it is BLOCKed with the reason

@@ -8,7 +8,8 @@ and holds:
 * per-statistic robust distributions: quantiles (``QUANTILE_LEVELS``) of every scalar
   statistic and every transformed feature;
 * the robust location/scatter of the feature vector (``robust``), per-tile medians/MADs
-  (``tiles``, for localized tests), the model-output score distribution (``model``);
+  (``tiles``, descriptive: ``patch`` and ``defocused`` keep their own tile models in their
+  test parameters), the model-output score distribution (``model``);
 * every test's learned parameters and its calibration scores (``tests``), from which the
   conformal p-values and the family-wise combination are rebuilt at load time.
 

@@ -3,9 +3,10 @@
 Fit on clean calibration frames (cross-fitted per block at calibration, calibrate.py):
 
 1. Start from the coordinate-wise median and MAD (scaled by 1.4826, floored at the
-   features' ``floor_sd``) and keep the h = ceil(support * n) points closest in that
-   diagonal metric.
-2. C-steps (Rousseeuw & Van Driessen 1999): mean m and covariance C of the h points,
+   features' ``floor_sd``) and keep the h = max(p + 1, ceil(support * n)) points closest in
+   that diagonal metric.
+2. C-steps (Rousseeuw & Van Driessen 1999): mean m and covariance C of the h points (plus the
+   ridge diag(floor_sd^2), so C stays invertible when the subset is degenerate),
    Mahalanobis d_i^2 = (x_i - m)^T C^-1 (x_i - m) of all points, keep the h smallest;
    repeat until the subset no longer changes (each step cannot increase det C).
 3. Consistency: scale C so that median(d^2) equals the chi-square(p) median, then one

@@ -115,7 +115,7 @@ def _interior_sums(f: _Frame, box: tuple[int, int, int, int]) -> list[int]:
     lap_full = np.asarray(cv2.Laplacian(halo, cv2.CV_16S, ksize=1), dtype=np.int16)  # (mh + 2, mw + 2)
     k_full = np.asarray(cv2.sepFilter2D(halo, cv2.CV_16S, _SECOND_DIFF, _SECOND_DIFF), dtype=np.int16)
     lap, k = lap_full[1:-1, 1:-1], k_full[1:-1, 1:-1]  # (mh, mw): only pixels with all neighbours in the halo
-    if m * _L_MAX * _L_MAX < min(f.limit, _L2SQR_EXACT_LIMIT):  # also bounds |ΣL| and Σ|K| ≤ m·4080
+    if m * _L_MAX * _L_MAX < min(f.limit, _L2SQR_EXACT_LIMIT):  # also bounds |ΣL| and Σ|K| ≤ m·2040
         return [m, int(cv2.sumElems(lap)[0]), round(cv2.norm(lap, cv2.NORM_L2SQR)), int(cv2.norm(k, cv2.NORM_L1))]
     lap64 = lap.astype(np.int64)  # (mh, mw) int64
     return [m, int(lap64.sum()), int((lap64 * lap64).sum()), int(np.abs(k.astype(np.int64)).sum())]
