@@ -105,6 +105,7 @@ class Mosquitto:
         users: dict[str, str] | None = None,
         acl: str | None = None,
         persistence: bool = True,
+        require_client_cert: bool = False,
         extra_conf: str = "",
     ) -> None:
         self.dir = directory
@@ -131,7 +132,8 @@ class Mosquitto:
         ]
         if self.certs is not None:
             lines += [f"cafile {self.certs.ca}", f"certfile {self.certs.server_cert}",
-                      f"keyfile {self.certs.server_key}", "require_certificate false"]
+                      f"keyfile {self.certs.server_key}",
+                      f"require_certificate {'true' if require_client_cert else 'false'}"]
         if users:
             pw = self.dir / "passwd"
             pw.write_text("")

@@ -14,11 +14,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from helpers import wait_until
-from mosquitto import Collector, Mosquitto, Received, mosquitto_available
+from mosquitto import Collector, Mosquitto, Received, make_certs, mosquitto_available
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.errors import ConfigError
 from agent.health import HealthSummary
 from agent.sinks.mqtt.commands import sign_request
 from agent.sinks.mqtt.config import MqttConfig
@@ -278,3 +279,55 @@ def test_command_flood_is_ignored_by_policy(broker: Mosquitto, tmp_path: Path) -
     assert stats["commands_received"] == 100
     assert answered + stats["commands_ignored"] == 100 and 5 <= answered <= 20, (answered, stats)
     assert all(m.json()["status"] == "ok" for m in msgs)
+
+
+def test_mutual_tls_with_a_client_certificate(tmp_path: Path) -> None:
+    """A broker that requires client certificates: the configured pair gets the agent in, and
+    without it the TLS handshake fails (retried with back-off, reported as the last error)."""
+    with Mosquitto(tmp_path / "broker", tls=True, require_client_cert=True) as broker:
+        certs = broker.certs
+        assert certs is not None
+        key = tmp_path / "client.key"
+        key.write_bytes(certs.client_key.read_bytes())
+        key.chmod(0o600)
+        sink = sink_for(broker, tmp_path, tls={"ca_file": str(certs.ca), "cert_file": str(certs.client_cert),
+                                               "key_file": str(key)})
+        try:
+            assert sink.conn.wait_connected(10), sink.conn.last_error
+        finally:
+            sink.close()
+        anonymous = sink_for(broker, tmp_path / "no-cert", tls={"ca_file": str(certs.ca)})
+        try:
+            assert not anonymous.conn.wait_connected(2.0)
+            assert anonymous.conn.last_error is not None
+        finally:
+            anonymous.close()
+        log = broker.log()
+        assert "as edge-guard-lab-n1" in log  # the agent's session, over the certificate
+        assert "peer did not return a certificate" in log  # the attempt without one, refused
+
+
+@pytest.mark.parametrize(
+    ("broken", "match"),
+    [
+        ("empty_key", r"mqtt\.tls: the client certificate .* and key .* cannot be loaded together"),
+        ("other_key", r"mqtt\.tls: the client certificate .* and key .* cannot be loaded together"),
+        ("garbage_ca", r"mqtt\.tls\.ca_file: .* is not a usable PEM CA certificate"),
+    ],
+)
+def test_unusable_tls_files_are_a_config_error_at_start(tmp_path: Path, broken: str, match: str) -> None:
+    """Caught when the sink is built (exit 78), not retried forever in the connection thread."""
+    certs = make_certs(tmp_path / "certs")
+    key, ca = tmp_path / "client.key", certs.ca
+    key.write_bytes(b"" if broken == "empty_key" else
+                    certs.server_key.read_bytes() if broken == "other_key" else certs.client_key.read_bytes())
+    if broken == "garbage_ca":
+        ca = tmp_path / "ca.crt"
+        ca.write_text("-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n")
+    cfg = MqttConfig.model_validate({
+        "host": "localhost", "port": 1, "spool": {"path": str(tmp_path / "spool.sqlite")},
+        "tls": {"ca_file": str(ca), "cert_file": str(certs.client_cert), "key_file": str(key)},
+    })
+    ident = AgentIdentity.create("lab", "n1", ["cam0"], model_sha256="ab" * 32, profile_id="p", config_hash="c")
+    with pytest.raises(ConfigError, match=match):
+        MqttSink(cfg, ident, start=False)

@@ -13,6 +13,7 @@ import os
 import queue
 import re
 import sqlite3
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -127,13 +128,34 @@ class MqttSink:
             self.start()
 
     def _check_tls_files(self) -> None:
+        """Load the CA and the client certificate/key pair once here, so that a missing, empty,
+        unreadable or mismatched file is a configuration error at start-up (exit 78) rather than a
+        TLS failure retried in the connection thread forever."""
         tls = self.config.tls
         if tls is None:
             return
-        for what, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file),
-                           ("key", configured_secret_path(tls.key_file, tls.key_credential, what="TLS client key"))):
+        key = configured_secret_path(tls.key_file, tls.key_credential, what="TLS client key")
+        for what, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file), ("key", key)):
             if path is not None and not Path(path).is_file():
                 raise ConfigError(f"mqtt.tls.{what}: expected a readable PEM file, but {path} does not exist")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            context.load_verify_locations(cafile=str(tls.ca_file))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"mqtt.tls.ca_file: {tls.ca_file} is not a usable PEM CA certificate ({exc}); it must be the "
+                "certificate of the CA that signed the broker's certificate"
+            ) from None
+        if tls.cert_file is None or key is None:
+            return
+        try:
+            # password "": an encrypted key fails here instead of prompting on a terminal nobody watches
+            context.load_cert_chain(certfile=str(tls.cert_file), keyfile=str(key), password="")
+        except (ssl.SSLError, OSError) as exc:  # the message names the problem, never the key material
+            raise ConfigError(
+                f"mqtt.tls: the client certificate {tls.cert_file} and key {key} cannot be loaded together "
+                f"({exc}); both must be PEM, the key unencrypted and belonging to the certificate"
+            ) from None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
