@@ -166,3 +166,18 @@ def test_publisher_throughput_against_mosquitto(tmp_path: Path, broker: Mosquitt
     assert result["acked"] == result["sent"], "every health message must be acknowledged"
     assert result["msgs_per_s"] > 10
     assert not spool.exists(), "the bench must not touch the agent's own spool"
+
+
+@pytest.mark.integration
+def test_publisher_with_a_systemd_credential_run_from_a_shell_is_skipped(
+    tmp_path: Path, broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service's config names its password as a systemd credential; a field engineer runs
+    bench from a shell, where there is none: the publisher row says why, the report stands."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    cfg = load_config(None, {"mqtt": {"host": "127.0.0.1", "port": broker.port, "username": "n1",
+                                      "password_credential": "mqtt-password",
+                                      "spool": {"path": str(tmp_path / "s.sqlite")}}})
+    result = bench_publisher(cfg, 1.0)
+    assert result["skipped"].startswith("cannot connect as configured: the MQTT password is configured as "
+                                        "credential 'mqtt-password' but $CREDENTIALS_DIRECTORY is not set")

@@ -289,7 +289,10 @@ def bench_publisher(cfg: GuardConfig, budget_s: float) -> dict[str, Any]:
             "spool": cfg.mqtt.spool.model_copy(update={"path": Path(tmp) / "spool.sqlite"}),
             "commands": cfg.mqtt.commands.model_copy(update={"enabled": False}),
         })
-        sink = MqttSink(mcfg, AgentIdentity.create(cfg.site, node, ["bench"]))
+        try:
+            sink = MqttSink(mcfg, AgentIdentity.create(cfg.site, node, ["bench"]))
+        except ConfigError as exc:  # e.g. a systemd credential, run from a shell: the rest of the report stands
+            return {"skipped": f"cannot connect as configured: {exc}"}
         try:
             deadline = time.monotonic() + mcfg.connect_timeout_s + 1.0
             while not sink.conn.connected and time.monotonic() < deadline:
