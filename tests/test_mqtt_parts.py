@@ -444,3 +444,22 @@ def test_session_taken_over_is_named_and_short_sessions_back_off(tmp_path: Path)
         assert conn._lost(7) == "served"  # a connection that lasted: reconnect at the minimum delay
     finally:
         sink.close()
+
+
+def test_frames_per_minute_zero_sends_no_episode_frame(tmp_path: Path) -> None:
+    """per_minute 0 means none, not "the first burst": every risky frame is counted as rate-limited."""
+    cfg = MqttConfig.model_validate({"host": "localhost", "spool": {"path": str(tmp_path / "s.sqlite")},
+                                     "frames": {"per_minute": 0, "burst": 3},
+                                     "events": {"end_after_clean_frames": 1}})
+    ident = AgentIdentity.create("lab", "n1", ["cam0"], model_sha256=None, profile_id=None, config_hash=None)
+    sink = MqttSink(cfg, ident, start=False)
+    try:
+        for seq in range(12):  # six one-frame BLOCK episodes, each ended by a clean frame
+            v, f = synthetic("cam0", seq, "dark" if seq % 2 == 0 else None, Decision.BLOCK)
+            sink.publish_verdict(v, f)
+        stats = sink.stats()
+        assert stats["frames_published"] == 0
+        assert stats["frames_rate_limited"] >= 1
+        assert stats["queued_msgs"] > 0  # the episodes' events still went to the spool
+    finally:
+        sink.close()

@@ -56,7 +56,8 @@ class SpoolConfig(StrictModel):
     )
     max_bytes: int = Field(
         256 * 1024 * 1024, ge=64 * 1024, le=64 * 1024**3,
-        description="Cap on queued payload bytes. When full: frames go first (oldest first), health is "
+        description="Cap on the spool's queued bytes (payload, topic and properties of each message). When "
+        "full: frames go first (oldest first), health is "
         "thinned, then command responses, events and status are kept longest. Every drop is counted.",
     )
     max_age_s: float = Field(
@@ -96,7 +97,9 @@ class FramesConfig(StrictModel):
     jpeg_quality: int = Field(85, ge=10, le=100, description="Starting JPEG quality.")
     min_quality: int = Field(35, ge=5, le=100, description="Lowest quality tried before downscaling further.")
     per_minute: float = Field(
-        6.0, ge=0, le=6000, description="Token-bucket rate of risky frames per camera (0: only snapshots)."
+        6.0, ge=0, le=6000,
+        description="Token-bucket rate of risky (FLAG/BLOCK episode) frames per camera; 0: none (each is counted "
+        "as rate-limited), snapshots and reference frames (reference_per_hour) still go out.",
     )
     burst: int = Field(3, ge=1, le=1000, description="Token-bucket depth: frames that may go out back to back.")
     daily_bytes: int = Field(

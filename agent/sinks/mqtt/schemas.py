@@ -107,13 +107,17 @@ class Backlog(_Model):
 
     connected: bool
     queued_msgs: int = Field(ge=0, description="Messages in the spool (not yet acknowledged by the broker).")
-    queued_bytes: int = Field(ge=0, description="Payload bytes in the spool.")
+    queued_bytes: int = Field(ge=0, description="Bytes queued in the spool (payload, topic and properties).")
     oldest_age_s: float | None = Field(description="Age of the oldest queued message; null when empty.")
     inflight: int = Field(ge=0, description="Messages handed to the broker connection, awaiting PUBACK.")
     reconnects: int = Field(ge=0)
     sent: int = Field(ge=0, description="Publishes handed to the connection (re-sends included).")
     acked: int = Field(ge=0, description="Messages acknowledged by the broker.")
-    replayed: int = Field(ge=0, description="Messages delivered from the backlog after a (re)connect.")
+    replayed: int = Field(
+        ge=0,
+        description="Publishes of messages queued before the current connection (re-sends included, acknowledged "
+        "or not).",
+    )
     drops: dict[str, int] = Field(description="Messages dropped from the spool, by class (frame, health, ...).")
     drops_by_cause: dict[str, int] = Field(description="Drops by cause: cap, age, broker_rejected, too_large.")
     frames_published: int = Field(ge=0, description="JPEG frames spooled.")

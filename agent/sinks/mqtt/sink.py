@@ -324,7 +324,9 @@ class MqttSink:
                 return None
         bucket = self._buckets.get(ep.camera_id)
         if bucket is None:
-            bucket = self._buckets[ep.camera_id] = TokenBucket(fc.per_minute / 60.0, fc.burst)
+            # per_minute 0: no episode frames at all (an empty bucket), not just the first burst
+            bucket = self._buckets[ep.camera_id] = TokenBucket(fc.per_minute / 60.0,
+                                                               fc.burst if fc.per_minute > 0 else 0)
         if not bucket.take():
             self._counts["frames_rate_limited"] += 1
             return None
