@@ -403,7 +403,9 @@ def test_decisions_are_counted_by_reason(tmp_path: Path) -> None:
     assert _run(daemon) == 0
     p = daemon.progress()
     risky = [v for v in rec.verdicts if v.decision != Decision.PASS]
+    assert risky and p.reasons.get("dark", 0) > 0  # the dark window (frames 150-190) was flagged
     assert p.decisions.get("FLAG", 0) + p.decisions.get("BLOCK", 0) == len(risky)
+    assert set(p.reasons) == {code for v in risky for code in v.reason_codes}
     for code, count in p.reasons.items():
         assert count == sum(code in v.reason_codes for v in risky)
 

@@ -94,10 +94,14 @@ def test_dynamic_batch_equals_singles() -> None:
         np.testing.assert_allclose(_arr(b.logits), _arr(s.logits), rtol=1e-4, atol=1e-5)
 
 
-def test_warmup_runs() -> None:
+def test_warmup_is_one_inference_that_changes_nothing() -> None:
     runner = load_model(ModelConfig(providers=["cpu"]))
-    assert runner is not None
-    runner.warmup()
+    assert runner is not None  # model.enabled is on by default
+    image = SyntheticScene(seed=5, size_wh=(320, 180)).render(0)[0]
+    before = runner.infer([image])[0]
+    runner.warmup()  # a mid-grey frame of the model's input size (the daemon calls it before the first frame)
+    after = runner.infer([image])[0]
+    assert after.top1 == before.top1 and np.array_equal(_arr(after.probs), _arr(before.probs))
 
 
 def test_missing_reference_model_is_clear(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
