@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -12,14 +13,20 @@ from helpers import synthetic_frames
 from agent.frame import Frame
 from agent.scoring.calibrate import Calibrator
 from agent.scoring.config import CalibrationConfig, DriftConfig, PolicyConfig
-from agent.scoring.drift import SURPRISE_CAP, UNIFORM_SURPRISE, Cusum, DriftMonitor, bootstrap_threshold, psi
+from agent.scoring.drift import (
+    SURPRISE_CAP,
+    UNIFORM_SURPRISE,
+    Cusum,
+    DriftMonitor,
+    DriftSnapshot,
+    bootstrap_threshold,
+    psi,
+)
 from agent.scoring.observation import observe
 from agent.scoring.policy import Guard
 from agent.stats.cpu import CpuStats
 
 Image = npt.NDArray[np.uint8]
-#: Window PSIs at the end of the clean stream (filled by the clean test, used by the drift test).
-CLEAN_PSI: dict[str, float] = {}
 
 
 def test_psi_by_hand() -> None:
@@ -104,15 +111,28 @@ def stream(guard: Guard, images: list[Image], start: int) -> list[int]:
     return starts
 
 
-def test_no_drift_alarm_on_clean_frames(guard: Guard, frames: list[Image]) -> None:
-    assert stream(guard, frames[300:], 300) == []
-    snap = guard.drift_snapshot()
+@dataclass(frozen=True)
+class CleanRun:
+    """The held-out clean frames streamed through the guard: drift starts seen, the final snapshot."""
+
+    starts: list[int]
+    snapshot: DriftSnapshot
+
+
+@pytest.fixture(scope="module")
+def clean_run(guard: Guard, frames: list[Image]) -> CleanRun:
+    starts = stream(guard, frames[300:], 300)
+    return CleanRun(starts, guard.drift_snapshot())
+
+
+def test_no_drift_alarm_on_clean_frames(clean_run: CleanRun) -> None:
+    assert clean_run.starts == []
+    snap = clean_run.snapshot
     assert snap.alarms == [] and 0.0 <= snap.scores["cusum.stats"] < 1.0
     assert {"psi.log_brightness", "psi.sharpness", "psi.motion"} <= set(snap.scores)
-    CLEAN_PSI.update(snap.scores)
 
 
-def test_gradual_drift_raises_then_clears(guard: Guard, frames: list[Image]) -> None:
+def test_gradual_drift_raises_then_clears(guard: Guard, frames: list[Image], clean_run: CleanRun) -> None:
     """The picture darkens by 0.3 % per frame (a lens getting dirty), then recovers."""
     held = frames[300:700]
     gains = np.concatenate([np.linspace(1.0, 0.4, 200), np.ones(200)])
@@ -129,7 +149,7 @@ def test_gradual_drift_raises_then_clears(guard: Guard, frames: list[Image]) -> 
             snap = guard.drift_snapshot()
             assert snap.alarms == ["stats"]
             # short windows of correlated video have a sizeable PSI even when clean; darkening is far above
-            assert snap.scores["psi.log_brightness"] > 2 * CLEAN_PSI.get("psi.log_brightness", 1.5)
+            assert snap.scores["psi.log_brightness"] > 2 * clean_run.snapshot.scores["psi.log_brightness"]
     assert [e[0] for e in events] == ["start", "end"]
     assert 300 < events[0][1] < 500 < events[1][1]
 

@@ -48,6 +48,11 @@ def _of_type(msgs: list[Received], kind: str) -> list[dict[str, Any]]:
     return out
 
 
+def _node_states(msgs: list[Received]) -> list[str]:
+    """The states published on the node status topic, in order."""
+    return [str(m.json()["state"]) for m in msgs if m.topic == f"{BASE}/status"]
+
+
 def test_daemon_over_mqtt(broker: Mosquitto, tmp_path: Path) -> None:
     col = Collector(broker.host, broker.port, "edge-guard/v1/#")
     cfg = load_config(None, {
@@ -74,8 +79,10 @@ def test_daemon_over_mqtt(broker: Mosquitto, tmp_path: Path) -> None:
         daemon.stop()
         runner.join(30)
     assert not runner.is_alive()
-    msgs = col.wait_for(lambda ms: any(b'"stopped"' in m.payload for m in ms), 10)
+    # The node's own status says "stopped" last of all (the camera's "offline"/"stopped" comes first).
+    msgs = col.wait_for(lambda ms: "stopped" in _node_states(ms), 30)
     col.close()
+    assert "stopped" in _node_states(msgs), _node_states(msgs)
 
     responses = {m.correlation: m.json() for m in msgs if m.topic.endswith("/response")}
     ping = responses[b"ping"]

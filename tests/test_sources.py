@@ -69,7 +69,7 @@ def test_truncated_file_ends_cleanly(videos: Path, caplog: pytest.LogCaptureFixt
     with caplog.at_level(logging.WARNING, logger="agent.sources"):
         t0 = time.monotonic()
         frames = read_all(source)
-        assert time.monotonic() - t0 < 5.0
+        assert time.monotonic() - t0 < 60.0  # a hang guard (68 frames take ~0.1 s), not a speed bound
     assert 60 <= len(frames) <= 80
     assert source.declared_frames == 444 and source.truncated
     assert source.state == "ended"
@@ -112,11 +112,15 @@ def test_realtime_paces_a_file_at_its_fps(videos: Path) -> None:
     source = open_source(cfg, "tree")
     t0 = time.monotonic()
     frames = read_all(source)
-    elapsed = time.monotonic() - t0
     assert len(frames) == 11 and source.nominal_fps == 50.0
-    assert 10 / 50 - 0.01 <= elapsed < 2.0
-    gaps = np.diff([f.capture_mono for f in frames])
-    assert np.median(gaps) == pytest.approx(0.02, abs=0.008)
+    # Paced, not as fast as the file decodes: no frame is handed out before its slot at 50 fps
+    # (frame k at t0 + k/50 or later). Only lower bounds: a loaded machine may deliver late, and a
+    # late source catches up, so neither the total time nor single gaps have a useful upper bound.
+    due = t0 + np.arange(11) / 50.0
+    early = [(f.seq, round(float(d - f.capture_mono), 4)) for f, d in zip(frames, due, strict=True)
+             if f.capture_mono < d - 0.005]
+    assert early == [], f"frames handed out before their slot (seq, seconds early): {early}"
+    assert time.monotonic() - t0 >= 10 / 50 - 0.005
 
 
 @pytest.mark.parametrize(

@@ -17,10 +17,12 @@ import importlib.util
 import json
 import logging
 import threading
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from helpers import wait_until
 
 from agent.errors import BackendUnavailable, ModelError
 from agent.gpu.launcher import DeviceInfo
@@ -166,10 +168,12 @@ def test_profile_shapes() -> None:
 
 
 def test_heartbeat_logs_while_building(caplog: pytest.LogCaptureFixture) -> None:
+    def lines() -> list[str]:
+        return [r.getMessage() for r in list(caplog.records) if "still building" in r.getMessage()]
+
     with caplog.at_level(logging.INFO, logger="agent.model.trt_build"), _Heartbeat("model.onnx", interval=0.02):
-        time.sleep(0.1)
-    lines = [r.getMessage() for r in caplog.records if "still building" in r.getMessage()]
-    assert lines and "model.onnx" in lines[0]
+        wait_until(lambda: bool(lines()), 30, "a 'still building' heartbeat line")
+    assert "model.onnx" in lines()[0]
 
 
 # --------------------------------------------------------------------------- cache control flow
@@ -296,24 +300,48 @@ def test_crash_during_deserialization_is_not_repeated(tmp_path: Path, caplog: py
 
 
 def test_two_agents_build_once(tmp_path: Path) -> None:
-    cache, key = EngineCache(tmp_path), _key()
-    fake = FakeEngines()
-    results: list[bool] = []
+    """Two agents start on one key together: the second waits for the first one's lock, then loads its engine.
 
-    def slow_build() -> bytes:
-        time.sleep(0.2)
+    No sleep decides the overlap: the first agent's build does not return until the second agent is
+    inside load_or_build and either about to wait for the per-key lock or building itself (a missing
+    lock: then both build, and the count below fails).
+    """
+    fake, key = FakeEngines(), _key()
+    first_building, second_arrived = threading.Event(), threading.Event()
+    overlapped: list[bool] = []
+
+    class Watched(EngineCache):
+        @contextmanager
+        def _locked(self, key: EngineKey) -> Iterator[None]:
+            if first_building.is_set():  # only the second agent gets here while the first one builds
+                second_arrived.set()
+            with super()._locked(key):
+                yield
+
+    def build() -> bytes:
+        if not first_building.is_set():
+            first_building.set()
+            overlapped.append(second_arrived.wait(60))
+        else:
+            second_arrived.set()  # a second build while the first one runs: no lock
         return fake.build()
 
-    def agent() -> None:
-        results.append(EngineCache(tmp_path).load_or_build(key, slow_build, fake.deserialize).from_cache)
+    results: list[bool] = []
 
-    threads = [threading.Thread(target=agent) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    def agent() -> None:
+        results.append(Watched(tmp_path).load_or_build(key, build, fake.deserialize).from_cache)
+
+    first = threading.Thread(target=agent)
+    first.start()
+    assert first_building.wait(60), "the first agent did not start building"
+    second = threading.Thread(target=agent)
+    second.start()
+    for t in (first, second):
+        t.join(120)
+        assert not t.is_alive(), "an agent hangs"
+    assert overlapped == [True], "the second agent never reached load_or_build's lock while the first one built"
     assert fake.builds == 1 and sorted(results) == [False, True]
-    assert cache.lookup(key) is not None
+    assert EngineCache(tmp_path).lookup(key) is not None
 
 
 def test_keys_do_not_collide_in_one_folder(tmp_path: Path) -> None:
