@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import PublishError
+from agent.errors import ConfigError, PublishError
 from agent.sinks.mqtt.config import SpoolConfig
 from agent.sinks.mqtt.spool import OutMessage, Spool
 
@@ -162,6 +162,33 @@ def test_corrupt_spool_is_set_aside(tmp_path: Path) -> None:
     assert s.queued_msgs == 0
     assert s.put(msg("event", 1)) is not None
     assert len(list(tmp_path.glob("bad.sqlite.corrupt-*"))) == 1
+    s.close()
+
+
+def test_a_spool_belongs_to_one_process(tmp_path: Path) -> None:
+    """Two agents on one node and folder would share a spool file and ack each other's messages:
+    the second one is refused, naming the holder, and the file is free again once it exits."""
+    path = tmp_path / "shared.sqlite"
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from agent.sinks.mqtt.config import SpoolConfig\n"
+        "from agent.sinks.mqtt.spool import Spool\n"
+        f"s = Spool(Path({str(path)!r}), SpoolConfig())\n"
+        "print('open', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "s.close()\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        with pytest.raises(ConfigError, match=rf"spool .*shared.sqlite is in use by another edge-guard process "
+                                              rf"\(pid {holder.pid}\).*own mqtt.node"):
+            Spool(path, SpoolConfig())
+    finally:
+        holder.communicate("\n", timeout=30)
+    s = Spool(path, SpoolConfig())  # released when its owner closed it
+    s.put(OutMessage("health", "t/h", b"x", "h-0"))
+    assert s.queued_msgs == 1
     s.close()
 
 

@@ -17,12 +17,17 @@ below its own; otherwise the new message itself is dropped)::
 Every drop is counted by class and by cause (cap, age, too_large, broker_rejected) in a
 table of the spool itself, so counts survive restarts and reach the next health summary.
 A retained status replaces any queued status on the same topic ("superseded", not a drop).
+
+One process owns a spool: ``<spool>.lock`` is flock-ed while it is open, and a second agent
+opening the same file gets a ConfigError naming the holder's pid (exit 78).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -30,7 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.errors import PublishError
+from agent.errors import ConfigError, PublishError
 from agent.sinks.mqtt.config import SpoolConfig
 
 __all__ = ["CLASSES", "OutMessage", "Spool", "SpoolRow"]
@@ -110,11 +115,40 @@ class Spool:
         self._bytes = dict.fromkeys(CLASSES, 0)
         self._counters: dict[str, int] = {}
         self._closed = False
-        self._db = self._open(path)
+        self._lock_fd = self._claim(path)
+        try:
+            self._db = self._open(path)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
         #: Id of the newest committed row (the connection thread polls it to see new work cheaply).
         self.last_id = self.max_id()
 
     # -- opening -------------------------------------------------------------------------
+    @staticmethod
+    def _claim(path: Path) -> int:
+        """Hold ``<spool>.lock`` (flock) while open: two agent processes sharing one spool would each
+        count the other's messages as their own, and ack and drop them."""
+        lock = path.with_name(f"{path.name}.lock")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise PublishError(f"cannot create the MQTT spool lock {lock}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(
+                f"the MQTT spool {path} is in use by another edge-guard process (pid {holder}): each agent "
+                "process needs its own spool; give each camera its own mqtt.node (the default spool file is "
+                "named after it) or its own mqtt.spool.path"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        return fd
+
     def _open(self, path: Path) -> sqlite3.Connection:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -385,3 +419,4 @@ class Spool:
             except sqlite3.Error as exc:  # closing must not fail the shutdown
                 logger.warning("spool checkpoint failed: %s", exc)
             self._db.close()
+            os.close(self._lock_fd)  # releases the flock
