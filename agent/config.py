@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from agent.configbase import StrictModel
 from agent.errors import ConfigError
@@ -158,12 +158,20 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             text = p.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"config file {p} is not UTF-8 text (byte {exc.start}: {exc.reason}); is it the YAML config? "
+                "Save it as UTF-8"
+            ) from None
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(yaml_error_message(p, exc)) from exc
-        if loaded is None:
-            loaded = {}
+        if loaded is None:  # an empty file, or comments only: a truncated copy, not "all defaults"
+            raise ConfigError(
+                f"config file {p} has no settings (empty or comments only); a camera's config names at least "
+                "camera_id and source (start from configs/example.yaml)"
+            )
         if not isinstance(loaded, dict):
             raise ConfigError(
                 f"{p}: the top level must be a mapping of sections, but got {type(loaded).__name__}"
@@ -177,6 +185,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     except ValidationError as exc:
         lines += config_errors(exc)
         raise ConfigError(_error_report(path, lines)) from exc
+    except SettingsError as exc:  # an override of a list/mapping field that is not JSON
+        lines += env_json_errors(os.environ) or [f"environment override: {exc} ({exc.__cause__})"]
+        raise ConfigError(_error_report(path, lines)) from None
     if lines:
         raise ConfigError(_error_report(path, lines))
     return cfg
@@ -233,6 +244,45 @@ def env_errors(environ: Mapping[str, str]) -> list[str]:
             f"{ENV_PREFIX}<SECTION>__<FIELD> with a section from {', '.join(sections)}{hint})"
         )
     return out
+
+
+def env_json_errors(environ: Mapping[str, str]) -> list[str]:
+    """One line per ``EDGE_GUARD_*`` override of a list, tuple, mapping or model field whose value is
+    not JSON: pydantic-settings parses those values as JSON and stops at the first that fails."""
+    out: list[str] = []
+    for var in sorted(environ):
+        upper = var.upper()
+        if not upper.startswith(ENV_PREFIX):
+            continue
+        model: Any = GuardConfig
+        annotation: Any = None
+        for part in upper[len(ENV_PREFIX):].lower().split("__"):
+            field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+            if field is None:
+                annotation = None
+                break
+            annotation = field.annotation
+            model = next((a for a in (getattr(annotation, "__args__", None) or (annotation,))
+                          if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if annotation is None or not _is_structured(annotation):
+            continue
+        try:
+            json.loads(environ[var])
+        except ValueError as exc:
+            out.append(f"{var}={environ[var]!r}: not JSON ({exc}); a list or mapping is given as JSON, "
+                       f"e.g. {ENV_PREFIX}STATS__GRID='[4, 4]' or {ENV_PREFIX}MODEL__PROVIDERS='[\"cpu\"]'")
+    return out
+
+
+def _is_structured(annotation: Any) -> bool:
+    """True for list/tuple/set/dict/model annotations (also inside Optional)."""
+    args = getattr(annotation, "__args__", None) if getattr(annotation, "__origin__", None) is not None else None
+    candidates = (annotation,) if args is None else (annotation, *args)
+    for a in candidates:
+        origin = getattr(a, "__origin__", None) or a
+        if origin in (list, tuple, set, dict) or (isinstance(origin, type) and issubclass(origin, BaseModel)):
+            return True
+    return False
 
 
 def _is_section(annotation: Any) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -181,11 +182,6 @@ def test_missing_file(tmp_path: Path) -> None:
     assert "No such file" in str(info.value)
 
 
-def test_empty_file_gives_defaults(tmp_path: Path) -> None:
-    cfg = load_config(_write(tmp_path, ""))
-    assert cfg == GuardConfig(node=cfg.node)
-
-
 def test_env_override_wins_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _write(tmp_path, "policy:\n  alpha_flag: 0.02\n  alpha_block: 0.001\n")
     assert load_config(path).policy.alpha_flag == 0.02
@@ -287,3 +283,37 @@ def test_every_shipped_agent_config_validates(name: str) -> None:
     if name == "yolox.yaml":  # the detector example declares its decoding
         assert cfg.model.kind == "detector" and cfg.model.output.decoder == "yolox"
         assert cfg.model.preprocess.resize == "letterbox" and cfg.model.preprocess.pad_value == 114
+
+
+@pytest.mark.parametrize(
+    ("variable", "bad", "good", "applied"),
+    [
+        ("EDGE_GUARD_STATS__GRID", "4x4", "[2, 2]", lambda c: c.stats.grid == (2, 2)),
+        ("EDGE_GUARD_MODEL__PROVIDERS", "cpu", '["cpu"]', lambda c: c.model.providers == ["cpu"]),
+        ("EDGE_GUARD_MODEL__PREPROCESS__MEAN", "104,117,123", "[104, 117, 123]",
+         lambda c: c.model.preprocess.mean == (104.0, 117.0, 123.0)),
+        ("EDGE_GUARD_POLICY__DISABLED_REASONS", "noise", '["noise"]', lambda c: c.policy.disabled_reasons == ["noise"]),
+    ],
+)
+def test_a_list_override_that_is_not_json_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, bad: str, good: str, applied: Callable[[GuardConfig], bool]
+) -> None:
+    monkeypatch.setenv(variable, bad)
+    with pytest.raises(ConfigError) as info:
+        load_config(None)
+    assert f"{variable}={bad!r}: not JSON" in str(info.value)
+    assert "EDGE_GUARD_STATS__GRID='[4, 4]'" in str(info.value)  # the form it takes
+    monkeypatch.setenv(variable, good)
+    assert applied(load_config(None))
+
+
+def test_a_config_file_that_is_not_utf8_or_is_empty_is_refused(tmp_path: Path) -> None:
+    binary = tmp_path / "cam.yaml"
+    binary.write_bytes(b"\xff\xfec\x00a\x00m\x00")  # UTF-16, as some editors save it
+    with pytest.raises(ConfigError, match=r"cam\.yaml is not UTF-8 text \(byte 0: invalid start byte\)"):
+        load_config(binary)
+    for text in ("", "# camera_id: cam1\n# source: ...\n"):
+        empty = tmp_path / "empty.yaml"
+        empty.write_text(text)
+        with pytest.raises(ConfigError, match=r"empty\.yaml has no settings \(empty or comments only\)"):
+            load_config(empty)
