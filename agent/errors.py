@@ -23,6 +23,7 @@ __all__ = [
     "ModelError",
     "ProfileError",
     "PublishError",
+    "SourceConfigError",
     "SourceError",
 ]
 
@@ -41,6 +42,12 @@ class FrameError(GuardError, ValueError):
 
 class SourceError(GuardError):
     """A frame source cannot be opened or read."""
+
+
+class SourceConfigError(SourceError, ConfigError):
+    """The configured source cannot work as given: a malformed URI, a missing or undecodable file,
+    an empty image folder. Fixing ``source.uri`` helps, restarting does not (exit 78). A live
+    camera that does not answer is not this: the reader retries it with back-off."""
 
 
 class BackendUnavailable(GuardError):

@@ -12,5 +12,5 @@ FAILURE: int = 1
 USAGE: int = 2
 #: A check failed on purpose: `bench --compare` regression or a failed `stress` gate.
 REGRESSION: int = 3
-#: Configuration error (EX_CONFIG from sysexits.h): bad config, missing model, mismatched profile.
+#: Configuration error (EX_CONFIG from sysexits.h): bad config, missing model or source file, mismatched profile.
 CONFIG: int = 78

@@ -121,11 +121,16 @@ def test_run_missing_model_exits_78(tmp_path: Path) -> None:
 
 
 def test_unreadable_video_is_a_clear_error(tmp_path: Path) -> None:
+    # A source that cannot work as configured is a configuration error: restarting would loop.
     video = _write(tmp_path / "broken.avi", "this is not a video")
     proc = _cli("run", "--config", str(_config(tmp_path, uri=str(video))))
-    assert proc.returncode == exitcodes.FAILURE
+    assert proc.returncode == exitcodes.CONFIG
     assert f"edge-guard: error: cannot open video file {video}" in proc.stderr
     assert "Traceback" not in proc.stderr
+    for uri, says in ((str(tmp_path / "gone.mp4"), "no such file or folder"),
+                      ("synthetic://nosuch", "scenario must be one of")):
+        proc = _cli("run", "--config", str(_config(tmp_path, uri=uri)))
+        assert proc.returncode == exitcodes.CONFIG and says in proc.stderr, proc.stderr
 
 
 def test_calibrate_then_run_then_mismatched_profile(tmp_path: Path) -> None:

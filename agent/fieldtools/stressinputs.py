@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.config import GuardConfig, config_hash
-from agent.errors import ConfigError, ProfileError, SourceError
+from agent.errors import ConfigError, ProfileError, SourceConfigError
 from agent.fieldtools.robustness import Evaluator, fit_to_size
 from agent.frame import Frame
 from agent.model.types import ModelRunner
@@ -72,7 +72,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def _read_folder(folder: Path) -> tuple[list[U8], list[str]]:
     if not folder.is_dir():
-        raise SourceError(f"--images {folder}: not a directory")
+        raise SourceConfigError(f"--images {folder}: not a directory")
     images: list[U8] = []
     names: list[str] = []
     for p in sorted(folder.iterdir()):
@@ -85,7 +85,7 @@ def _read_folder(folder: Path) -> tuple[list[U8], list[str]]:
         images.append(np.asarray(img, dtype=np.uint8))
         names.append(p.name)
     if not images:
-        raise SourceError(f"--images {folder}: no decodable images ({', '.join(IMAGE_SUFFIXES)})")
+        raise SourceConfigError(f"--images {folder}: no decodable images ({', '.join(IMAGE_SUFFIXES)})")
     return images, names
 
 
@@ -136,7 +136,7 @@ def load_inputs(
     finally:
         source.close()
     if not picked:
-        raise SourceError(
+        raise SourceConfigError(
             f"--source {video}: no frames left to sweep after {n_cal} calibration frames ({read} read); "
             "use longer footage, lower calibration.frames or set policy.profile"
         )

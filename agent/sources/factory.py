@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.errors import SourceError
+from agent.errors import SourceConfigError
 from agent.sources.base import Source
 from agent.sources.config import SourceConfig
 from agent.sources.folder import FolderSource
@@ -25,7 +25,7 @@ def open_source(cfg: SourceConfig, camera_id: str) -> Source:
 
     Dispatch: ``synthetic://`` -> synthetic camera; rtsp/http(s)/... URLs, digits and
     ``/dev/video*`` -> live OpenCV capture; an existing directory -> image folder; an
-    existing file (or ``file://`` path) -> video file. Anything else raises SourceError
+    existing file (or ``file://`` path) -> video file. Anything else raises SourceConfigError
     naming the URI and what is accepted. Files and folders are opened (and their first
     frame decoded) here; live sources connect on the first ``read()``.
     """
@@ -40,10 +40,10 @@ def open_source(cfg: SourceConfig, camera_id: str) -> Source:
         return OpenCVSource(cfg, camera_id)
     if "://" in uri:
         scheme = uri.split("://", 1)[0]
-        raise SourceError(f"source uri {cfg.uri!r} has unknown scheme {scheme!r}; accepted: {ACCEPTED}")
+        raise SourceConfigError(f"source uri {cfg.uri!r} has unknown scheme {scheme!r}; accepted: {ACCEPTED}")
     path = Path(uri).expanduser()
     if path.is_dir():
         return FolderSource(cfg.model_copy(update={"uri": str(path)}), camera_id)
     if path.is_file():
         return OpenCVSource(cfg.model_copy(update={"uri": str(path)}), camera_id)
-    raise SourceError(f"source uri {cfg.uri!r}: no such file or folder; accepted: {ACCEPTED}")
+    raise SourceConfigError(f"source uri {cfg.uri!r}: no such file or folder; accepted: {ACCEPTED}")

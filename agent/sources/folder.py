@@ -7,7 +7,7 @@ from pathlib import Path
 
 import cv2
 
-from agent.errors import SourceError
+from agent.errors import SourceConfigError
 from agent.sources.base import Capture, SourceBase, to_bgr
 from agent.sources.config import SourceConfig
 
@@ -25,11 +25,11 @@ class FolderSource(SourceBase):
     def __init__(self, cfg: SourceConfig, camera_id: str) -> None:
         folder = Path(cfg.uri)
         if not folder.is_dir():
-            raise SourceError(f"cannot open image folder {folder}: not a directory")
+            raise SourceConfigError(f"cannot open image folder {folder}: not a directory")
         entries = sorted(p for p in folder.iterdir() if p.is_file())
         self.paths: tuple[Path, ...] = tuple(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.paths:
-            raise SourceError(
+            raise SourceConfigError(
                 f"image folder {folder} has no images: expected files ending in {', '.join(IMAGE_SUFFIXES)}, "
                 f"found {len(entries)} other file(s)"
             )

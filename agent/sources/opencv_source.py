@@ -15,7 +15,7 @@ from pathlib import Path
 
 import cv2
 
-from agent.errors import SourceError
+from agent.errors import SourceConfigError, SourceError
 from agent.sources.backoff import Backoff
 from agent.sources.base import Capture, SourceBase, to_bgr
 from agent.sources.config import SourceConfig
@@ -83,11 +83,11 @@ class OpenCVSource(SourceBase):
     def _open_file(self) -> None:
         path = Path(self._cfg.uri)
         if not path.is_file():
-            raise SourceError(f"cannot open video file {path}: no such file")
+            raise SourceConfigError(f"cannot open video file {path}: no such file")
         cap = cv2.VideoCapture(str(path))
         if not cap.isOpened():
             cap.release()
-            raise SourceError(
+            raise SourceConfigError(
                 f"cannot open video file {path}: OpenCV found no demuxer/decoder for it "
                 "(expected a video container such as .avi, .mp4, .mkv)"
             )
@@ -95,7 +95,7 @@ class OpenCVSource(SourceBase):
         bgr, _ = to_bgr(image if ok else None)
         if bgr is None:
             cap.release()
-            raise SourceError(f"cannot open video file {path}: it opened but its first frame does not decode")
+            raise SourceConfigError(f"cannot open video file {path}: it opened but its first frame does not decode")
         count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self.declared_frames = count if count > 0 else None
         self._cap = cap

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import get_args
 from urllib.parse import parse_qsl, urlsplit
 
-from agent.errors import SourceError
+from agent.errors import SourceConfigError
 from agent.sources.base import Capture, SourceBase
 from agent.sources.config import SourceConfig
 from agent.sources.synthetic_faults import SyntheticCamera
@@ -76,51 +76,51 @@ def _number(uri: str, key: str, value: str, kind: type[int] | type[float], bound
         x = kind(value)
     except ValueError:
         what = "an integer" if kind is int else "a number"
-        raise SourceError(f"{uri}: {key} must be {what}, but got {value!r}") from None
+        raise SourceConfigError(f"{uri}: {key} must be {what}, but got {value!r}") from None
     if not lo <= x <= hi:
-        raise SourceError(f"{uri}: {key} must be between {lo:g} and {hi:g}, but got {value}")
+        raise SourceConfigError(f"{uri}: {key} must be between {lo:g} and {hi:g}, but got {value}")
     return x
 
 
 def parse_synthetic_uri(uri: str, default_fps: float | None = None) -> SyntheticSpec:
-    """Parse and validate a ``synthetic://`` URI; SourceError names the bad part and what is accepted."""
+    """Parse and validate a ``synthetic://`` URI; SourceConfigError names the bad part and what is accepted."""
     parts = urlsplit(uri)
     if parts.scheme != "synthetic":
-        raise SourceError(f"synthetic source URI must start with synthetic://, but got {uri!r}")
+        raise SourceConfigError(f"synthetic source URI must start with synthetic://, but got {uri!r}")
     scenario = (parts.netloc + parts.path).strip("/") or "default"
     if scenario not in SCENARIOS:
-        raise SourceError(f"{uri}: scenario must be one of {', '.join(SCENARIOS)}, but got {scenario!r}")
+        raise SourceConfigError(f"{uri}: scenario must be one of {', '.join(SCENARIOS)}, but got {scenario!r}")
     query: dict[str, str] = {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key not in _KEYS:
-            raise SourceError(f"{uri}: unknown query key {key!r}; accepted keys: {', '.join(_KEYS)}")
+            raise SourceConfigError(f"{uri}: unknown query key {key!r}; accepted keys: {', '.join(_KEYS)}")
         if key in query:
-            raise SourceError(f"{uri}: query key {key!r} given twice")
+            raise SourceConfigError(f"{uri}: query key {key!r} given twice")
         query[key] = value
 
     seed = int(_number(uri, "seed", query.get("seed", "0"), int, (0, 2**31 - 1)))
     size = query.get("size", "640x360").lower().split("x")
     if len(size) != 2:
-        raise SourceError(f"{uri}: size must look like WxH (e.g. 640x360), but got {query['size']!r}")
+        raise SourceConfigError(f"{uri}: size must look like WxH (e.g. 640x360), but got {query['size']!r}")
     w = int(_number(uri, "size width", size[0], int, (32, 8192)))
     h = int(_number(uri, "size height", size[1], int, (32, 8192)))
     fps = _number(uri, "fps", query["fps"], float, (0.1, 1000)) if "fps" in query else (default_fps or _DEFAULT_FPS)
     style = query.get("style", "street")
     if style not in get_args(SceneStyle):
-        raise SourceError(f"{uri}: style must be one of {', '.join(get_args(SceneStyle))}, but got {style!r}")
+        raise SourceConfigError(f"{uri}: style must be one of {', '.join(get_args(SceneStyle))}, but got {style!r}")
     frames = int(_number(uri, "frames", query["frames"], int, (1, 2**62))) if "frames" in query else None
 
     timing = {k: _number(uri, k, query[k], float, (0.04, 3600)) for k in ("clean_s", "fault_s", "gap_s") if k in query}
     if scenario != "default" and timing:
-        raise SourceError(f"{uri}: {', '.join(timing)} only apply to the default scenario, not {scenario!r}")
+        raise SourceConfigError(f"{uri}: {', '.join(timing)} only apply to the default scenario, not {scenario!r}")
     if scenario != "custom" and "faults" in query:
-        raise SourceError(f"{uri}: faults= needs the custom scenario (synthetic://custom?faults=...)")
+        raise SourceConfigError(f"{uri}: faults= needs the custom scenario (synthetic://custom?faults=...)")
 
     if scenario == "clean":
         schedule = FaultSchedule([], frames)
     elif scenario == "custom":
         if "faults" not in query:
-            raise SourceError(f"{uri}: the custom scenario needs faults=fault:start:end,... (e.g. blur:50:100)")
+            raise SourceConfigError(f"{uri}: the custom scenario needs faults=fault:start:end,... (e.g. blur:50:100)")
         schedule = FaultSchedule(parse_fault_windows(query["faults"]), frames)
     else:
         base = default_schedule(

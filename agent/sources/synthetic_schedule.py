@@ -7,7 +7,7 @@ import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from agent.errors import SourceError
+from agent.errors import SourceConfigError
 
 __all__ = [
     "FAULT_NAMES",
@@ -41,9 +41,9 @@ class FaultWindow:
 
     def __post_init__(self) -> None:
         if self.fault not in FAULT_NAMES:
-            raise SourceError(f"fault must be one of {', '.join(FAULT_NAMES)}, but got {self.fault!r}")
+            raise SourceConfigError(f"fault must be one of {', '.join(FAULT_NAMES)}, but got {self.fault!r}")
         if not 0 <= self.start < self.end:
-            raise SourceError(
+            raise SourceConfigError(
                 f"fault window {self.fault} must satisfy 0 <= start < end, but got start={self.start}, end={self.end}"
             )
 
@@ -59,12 +59,12 @@ class FaultSchedule:
         ordered = sorted(windows, key=lambda w: w.start)
         for a, b in itertools.pairwise(ordered):
             if b.start < a.end:
-                raise SourceError(
+                raise SourceConfigError(
                     f"fault windows must not overlap, but {a.fault}:{a.start}:{a.end} overlaps "
                     f"{b.fault}:{b.start}:{b.end}"
                 )
         if total_frames is not None and total_frames < 1:
-            raise SourceError(f"total_frames must be >= 1 or None, but got {total_frames}")
+            raise SourceConfigError(f"total_frames must be >= 1 or None, but got {total_frames}")
         self.windows: tuple[FaultWindow, ...] = tuple(ordered)
         self.total_frames = total_frames
         self._starts = [w.start for w in ordered]
@@ -107,12 +107,12 @@ def parse_fault_windows(text: str) -> list[FaultWindow]:
     for item in filter(None, (part.strip() for part in text.split(","))):
         parts = item.split(":")
         if len(parts) != 3:
-            raise SourceError(f"fault window must look like fault:start:end (e.g. blur:50:100), but got {item!r}")
+            raise SourceConfigError(f"fault window must look like fault:start:end (e.g. blur:50:100), but got {item!r}")
         name, start, end = parts
         try:
             windows.append(FaultWindow(name, int(start), int(end)))
         except ValueError as exc:
-            raise SourceError(f"fault window start and end must be integers, but got {item!r}") from exc
+            raise SourceConfigError(f"fault window start and end must be integers, but got {item!r}") from exc
     return windows
 
 
@@ -121,7 +121,7 @@ def default_schedule(
 ) -> FaultSchedule:
     """The demo: ``clean_frames`` clean, then each fault for ``fault_frames`` followed by ``gap_frames`` clean."""
     if clean_frames < 1 or fault_frames < 1 or gap_frames < 1:
-        raise SourceError(
+        raise SourceConfigError(
             f"clean, fault and gap lengths must be >= 1 frame, but got {clean_frames}, {fault_frames}, {gap_frames}"
         )
     windows = []
