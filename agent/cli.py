@@ -19,11 +19,12 @@ from typing import Any
 
 from agent import __version__, exitcodes
 from agent.calibrate_cmd import calibrate_from_config
-from agent.config import GuardConfig, load_config
+from agent.config import GuardConfig, load_config, referenced_file_errors
 from agent.daemon import FATAL_AT_START, Daemon
 from agent.demo import add_arguments as add_demo_arguments
 from agent.demo import run_demo
 from agent.errors import ConfigError, GuardError
+from agent.fsutil import check_output
 from agent.logsetup import LEVELS, configure_logging
 
 __all__ = ["OPTIONAL_COMMANDS", "build_parser", "main"]
@@ -92,19 +93,6 @@ def config_summary(cfg: GuardConfig) -> str:
     )
 
 
-def referenced_file_errors(cfg: GuardConfig) -> list[str]:
-    """Files the config names that do not exist (``field.path: ...``)."""
-    errors: list[str] = []
-    for where, path in (
-        ("model.path", cfg.model.path if cfg.model.enabled else None),
-        ("model.labels", cfg.model.labels if cfg.model.enabled else None),
-        ("policy.profile", cfg.policy.profile),
-    ):
-        if path is not None and not Path(path).expanduser().is_file():
-            errors.append(f"{where}: file not found (got '{path}')")
-    return errors
-
-
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.file)
@@ -128,6 +116,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     faulthandler.enable()
     cfg = _load(args)
     overrides = _config_overrides(args) or None
+    if args.profile_out is not None:
+        check_output(args.profile_out, "--profile-out", inputs=[args.config, *cfg.input_files()])
+        if cfg.policy.profile is not None:
+            logger.warning("--profile-out %s is ignored: policy.profile %s is set, so nothing is calibrated at "
+                           "start-up (set policy.profile to null to calibrate and save)", args.profile_out,
+                           cfg.policy.profile)
     daemon = Daemon(cfg, config_path=args.config, overrides=overrides, profile_out=args.profile_out)
     return daemon.run()
 
@@ -137,6 +131,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     extra = {"calibration": {"frames": args.frames}} if args.frames is not None else None
     cfg = _load(args, extra)
     out = args.out or cfg.policy.profile or Path("profile.json")
+    # The profile may replace policy.profile's file (that is the default); never another input.
+    check_output(out, "--out", inputs=[args.config, *(f for f in cfg.input_files() if f != cfg.policy.profile)])
     result = calibrate_from_config(cfg, out, progress=not args.no_progress)
     print(result.summary())
     return exitcodes.OK

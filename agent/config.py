@@ -128,6 +128,30 @@ class GuardConfig(BaseSettings):
         # Environment first = environment wins over the YAML file's values.
         return (env_settings, init_settings)
 
+    def input_files(self) -> list[Path]:
+        """Files this config makes a command read (model, labels, profile, a file source, TLS files):
+        an output flag must never point at one of them (fsutil.check_output)."""
+        files = [self.model.path, self.model.labels, self.policy.profile, Path(self.source.uri)]
+        if self.mqtt is not None and self.mqtt.tls is not None:
+            files += [self.mqtt.tls.ca_file, self.mqtt.tls.cert_file, self.mqtt.tls.key_file]
+        return [Path(f) for f in files if f is not None]
+
+
+def referenced_file_errors(cfg: GuardConfig, *, absolute_only: bool = False) -> list[str]:
+    """Files the config names that do not exist (``field.path: ...``); ``absolute_only`` skips
+    relative paths (a service resolves them in its own working directory, not the caller's)."""
+    errors: list[str] = []
+    for where, path in (
+        ("model.path", cfg.model.path if cfg.model.enabled else None),
+        ("model.labels", cfg.model.labels if cfg.model.enabled else None),
+        ("policy.profile", cfg.policy.profile),
+    ):
+        if path is None or (absolute_only and not Path(path).expanduser().is_absolute()):
+            continue
+        if not Path(path).expanduser().is_file():
+            errors.append(f"{where}: file not found (got '{path}')")
+    return errors
+
 
 def _format_error(err: Any) -> str:
     loc = ".".join(str(p) for p in err["loc"]) or "<root>"

@@ -1,12 +1,50 @@
-"""Atomic file writes: readers see the old file or the new one, never half of it."""
+"""Atomic file writes (readers see the old file or the new one, never half of it), and the
+check every command runs on its output paths before it starts working."""
 
 from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["write_atomic"]
+from agent.errors import ConfigError
+
+__all__ = ["check_output", "write_atomic"]
+
+
+def check_output(
+    path: Path, flag: str, *, inputs: Iterable[str | Path | None] = (), folder: bool = False,
+    suffixes: tuple[str, ...] = (),
+) -> None:
+    """Refuse, before any work, an output ``path`` (given as ``flag``) that cannot be written or
+    would overwrite one of this command's ``inputs``: a ConfigError naming the flag.
+
+    ``folder``: the output is a folder (it may exist; an existing file there is refused); else a
+    file (an existing folder is refused). ``suffixes``: the file names it accepts (e.g. a PNG
+    writer's). The folder the output goes into is created here, so that a path under a file or an
+    unwritable place fails now, not after minutes of measuring.
+    """
+    here = path.expanduser()
+    for src in inputs:
+        if src is not None and str(src) and Path(src).expanduser().exists() and (
+            os.path.realpath(here) == os.path.realpath(Path(src).expanduser())
+        ):
+            raise ConfigError(f"{flag} {path} is also an input of this command: it would be overwritten; "
+                              "write the output somewhere else")
+    if folder and here.exists() and not here.is_dir():
+        raise ConfigError(f"{flag} {path} is an existing file; the output is a folder")
+    if not folder and here.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; give a file name")
+    if suffixes and not folder and here.suffix.lower() not in suffixes:
+        raise ConfigError(f"{flag} {path}: the file name must end in {' or '.join(suffixes)}")
+    target = here if folder else here.parent
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot create the folder {target} ({exc.strerror or exc})") from None
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: the folder {target} is not writable by this user")
 
 
 def write_atomic(path: Path, data: bytes, *, fsync: bool = False, mode: int | None = None) -> None:

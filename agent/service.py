@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TextIO
 
 from agent import exitcodes
-from agent.config import GuardConfig, load_config
+from agent.config import GuardConfig, load_config, referenced_file_errors
 from agent.credentials import CMD_HMAC_KEY, MQTT_PASSWORD, TLS_KEY
 from agent.datafiles import data_dir
 from agent.errors import ConfigError
@@ -52,6 +52,8 @@ DROPIN_NAME = "jetson-devices.conf"
 CREDENTIAL_NAMES: tuple[str, ...] = (MQTT_PASSWORD, TLS_KEY, CMD_HMAC_KEY)
 GROUPS: tuple[str, ...] = ("video", "render")
 _CAMERA_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+#: useradd's portable user names (shadow-utils without relaxed naming).
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 # Jetson's integrated GPU and its memory manager: no stable device-group names, so list the nodes.
 _JETSON_GLOBS: tuple[str, ...] = ("nvhost-*", "nvmap", "nvgpu/*/*", "nvsciipc", "host1x-fence")
 
@@ -171,7 +173,16 @@ def plan_install(
     """Validate the inputs and list every step; raises ConfigError on an invalid config."""
     if not _CAMERA_RE.match(camera):
         raise ValueError(f"--camera must be 1-64 of letters, digits, '_', '.', '-', but got {camera!r}")
+    if not _USER_RE.match(user):
+        raise ValueError(f"--user must be a system user name (lower-case letters, digits, '_', '-'; starting with a "
+                         f"letter or '_'; at most 32), but got {user!r}")
+    if prefix.exists() and not prefix.is_dir():
+        raise ValueError(f"--prefix {prefix} is a file; it must be the root folder to install under")
     cfg = load_config(config)  # ConfigError lists every problem
+    # What check-config checks (relative paths are warned about below: they resolve in the service's folder).
+    missing = referenced_file_errors(cfg, absolute_only=True)
+    if missing:
+        raise ConfigError(f"{len(missing)} config error(s) in {config}:\n" + "\n".join(f"  - {m}" for m in missing))
     units = find_units_dir(units_dir)
     exe = exec_path if exec_path is not None else default_exec_path()
     if not exe.is_file():

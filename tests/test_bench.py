@@ -182,3 +182,15 @@ def test_publisher_with_a_systemd_credential_run_from_a_shell_is_skipped(
     result = bench_publisher(cfg, 1.0)
     assert result["skipped"].startswith("cannot connect as configured: the MQTT password is configured as "
                                         "credential 'mqtt-password' but $CREDENTIALS_DIRECTORY is not set")
+
+
+def test_bench_out_at_its_own_config_is_refused_before_measuring(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "cam.yaml"
+    cfg.write_text("camera_id: cam1\nsource:\n  uri: synthetic://clean\n")
+    assert main(["bench", "--config", str(cfg), "--duration", "1", "--out", str(cfg), "--no-progress"]) == (
+        exitcodes.CONFIG)
+    err = capsys.readouterr().err
+    assert "--out" in err and "is also an input of this command" in err
+    assert cfg.read_text() == "camera_id: cam1\nsource:\n  uri: synthetic://clean\n"

@@ -209,3 +209,20 @@ def test_progress_bar_and_table() -> None:
     lines = out.getvalue().splitlines()
     assert len(lines) == 10 and lines[-1].startswith("[" + "#" * 30 + "] 10/10 frames")
     assert format_table(["a", "n"], [["x", 1], ["yy", 22]], right=(1,)) == "a    n\n--  --\nx    1\nyy  22"
+
+
+def test_output_flags_never_overwrite_an_input(tmp_path: Path) -> None:
+    """calibrate --out at its own config, report --out at its health file: refused up front (78),
+    the input untouched."""
+    config = _config(tmp_path)
+    before = config.read_text()
+    proc = _cli("calibrate", "--config", str(config), "--out", str(config))
+    assert proc.returncode == exitcodes.CONFIG and "is also an input of this command" in proc.stderr
+    assert config.read_text() == before
+    health = _write(tmp_path / "health.jsonl", '{"camera_id": "c", "seq": 0}\n')
+    proc = _cli("report", str(health), "--out", str(health))
+    assert proc.returncode == exitcodes.CONFIG and "--out" in proc.stderr and "also an input" in proc.stderr
+    assert health.read_text() == '{"camera_id": "c", "seq": 0}\n'
+    proc = _cli("report", str(health), "--plot", str(tmp_path / "r.txt"))
+    assert proc.returncode == exitcodes.CONFIG and "must end in .png" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.fsutil import write_atomic
+from agent.errors import ConfigError
+from agent.fsutil import check_output, write_atomic
 
 
 def test_writes_replaces_and_creates_the_folder(tmp_path: Path) -> None:
@@ -38,3 +39,23 @@ def test_a_failed_write_keeps_the_old_file_and_cleans_up(tmp_path: Path) -> None
         write_atomic(target, "not bytes")  # type: ignore[arg-type]
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_check_output_refuses_before_any_work(tmp_path: Path) -> None:
+    config = tmp_path / "cam.yaml"
+    config.write_text("camera_id: cam1\n")
+    with pytest.raises(ConfigError, match=r"--out .*cam\.yaml is also an input of this command"):
+        check_output(config, "--out", inputs=[None, config])
+    with pytest.raises(ConfigError, match=r"also an input"):  # the same file by another name
+        check_output(tmp_path / "sub" / ".." / "cam.yaml", "--out", inputs=[config])
+    with pytest.raises(ConfigError, match=r"--out .* is a folder; give a file name"):
+        check_output(tmp_path, "--out")
+    with pytest.raises(ConfigError, match=r"--out .*cam\.yaml is an existing file; the output is a folder"):
+        check_output(config, "--out", folder=True)
+    with pytest.raises(ConfigError, match=r"--plot .*r\.txt: the file name must end in \.png or \.jpg"):
+        check_output(tmp_path / "r.txt", "--plot", suffixes=(".png", ".jpg"))
+    with pytest.raises(ConfigError, match=r"--out .*cam\.yaml/r\.json: cannot create the folder"):
+        check_output(config / "r.json", "--out")
+    assert config.read_text() == "camera_id: cam1\n"  # nothing touched
+    check_output(tmp_path / "new" / "r.json", "--out", inputs=[config])  # fine: its folder is made
+    assert (tmp_path / "new").is_dir() and not (tmp_path / "new" / "r.json").exists()

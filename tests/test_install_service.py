@@ -229,3 +229,22 @@ def test_missing_exec_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFi
         capsys,
     )
     assert rc == 78 and "does not exist" in err
+
+
+def test_refuses_what_the_service_could_not_use(tmp_path: Path, exe: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An absolute model path that does not exist (what check-config rejects), a user name useradd
+    would refuse, a --prefix that is a file: nothing is installed."""
+    cfg = tmp_path / "in.yaml"
+    cfg.write_text(VALID + f"model:\n  path: {tmp_path}/missing.onnx\n")
+    prefix = tmp_path / "r"
+    rc, _, err = run(["--camera", "cam1", "--config", str(cfg), "--prefix", str(prefix), "--exec", str(exe)], capsys)
+    assert rc == 78 and f"model.path: file not found (got '{tmp_path}/missing.onnx')" in err
+    cfg.write_text(VALID)
+    rc, _, err = run(["--camera", "cam1", "--config", str(cfg), "--prefix", str(prefix), "--exec", str(exe),
+                      "--user", "bad user!"], capsys)
+    assert rc == 2 and "--user must be a system user name" in err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc, _, err = run(["--camera", "cam1", "--config", str(cfg), "--prefix", str(blocker), "--exec", str(exe)], capsys)
+    assert rc == 2 and "is a file; it must be the root folder" in err
+    assert not prefix.exists()

@@ -41,6 +41,7 @@ from agent.fieldtools.benchreport import (
     metrics_of,
 )
 from agent.frame import Frame
+from agent.fsutil import check_output, write_atomic
 from agent.logsetup import configure_logging
 from agent.model.factory import load_model, load_warm_model
 from agent.pipeline import load_profile
@@ -378,6 +379,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     overrides = {"source": {"uri": args.source}} if args.source else None
     cfg = load_config(args.config, overrides)
     configure_logging(args.log_level or "WARNING", cfg.camera_id)
+    if args.out is not None:
+        check_output(args.out, "--out", inputs=[args.config, args.compare, *cfg.input_files()])
     old: dict[str, Any] | None = None
     if args.compare is not None:
         try:
@@ -400,8 +403,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print()
         print(format_compare(report["compare"]["rows"], args.threshold, info))
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        write_atomic(args.out, (json.dumps(report, indent=1) + "\n").encode("utf-8"))
         print(f"\nwritten: {args.out}")
     return code
 

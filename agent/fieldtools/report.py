@@ -17,6 +17,7 @@ from pathlib import Path
 
 from agent.fieldtools.healthreport import Bucket, CameraReport, build_reports, load_summaries
 from agent.fieldtools.plots import timeline_png
+from agent.fsutil import check_output, write_atomic
 
 __all__ = ["add_parser", "cmd_report", "format_camera", "parse_duration"]
 
@@ -114,6 +115,11 @@ def format_camera(rep: CameraReport) -> str:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """The ``report`` subcommand."""
+    inputs = [*args.paths, *(f for p in args.paths if p.is_dir() for f in p.rglob("health*.jsonl"))]
+    if args.out:
+        check_output(args.out, "--out", inputs=inputs)
+    if args.plot:
+        check_output(args.plot, "--plot", inputs=inputs, suffixes=(".png", ".jpg", ".jpeg"))
     loaded = load_summaries(args.paths)
     skipped = sum(loaded.bad_lines.values())
     reports = build_reports(loaded.summaries, args.bucket or None, args.camera)
@@ -125,9 +131,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         print()
         print(format_camera(rep))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         doc = {"skipped_lines": loaded.bad_lines, "cameras": [r.as_dict() for r in reports]}
-        args.out.write_text(json.dumps(doc, indent=1), encoding="utf-8")
+        write_atomic(args.out, json.dumps(doc, indent=1).encode("utf-8"))
         print(f"\nwritten: {args.out}")
     if args.plot:
         timeline_png(reports, args.plot)

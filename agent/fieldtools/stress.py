@@ -31,6 +31,7 @@ from agent.fieldtools.probes import confidence_slices, run_probes
 from agent.fieldtools.robustness import Evaluator, find_cliffs, robustness_curves, sweep
 from agent.fieldtools.stressinputs import build_profile, load_inputs, parse_labels, parse_size
 from agent.fieldtools.stressreport import format_report
+from agent.fsutil import check_output
 from agent.logsetup import configure_logging
 from agent.model.factory import load_warm_model
 from agent.scoring.policy import Guard
@@ -238,6 +239,8 @@ def cmd_stress(args: argparse.Namespace) -> int:
     """The ``stress`` subcommand."""
     cfg = load_config(args.config)
     configure_logging(args.log_level or "WARNING", cfg.camera_id)
+    check_output(args.out, "--out", folder=True,
+                 inputs=[args.config, args.images, args.source, args.gates, args.labels, *cfg.input_files()])
     opts = StressOptions(
         images=args.images, source=args.source, out=args.out, gates=args.gates, labels=args.labels,
         max_images=args.max_images, corruptions=args.corruptions, severities=args.severities, seed=args.seed,
