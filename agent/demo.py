@@ -31,6 +31,7 @@ from agent import exitcodes
 from agent.config import GuardConfig, load_config
 from agent.daemon import Daemon
 from agent.frame import Frame
+from agent.fsutil import check_output
 from agent.health import HealthSummary
 from agent.logsetup import redirect
 from agent.scoring.config import CalibrationConfig
@@ -292,6 +293,7 @@ def _backends(daemon: Daemon, cfg: GuardConfig) -> dict[str, str]:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo (see the module docstring); prints the closing table on stdout."""
+    check_output(args.out, "--out", folder=True)
     cfg, ground_truth = demo_config(args)
     tally = Tally()
     view = LiveView(plain_every_s=5.0)
