@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import json
 import random
+import socket
 import sys
 import time
 from dataclasses import replace
@@ -464,3 +465,60 @@ def test_frames_per_minute_zero_sends_no_episode_frame(tmp_path: Path) -> None:
         assert stats["queued_msgs"] == 12  # the episodes' start and end events still went to the spool
     finally:
         sink.close()
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--password-file", "/nonexistent"], "--password-file needs --username"),
+        (["--tls-cert", "c.pem"], "--tls-cert and --tls-key go together"),
+        (["--tls-ca", "/nonexistent.pem"], "--tls-ca/--tls-cert/--tls-key: cannot load them as PEM"),
+        (["--site", "a+b"], "--site 'a+b': topic levels without '#' or '+'"),
+        (["--save-health", "/proc/no-such-dir"], "--save-health /proc/no-such-dir: cannot create the folder"),
+    ],
+)
+def test_tail_refuses_unusable_options_before_connecting(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.cli import main  # noqa: PLC0415
+
+    assert main(["tail", "--host", "127.0.0.1", "--port", "1", *argv]) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_tail_without_an_mqtt_session_is_a_failure(capsys: pytest.CaptureFixture[str]) -> None:
+    """A port that accepts TCP but never answers MQTT (here: a silent listener) is not 'no agents yet'."""
+    from agent.cli import main  # noqa: PLC0415
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert main(["tail", "--host", "127.0.0.1", "--port", str(port), "--once", "--duration", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"no MQTT session with 127.0.0.1:{port}" in err
+
+
+def test_tail_stops_with_an_error_when_it_cannot_save(tmp_path: Path) -> None:
+    """--save-health into a folder that turned into a file meanwhile: the write error is reported
+    (exit 1 from the main loop), not a traceback in paho's thread and a silent 'saved 0'."""
+    import argparse  # noqa: PLC0415
+
+    import paho.mqtt.client as mqtt  # noqa: PLC0415
+
+    from agent.sinks.mqtt.tail import _client  # noqa: PLC0415
+
+    save = tmp_path / "health"
+    view = FleetView("edge-guard/v1", None, save)
+    args = argparse.Namespace(username=None, password_file=None, tls_ca=None, tls_cert=None, tls_key=None,
+                              prefix="edge-guard/v1", site="+", save_frames=None, host="h")
+    errors: list[str] = []
+    client = _client(args, view, errors)
+    save.write_text("not a folder")
+    msg = mqtt.MQTTMessage(topic=b"edge-guard/v1/s1/n1/cam0/health")
+    msg.payload = json.dumps({"type": "health", "msg_id": "m1", "summary": {
+        "camera_id": "cam0", "seq": 0, "window_start_ts": 0, "window_end_ts": 1, "decisions": {"PASS": 1}}}).encode()
+    assert client.on_message is not None
+    client.on_message(client, None, msg)
+    assert len(errors) == 1 and "cannot save what arrived on edge-guard/v1/s1/n1/cam0/health" in errors[0]
+    assert view.health_saved == 0

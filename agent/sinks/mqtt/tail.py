@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import ssl
 import sys
 import threading
 import time
@@ -23,6 +24,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.errors import ConfigError
+from agent.fsutil import check_output
 from agent.sinks.mqtt.topics import Topics
 
 __all__ = ["CameraRow", "FleetView", "add_parser", "run_tail"]
@@ -64,6 +67,7 @@ class FleetView:
         self.messages = 0
         self.bad = 0
         self.saved: list[Path] = []
+        self.connected = False  # a CONNACK that accepted us was seen (set by the MQTT thread)
         self._lock = threading.Lock()
 
     def feed(self, topic: str, payload: bytes, user: dict[str, str] | None = None) -> None:
@@ -181,7 +185,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser("tail", help="watch fleet status and health from an MQTT broker",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", required=True, help="broker host")
-    p.add_argument("--port", type=int, default=None, help="broker port (default 1883, 8883 with --tls-ca)")
+    p.add_argument("--port", type=_port, default=None, help="broker port (default 1883, 8883 with --tls-ca)")
     p.add_argument("--prefix", default="edge-guard/v1", help="topic prefix (default %(default)s)")
     p.add_argument("--site", default="+", help="only this site (default: all)")
     p.add_argument("--tls-ca", type=Path, help="CA file: connect with TLS")
@@ -193,9 +197,62 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--save-health", type=Path, metavar="DIR",
                    help="append health summaries to DIR/<site>/<node>/<camera>/health.jsonl (for edge-guard report)")
     p.add_argument("--once", action="store_true", help="collect for --duration (default 3 s), print once, exit")
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
-    p.add_argument("--refresh", type=float, default=1.0, help="seconds between table refreshes")
+    p.add_argument("--duration", type=_positive, help="stop after this many seconds")
+    p.add_argument("--refresh", type=_positive, default=1.0, help="seconds between table refreshes")
     p.set_defaults(func=run_tail)
+
+
+def _port(text: str) -> int:
+    port = int(text) if text.isdigit() else -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is 1..65535, got {text!r}")
+    return port
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text!r}")
+    return value
+
+
+def _usage_errors(args: argparse.Namespace) -> list[str]:
+    """What makes the options unusable, checked before connecting (each line names the option)."""
+    out: list[str] = []
+    if not args.host.strip():
+        out.append("--host is empty")
+    for flag, value in (("--prefix", args.prefix), ("--site", args.site)):
+        if not value or "#" in value or ("+" in value and value != "+") or (flag == "--site" and "/" in value):
+            out.append(f"{flag} {value!r}: topic levels without '#' or '+' (--site '+' means every site)")
+    if args.password_file is not None and not args.username:
+        out.append("--password-file needs --username")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        out.append("--tls-cert and --tls-key go together (mutual TLS)")
+    if args.tls_cert is not None and args.tls_ca is None:
+        out.append("--tls-cert/--tls-key need --tls-ca (the CA that signed the broker's certificate)")
+    if args.tls_ca is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            context.load_verify_locations(cafile=str(args.tls_ca))
+            if args.tls_cert is not None:
+                context.load_cert_chain(str(args.tls_cert), str(args.tls_key), password="")
+        except (ssl.SSLError, OSError) as exc:
+            out.append(f"--tls-ca/--tls-cert/--tls-key: cannot load them as PEM ({exc})")
+    if args.password_file is not None:
+        try:
+            args.password_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            out.append(f"--password-file {args.password_file}: cannot read it as text ({exc})")
+    for flag, folder in (("--save-frames", args.save_frames), ("--save-health", args.save_health)):
+        if folder is not None:
+            try:
+                check_output(folder, flag, folder=True)
+            except ConfigError as exc:
+                out.append(str(exc))
+    return out
 
 
 def _client(args: argparse.Namespace, view: FleetView, errors: list[str]) -> mqtt.Client:
@@ -215,11 +272,15 @@ def _client(args: argparse.Namespace, view: FleetView, errors: list[str]) -> mqt
         if rc.value >= 0x80:
             errors.append(f"broker {args.host} refused the connection: {rc}")
             return
+        view.connected = True
         c.subscribe([(f, 1) for f in filters])
 
     def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         user = dict(getattr(msg.properties, "UserProperty", []) or []) if msg.properties else {}
-        view.feed(msg.topic, bytes(msg.payload), user)
+        try:
+            view.feed(msg.topic, bytes(msg.payload), user)
+        except OSError as exc:  # --save-frames / --save-health: a full disk, a folder removed meanwhile
+            errors.append(f"cannot save what arrived on {msg.topic}: {exc}")
 
     client.on_connect = on_connect
     client.on_message = on_message
@@ -227,14 +288,19 @@ def _client(args: argparse.Namespace, view: FleetView, errors: list[str]) -> mqt
 
 
 def run_tail(args: argparse.Namespace) -> int:
-    """Run ``edge-guard tail``; returns the exit code (1 when the broker cannot be used)."""
+    """Run ``edge-guard tail``; returns the exit code (2: unusable options, 1: the broker could not
+    be used or what arrived could not be saved)."""
+    usage = _usage_errors(args)
+    if usage:
+        sys.stderr.write("".join(f"edge-guard tail: {line}\n" for line in usage))
+        return 2
     view = FleetView(args.prefix, args.save_frames, args.save_health)
     errors: list[str] = []
     client = _client(args, view, errors)
     port = args.port or (8883 if args.tls_ca else 1883)
     try:
         client.connect(args.host, port)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: paho's own check of the host name
         sys.stderr.write(f"edge-guard tail: cannot connect to {args.host}:{port}: {exc}\n")
         return 1
     client.loop_start()
@@ -255,6 +321,10 @@ def run_tail(args: argparse.Namespace) -> int:
     finally:
         client.disconnect()
         client.loop_stop()
+    if not view.connected:
+        sys.stderr.write(f"edge-guard tail: no MQTT session with {args.host}:{port} in {time.monotonic() - t0:.0f} s "
+                         "(is it an MQTT broker, and reachable? TLS needs --tls-ca)\n")
+        return 1
     if args.once:
         sys.stdout.write(view.render())
     if args.save_frames is not None:
