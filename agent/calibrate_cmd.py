@@ -21,6 +21,7 @@ from agent.scoring.ess import EffectiveFrames
 from agent.scoring.forward import ForwardCheck
 from agent.scoring.profile import Profile
 from agent.sources.factory import open_source
+from agent.sources.oneshot import GiveUpReader
 from agent.stats.factory import create_backend
 from agent.term import ProgressBar
 
@@ -92,7 +93,7 @@ def calibrate_from_config(cfg: GuardConfig, out: Path, progress: bool = True) ->
     scorer = Scorer(None, cfg.policy, cfg.calibration, stats.grid, ids, camera_id=cfg.camera_id)
     needed = cfg.calibration.skip + cfg.calibration.frames
     bar = ProgressBar(needed, "frames") if progress else None
-    source = open_source(cfg.source, cfg.camera_id)
+    source = GiveUpReader(open_source(cfg.source, cfg.camera_id))
     read = 0
     try:
         while scorer.profile is None:

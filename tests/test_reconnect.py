@@ -77,3 +77,4 @@ def test_first_frame_after_a_reconnect_has_no_previous_frame(
     assert restarts == [68, 136]  # the stream ended after each pass and the camera reconnected
     no_prev = [seq for seq, diff, _ in rows if math.isnan(diff)]
     assert no_prev == restarts  # reset exactly there: every other frame is compared with its predecessor
+

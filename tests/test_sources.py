@@ -14,9 +14,11 @@ import pytest
 from helpers import wait_until
 from mosquitto import free_port  # nothing listens there once it returns: connections are refused
 
+from agent import calibrate_cmd
+from agent.config import load_config
 from agent.errors import SourceError
 from agent.frame import Frame
-from agent.sources import Source, open_source
+from agent.sources import Source, oneshot, open_source
 from agent.sources.backoff import Backoff
 from agent.sources.base import SourceState, to_bgr
 from agent.sources.config import ReconnectConfig, SourceConfig
@@ -367,3 +369,20 @@ def test_live_stream_recovers_and_keeps_seq(late_http_server: tuple[int, Callabl
     assert source.state == "up"
     source.close()
     assert _state(source) == "ended" and source.read() is None
+
+
+def test_one_shot_commands_give_up_on_a_silent_camera(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon retries a dead camera for ever; calibrate (and bench, stress) stop after
+    ONE_SHOT_TIMEOUT_S without a frame, with an error that says so, instead of hanging."""
+    monkeypatch.setattr(oneshot, "ONE_SHOT_TIMEOUT_S", 1.5)
+    port = free_port()  # nothing listens there: connection refused at every attempt
+    cfg = load_config(None, {"source": {"uri": f"rtsp://127.0.0.1:{port}/cam", "reconnect": {"initial_s": 0.1,
+                                                                                         "max_s": 0.2}},
+                             "calibration": {"frames": 20}})
+    t0 = time.monotonic()
+    with pytest.raises(SourceError, match=rf"no frame from rtsp://127.0.0.1:{port}/cam in 1.5 s \(state down"):
+        calibrate_cmd.calibrate_from_config(cfg, tmp_path / "p.json", progress=False)
+    assert time.monotonic() - t0 < 60  # a hang guard, not a speed bound
+    assert not (tmp_path / "p.json").exists()

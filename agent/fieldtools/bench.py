@@ -49,6 +49,7 @@ from agent.scoring.calibrate import MIN_KEPT, Calibrator
 from agent.scoring.policy import Guard
 from agent.scoring.profile import Profile
 from agent.sources.factory import open_source
+from agent.sources.oneshot import GiveUpReader
 from agent.stats.config import StatsConfig
 from agent.stats.factory import create_backend, cuda_unavailable_reason
 from agent.term import ProgressBar
@@ -111,8 +112,8 @@ def _summary(ms: list[float]) -> dict[str, Any]:
 
 def read_frames(cfg: GuardConfig, n: int) -> tuple[list[U8], float, bool]:
     """Up to ``n`` frames of ``cfg.source`` (not paced), mean decode ms per frame, and whether it is live."""
-    source = open_source(cfg.source.model_copy(update={"realtime": False, "loop": False, "max_frames": None}),
-                         cfg.camera_id)
+    source = GiveUpReader(open_source(
+        cfg.source.model_copy(update={"realtime": False, "loop": False, "max_frames": None}), cfg.camera_id))
     frames: list[U8] = []
     t0 = time.perf_counter()
     try:
@@ -121,7 +122,7 @@ def read_frames(cfg: GuardConfig, n: int) -> tuple[list[U8], float, bool]:
             if frame is None:
                 break
             frames.append(frame.image)
-        live = bool(source.live)
+        live = bool(source.source.live)
     finally:
         source.close()
     if not frames:

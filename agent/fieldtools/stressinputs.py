@@ -37,6 +37,7 @@ from agent.scoring.calibrate import MIN_KEPT, Calibrator
 from agent.scoring.profile import Profile
 from agent.sources.factory import open_source
 from agent.sources.folder import IMAGE_SUFFIXES
+from agent.sources.oneshot import GiveUpReader
 from agent.stats.types import StatsBackend
 
 __all__ = ["CONTEXT_FRAMES", "StressInputs", "build_profile", "load_inputs", "parse_labels", "parse_size"]
@@ -112,7 +113,7 @@ def load_inputs(
         return StressInputs("images", str(images_dir), fitted[:max_images], names[:max_images], size, stills, note)
     assert video is not None
     src_cfg = cfg.source.model_copy(update={"uri": video, "realtime": False, "loop": False, "max_frames": None})
-    source = open_source(src_cfg, cfg.camera_id)
+    source = GiveUpReader(open_source(src_cfg, cfg.camera_id))
     n_cal = 0 if has_profile else cfg.calibration.skip + cfg.calibration.frames
     cal: list[U8] = []
     picked: list[U8] = []
