@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from agent.configbase import StrictModel
@@ -128,6 +128,19 @@ class GuardConfig(BaseSettings):
         # Environment first = environment wins over the YAML file's values.
         return (env_settings, init_settings)
 
+    @model_validator(mode="after")
+    def _calibration_fits_the_source(self) -> GuardConfig:
+        needed = self.calibration.skip + self.calibration.frames
+        limit = self.source.max_frames
+        if self.policy.profile is None and limit is not None and limit < needed:
+            raise ValueError(
+                f"source.max_frames {limit} stops the source before start-up calibration ends (calibration.skip "
+                f"{self.calibration.skip} + calibration.frames {self.calibration.frames} = {needed}) and there is "
+                "no policy.profile: no frame would get a decision; raise source.max_frames (--max-frames), lower "
+                "calibration.frames or set policy.profile"
+            )
+        return self
+
     def input_files(self) -> list[Path]:
         """Files this config makes a command read (model, labels, profile, a file source, TLS files):
         an output flag must never point at one of them (fsutil.check_output)."""
@@ -154,8 +167,10 @@ def referenced_file_errors(cfg: GuardConfig, *, absolute_only: bool = False) -> 
 
 
 def _format_error(err: Any) -> str:
-    loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+    loc = ".".join(str(p) for p in err["loc"])
     msg = err["msg"]
+    if not loc:  # a check across sections: its message names the fields itself
+        return str(msg).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key (not a field of this section; check spelling)"
     got = err.get("input")

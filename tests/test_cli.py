@@ -10,10 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import pytest
 
 from agent import REPO_ROOT, __version__, exitcodes
 from agent.cli import build_parser, main
+from agent.sources.synthetic_scene import SyntheticScene
 from agent.term import LiveView, ProgressBar, format_table
 
 PY = sys.executable
@@ -171,8 +173,19 @@ def test_calibrate_then_run_then_mismatched_profile(tmp_path: Path) -> None:
 
 
 def test_calibrate_on_too_short_a_source(tmp_path: Path) -> None:
+    # source.max_frames below what calibration needs: refused before reading a frame
     proc = _cli("calibrate", "--config", str(_config(tmp_path, frames=30)), "--out", str(tmp_path / "p.json"),
                 "--no-progress")
+    assert proc.returncode == exitcodes.CONFIG
+    assert "source.max_frames 30 stops the source before start-up calibration ends" in proc.stderr
+    # a clip that is simply shorter: found out when it ends
+    clip = tmp_path / "short.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"MJPG"), 25, (96, 64))
+    for i in range(30):
+        writer.write(SyntheticScene(3, (96, 64)).render(i)[0])
+    writer.release()
+    proc = _cli("calibrate", "--config", str(_config(tmp_path, uri=str(clip), frames=1000)), "--out",
+                str(tmp_path / "p.json"), "--no-progress")
     assert proc.returncode == exitcodes.CONFIG
     assert "ended after 30 frames, but calibration needs 60" in proc.stderr
     assert not (tmp_path / "p.json").exists()

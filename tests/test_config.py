@@ -207,9 +207,18 @@ def test_unknown_env_field_in_a_section_is_an_error(monkeypatch: pytest.MonkeyPa
 
 def test_overrides_merge_into_sections(tmp_path: Path) -> None:
     path = _write(tmp_path, "source:\n  uri: synthetic://default\n  loop: true\n")
-    cfg = load_config(path, {"source": {"max_frames": 10}})
+    cfg = load_config(path, {"source": {"max_frames": 400}})
     assert cfg.source.loop is True
-    assert cfg.source.max_frames == 10
+    assert cfg.source.max_frames == 400
+
+
+def test_a_source_that_stops_before_calibration_ends_is_a_config_error(tmp_path: Path) -> None:
+    path = _write(tmp_path, "source:\n  uri: synthetic://default\ncalibration:\n  frames: 100\n  skip: 5\n")
+    with pytest.raises(ConfigError, match=r"  - source.max_frames 60 stops the source before start-up calibration "
+                                          r"ends \(calibration.skip 5 \+ calibration.frames 100 = 105\)"):
+        load_config(path, {"source": {"max_frames": 60}})
+    assert load_config(path, {"source": {"max_frames": 105}}).source.max_frames == 105
+    assert load_config(path, {"source": {"max_frames": 60}, "policy": {"profile": str(path)}}).source.max_frames == 60
 
 
 def test_config_hash_is_stable_and_sensitive(tmp_path: Path) -> None:
