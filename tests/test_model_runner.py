@@ -220,3 +220,19 @@ def test_provider_mapping_with_a_gpu_build(tmp_path: Path) -> None:
     assert gpu_providers(ModelConfig(providers=["cuda"]), ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     cpu_first = gpu_providers(ModelConfig(providers=["cpu", "cuda"]), gpu_build)
     assert [e if isinstance(e, str) else e[0] for e in cpu_first] == ["CPUExecutionProvider", "CUDAExecutionProvider"]
+
+
+def test_a_model_without_declared_preprocessing_is_warned_about(
+    test_data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SqueezeNet needs the Caffe mean: given only its path it runs, on the defaults, quietly wrong."""
+    path = test_data / "models" / "squeezenet1.0_fp32_upcast.onnx"
+    with caplog.at_level(logging.WARNING, logger="agent.model.factory"):
+        load_model(ModelConfig(path=path, providers=["cpu"]))
+    assert f"model {path} has no model.preprocess in the config: it gets the defaults (224x224, stretch, BGR" in (
+        caplog.text)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="agent.model.factory"):
+        load_model(_squeezenet_cfg(test_data))  # declared: no warning
+        load_model(ModelConfig(providers=["cpu"]))  # the reference model brings its own (sidecar)
+    assert "has no model.preprocess" not in caplog.text

@@ -13,6 +13,7 @@ zero-copy measuring path, agent.gpu_measure), ONNX Runtime's GPU providers on it
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ __all__ = [
     "read_sidecar",
     "runner_factory",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: The embedded reference model and its sidecar (preprocessing, labels, provenance): models/ in
 #: the repository, or the copy a wheel carries (agent.datafiles).
@@ -147,6 +150,14 @@ def load_model(cfg: ModelConfig, *, launcher: Launcher | None = None) -> ModelRu
     if resolved.reference and not REFERENCE_MODEL.is_file():
         raise ModelError(
             f"reference model not found: {REFERENCE_MODEL}; rebuild it with python models/build_reference_model.py"
+        )
+    if not resolved.reference and "preprocess" not in cfg.model_fields_set:
+        p = cfg.preprocess
+        logger.warning(
+            "model %s has no model.preprocess in the config: it gets the defaults (%dx%d, %s, %s, 0..255, mean %s, "
+            "std %s), which fit few models; declare its size, channel order, scale, mean and std (README: "
+            "Bring your own model) or its outputs will be quietly wrong", cfg.path, *p.size, p.resize,
+            p.channel_order.upper(), list(p.mean), list(p.std),
         )
     return factory(resolved.config, resolved.labels, launcher)
 
