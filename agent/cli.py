@@ -23,7 +23,7 @@ from agent.config import GuardConfig, load_config, referenced_file_errors
 from agent.daemon import FATAL_AT_START, Daemon
 from agent.demo import add_arguments as add_demo_arguments
 from agent.demo import run_demo
-from agent.errors import ConfigError, GuardError
+from agent.errors import BackendUnavailable, ConfigError, GuardError, ModelError, ProfileError
 from agent.fsutil import check_output
 from agent.logsetup import LEVELS, configure_logging
 
@@ -99,14 +99,37 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"INVALID: {exc}", file=sys.stdout)
         return exitcodes.CONFIG
-    missing = referenced_file_errors(cfg)
-    if missing:
-        print(f"INVALID: {len(missing)} config error(s) in {args.file}:")
-        for line in missing:
+    problems = referenced_file_errors(cfg) or model_and_profile_errors(cfg)
+    if problems:
+        print(f"INVALID: {len(problems)} config error(s) in {args.file}:")
+        for line in problems:
             print(f"  - {line}")
         return exitcodes.CONFIG
     print(f"OK: {config_summary(cfg)}")
     return exitcodes.OK
+
+
+def model_and_profile_errors(cfg: GuardConfig) -> list[str]:
+    """What ``run`` would refuse at start about the model and the profile: the model is opened on
+    the CPU (an ONNX file, its input size and outputs as declared, the labels); the profile is
+    loaded and matched with that model and the tile grid. TensorRT engines are not built here."""
+    from agent.model.factory import load_model  # noqa: PLC0415 (onnxruntime only when checking)
+    from agent.pipeline import load_profile  # noqa: PLC0415
+
+    sha: str | None = None
+    if cfg.model.enabled:
+        try:
+            runner = load_model(cfg.model.model_copy(update={"runtime": "onnxruntime", "providers": ["cpu"]}))
+        except (ModelError, BackendUnavailable) as exc:
+            return [f"model: {exc}"]
+        sha = runner.info.sha256 if runner is not None else None
+    if cfg.policy.profile is None:
+        return []
+    try:
+        load_profile(cfg.policy.profile, sha, cfg.stats.grid)
+    except ProfileError as exc:
+        return [f"policy.profile: {exc}"]
+    return []
 
 
 # -- run --------------------------------------------------------------------------------------------
@@ -177,7 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
                EDGE_GUARD_POLICY__ALPHA_FLAG=0.005 edge-guard check-config cam1.yaml
 
              Prints "OK: <summary>" (exit 0) or every error with its field path (exit 78).
-             Files the config names (model.path, model.labels, policy.profile) must exist.
+             Files the config names (model.path, model.labels, policy.profile) must exist; then the
+             model is opened on the CPU (an ONNX file whose input size, outputs and labels match the
+             config) and the profile is loaded and matched with that model and the tile grid, as run
+             does at start. TensorRT engines are not built, the source is not opened.
              """)
     p.add_argument("file", type=Path, help="YAML config file")
 

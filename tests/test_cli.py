@@ -101,6 +101,28 @@ def test_check_config_missing_files(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "policy.profile: file not found" in out
 
 
+def test_check_config_opens_the_model_and_the_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """What run would refuse at start, check-config refuses too: a file that is not a model, a
+    profile that is not one, or one made for another tile grid."""
+    fake = _write(tmp_path / "model.onnx", "a JPEG renamed")
+    cfg = _write(tmp_path / "c.yaml", f"model:\n  path: {fake}\n  preprocess:\n    size: [224, 224]\n")
+    assert main(["check-config", str(cfg)]) == exitcodes.CONFIG
+    assert f"  - model: cannot load ONNX model {fake}" in capsys.readouterr().out
+    not_profile = _write(tmp_path / "p.json", '{"format": "edge-guard-bench"}')
+    cfg = _write(tmp_path / "c.yaml", f"policy:\n  profile: {not_profile}\n")
+    assert main(["check-config", str(cfg)]) == exitcodes.CONFIG
+    assert "  - policy.profile: " in capsys.readouterr().out
+    profile = tmp_path / "real.json"
+    assert main(["calibrate", "--config", str(_config(tmp_path)), "--out", str(profile), "--no-progress"]) == 0
+    capsys.readouterr()
+    cfg = _write(tmp_path / "c.yaml", f"stats:\n  grid: [2, 2]\npolicy:\n  profile: {profile}\n")
+    assert main(["check-config", str(cfg)]) == exitcodes.CONFIG
+    out = capsys.readouterr().out
+    assert "  - policy.profile: " in out and "grid" in out
+    cfg = _write(tmp_path / "c.yaml", f"policy:\n  profile: {profile}\n")
+    assert main(["check-config", str(cfg)]) == exitcodes.OK
+
+
 def test_run_bad_config_exits_78_without_traceback(tmp_path: Path) -> None:
     proc = _cli("run", "--config", str(_config(tmp_path, "policy:\n  alpha_flag: 2\n")))
     assert proc.returncode == exitcodes.CONFIG
