@@ -124,6 +124,9 @@ def test_gate_fails_when_not_measurable(gate: dict[str, Any], detail: str) -> No
          pytest.raises(ConfigError, match=r"gates\.0\.colour: unknown key")),
         ("gates:\n  - {metric: flip_rate, corruption: fog, min_severity: 4, max_severity: 2, op: '<=', value: 1}\n",
          pytest.raises(ConfigError, match="min_severity")),
+        ("gates:\n  - {metric: flip_rate, corruption: fog, severity: 3, op: '<=', value: 90}\n",  # meant 90 %
+         pytest.raises(ConfigError, match=r"value 90 is outside 0\.\.1: flip_rate is a fraction \(write 0\.9")),
+        ("gates:\n  - {metric: conf_drop, corruption: fog, severity: 3, op: '>=', value: -0.1}\n", does_not_raise()),
         ("gates: [unclosed\n", pytest.raises(ConfigError, match="not valid YAML")),
         ("42\n", pytest.raises(ConfigError, match="expected a mapping with a 'gates' list")),
     ],

@@ -161,7 +161,7 @@ def test_stress_on_photos_with_labels_and_gates(test_data: Path, tmp_path: Path,
         "gates:\n"
         "  - {metric: flip_rate, corruption: gaussian_noise, severity: 1, op: '<=', value: 1.0}\n"
         "  - {metric: clean_accuracy, op: '>=', value: 0.75}\n"
-        "  - {metric: flip_rate, corruption: fog, severity: 5, op: '<=', value: -0.5, name: impossible}\n",
+        "  - {metric: flip_rate, corruption: fog, severity: 5, op: '<', value: 0.0, name: impossible}\n",
         encoding="utf-8")
     out = tmp_path / "out"
     code = main(["stress", "--config", str(_config(test_data, tmp_path)), "--images", str(folder),

@@ -100,6 +100,10 @@ class Gate(StrictModel):
                 raise ValueError(f"metric {self.metric} is not per corruption: remove {', '.join(extra)}")
         if (self.metric == "probe_flip_rate") != (self.probe is not None):
             raise ValueError("probe is required for metric probe_flip_rate and only allowed there")
+        least = -1.0 if self.metric == "conf_drop" else 0.0  # a drop can be negative (confidence rose)
+        if not least <= self.value <= 1.0:
+            raise ValueError(f"value {self.value:g} is outside {least:g}..1: {self.metric} is a fraction "
+                             f"(write 0.9 for 90 %), so this gate could never fail or never pass")
         return self
 
     @property

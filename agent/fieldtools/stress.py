@@ -235,6 +235,16 @@ def write_outputs(report: dict[str, Any], out: Path) -> dict[str, Path]:
     return paths
 
 
+def _cliff(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a drop is a fraction in (0, 1], e.g. 0.2 for 20 %, got {text!r}")
+    return value
+
+
 def cmd_stress(args: argparse.Namespace) -> int:
     """The ``stress`` subcommand."""
     cfg = load_config(args.config)
@@ -291,7 +301,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     p.add_argument("--seed", type=_nonnegative, default=0, help="corruption seed (default 0); same seed, same images")
     p.add_argument("--size", default=None, help="working size WxH for --images without a profile (default 640x480)")
     p.add_argument("--every", type=_positive, default=5, help="--source: sweep every k-th frame (default 5)")
-    p.add_argument("--cliff", type=float, default=0.2, help="performance drop that marks a cliff (default 0.2)")
+    p.add_argument("--cliff", type=_cliff, default=0.2,
+                   help="performance drop that marks a cliff, a fraction in (0, 1] (default 0.2)")
     p.add_argument("--no-probes", action="store_true", help="skip the shortcut probes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return p
