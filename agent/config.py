@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
-from agent.configbase import StrictModel
+from agent.configbase import StrictModel, load_yaml
 from agent.errors import ConfigError
 from agent.model.config import ModelConfig
 from agent.scoring.config import CalibrationConfig, PolicyConfig
@@ -203,7 +203,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
                 "Save it as UTF-8"
             ) from None
         try:
-            loaded = yaml.safe_load(text)
+            loaded = load_yaml(text)
         except yaml.YAMLError as exc:
             raise ConfigError(yaml_error_message(p, exc)) from exc
         if loaded is None:  # an empty file, or comments only: a truncated copy, not "all defaults"

@@ -326,3 +326,17 @@ def test_a_config_file_that_is_not_utf8_or_is_empty_is_refused(tmp_path: Path) -
         empty.write_text(text)
         with pytest.raises(ConfigError, match=r"empty\.yaml has no settings \(empty or comments only\)"):
             load_config(empty)
+
+
+def test_a_key_given_twice_is_an_error_with_both_lines(tmp_path: Path) -> None:
+    """PyYAML keeps the last of two equal keys; a pasted second section must not win silently."""
+    path = _write(tmp_path, "camera_id: a\npolicy:\n  alpha_flag: 0.01\n  alpha_flag: 0.02\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML at line 4, column 3: key 'alpha_flag' given twice "
+                                          r"\(first on line 3\)"):
+        load_config(path)
+    path = _write(tmp_path, "camera_id: a\nsource: {uri: synthetic://clean}\ncamera_id: b\n")
+    with pytest.raises(ConfigError, match=r"key 'camera_id' given twice \(first on line 1\)"):
+        load_config(path)
+    # the same key in two different mappings is fine
+    cfg = load_config(_write(tmp_path, "mqtt: {host: h, spool: {max_bytes: 1000000}, frames: {max_bytes: 65536}}\n"))
+    assert cfg.mqtt is not None and (cfg.mqtt.spool.max_bytes, cfg.mqtt.frames.max_bytes) == (1000000, 65536)

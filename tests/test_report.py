@@ -129,3 +129,14 @@ file_sink:
     reasons = {r for b in cam["buckets"] for r in b["reasons"]}  # a run across UTC midnight has 2 buckets
     assert {"blur", "dark"} <= reasons, reasons
     assert "camera camx: buckets of 1d (UTC)" in text and png.stat().st_size > 2000
+
+
+def test_report_on_files_that_hold_no_summary_says_what_it_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wrong = tmp_path / "verdicts.jsonl"  # the file sink's other file, a common mix-up
+    wrong.write_text('{"camera_id": "c", "seq": 3, "decision": "FLAG"}\n')
+    assert main(["report", str(wrong)]) == 1
+    err = capsys.readouterr().err
+    assert f"report: no health summaries in {wrong}: 1 line(s), none a health summary" in err
+    assert f"{wrong}:1: " in err  # why that line is not one

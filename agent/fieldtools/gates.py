@@ -28,7 +28,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from agent.config import config_errors, yaml_error_message
-from agent.configbase import StrictModel
+from agent.configbase import StrictModel, load_yaml
 from agent.corruptions import CORRUPTIONS, SEVERITIES
 from agent.errors import ConfigError
 
@@ -151,7 +151,7 @@ def load_gates(path: str | Path) -> list[Gate]:
     """Read and validate a gates file; ConfigError listing every problem otherwise."""
     p = Path(path)
     try:
-        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        loaded = load_yaml(p.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read gates file {p}: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:

@@ -15,6 +15,7 @@ import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agent.errors import GuardError
 from agent.fieldtools.healthreport import Bucket, CameraReport, build_reports, load_summaries
 from agent.fieldtools.plots import timeline_png
 from agent.fsutil import check_output, write_atomic
@@ -122,6 +123,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         check_output(args.plot, "--plot", inputs=inputs, suffixes=(".png", ".jpg", ".jpeg"))
     loaded = load_summaries(args.paths)
     skipped = sum(loaded.bad_lines.values())
+    if not loaded.summaries:
+        why = "".join(f"\n  {q}" for q in loaded.quoted)
+        raise GuardError(f"report: no health summaries in {', '.join(map(str, args.paths))}: {skipped} line(s), none "
+                         f"a health summary (a health.jsonl of the file sink, or stored MQTT health messages){why}")
     reports = build_reports(loaded.summaries, args.bucket or None, args.camera)
     print(f"edge-guard report: {len(loaded.summaries)} health summaries, {len(reports)} camera(s)"
           + (f"; {skipped} line(s) skipped (not health summaries):" if skipped else ""))
