@@ -105,7 +105,7 @@ def load_profile(path: Path, model_sha256: str | None, grid: tuple[int, int],
     `Scorer` then checks it on the first frame.
     """
     profile = Profile.load(path)
-    w, h = frame_size_wh if frame_size_wh is not None else (profile.width, profile.height)
+    w, h = frame_size_wh if frame_size_wh is not None else (None, None)
     profile.check_compatible(model_sha256, w, h, grid)
     return profile
 

@@ -141,6 +141,10 @@ def test_check_compatible(profile: Profile) -> None:
         profile.check_compatible(None, 96, 64, (4, 4))
     with pytest.raises(ProfileError, match="grid 3x3"):
         profile.check_compatible(SHA, 96, 64, (3, 3))
+    # at start-up the frame size is not known yet: it is not compared, nor claimed in the message
+    profile.check_compatible(SHA, None, None, (4, 4))
+    with pytest.raises(ProfileError, match=r"this run uses no model \(grid 4x4\)"):
+        profile.check_compatible(None, None, None, (4, 4))
 
 
 def test_calibrator_skip_stride_and_progress(stats: list[FrameStats]) -> None:

@@ -244,12 +244,14 @@ class Profile(_Record):
 
     # --- use ------------------------------------------------------------------------------
     def check_compatible(
-        self, model_sha256: str | None, width: int, height: int, grid: tuple[int, int]
+        self, model_sha256: str | None, width: int | None, height: int | None, grid: tuple[int, int]
     ) -> None:
-        """Raise ProfileError unless this run's model, resolution and grid match the profile."""
+        """Raise ProfileError unless this run's model, resolution and grid match the profile
+        (``width``/``height`` None: the frame size is not known yet and is checked later)."""
+        size_known = width is not None and height is not None
         same = (
             self.model_sha256 == model_sha256
-            and (self.width, self.height) == (width, height)
+            and (not size_known or (self.width, self.height) == (width, height))
             and tuple(self.grid) == tuple(grid)
         )
         if same:
@@ -258,10 +260,11 @@ class Profile(_Record):
         def model(sha: str | None) -> str:
             return f"model sha {sha[:12]}…" if sha else "no model"
 
+        at = f" at {width}x{height}" if size_known else ""
         raise ProfileError(
             f"profile {self.profile_id} was calibrated for {model(self.model_sha256)} at "
             f"{self.width}x{self.height} (grid {self.grid[0]}x{self.grid[1]}); this run uses "
-            f"{model(model_sha256)} at {width}x{height} (grid {grid[0]}x{grid[1]}): "
+            f"{model(model_sha256)}{at} (grid {grid[0]}x{grid[1]}): "
             f"recalibrate with `edge-guard calibrate`"
         )
 
