@@ -194,3 +194,10 @@ def test_bench_out_at_its_own_config_is_refused_before_measuring(
     err = capsys.readouterr().err
     assert "--out" in err and "is also an input of this command" in err
     assert cfg.read_text() == "camera_id: cam1\nsource:\n  uri: synthetic://clean\n"
+
+
+def test_threshold_without_compare_is_reported_as_ignored(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # (a missing source then stops the run at once: only the warning matters here)
+    code = main(["bench", "--threshold", "0.2", "--source", str(tmp_path / "none.avi"), "--no-progress"])
+    assert code == exitcodes.CONFIG
+    assert "--threshold 0.2 is ignored without --compare" in capsys.readouterr().err

@@ -382,6 +382,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     configure_logging(args.log_level or "WARNING", cfg.camera_id)
     if args.out is not None:
         check_output(args.out, "--out", inputs=[args.config, args.compare, *cfg.input_files()])
+    if args.compare is None and args.threshold != 0.1:
+        logger.warning("--threshold %g is ignored without --compare (it is the regression margin)", args.threshold)
     old: dict[str, Any] | None = None
     if args.compare is not None:
         try:

@@ -251,6 +251,11 @@ def cmd_stress(args: argparse.Namespace) -> int:
     configure_logging(args.log_level or "WARNING", cfg.camera_id)
     check_output(args.out, "--out", folder=True,
                  inputs=[args.config, args.images, args.source, args.gates, args.labels, *cfg.input_files()])
+    if args.size and cfg.policy.profile is not None:
+        logger.warning("--size %s is ignored: policy.profile fixes the working size to the profile's", args.size)
+    if args.every != 5 and args.images is not None:
+        logger.warning("--every %d is ignored: it picks frames of a --source video, --images sweeps every image",
+                       args.every)
     opts = StressOptions(
         images=args.images, source=args.source, out=args.out, gates=args.gates, labels=args.labels,
         max_images=args.max_images, corruptions=args.corruptions, severities=args.severities, seed=args.seed,
