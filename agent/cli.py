@@ -110,19 +110,26 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def model_and_profile_errors(cfg: GuardConfig) -> list[str]:
-    """What ``run`` would refuse at start about the model and the profile: the model is opened on
-    the CPU (an ONNX file, its input size and outputs as declared, the labels); the profile is
-    loaded and matched with that model and the tile grid. TensorRT engines are not built here."""
-    from agent.model.factory import load_model  # noqa: PLC0415 (onnxruntime only when checking)
+    """What ``run`` would refuse at start about the model and the profile: the model is opened
+    with ONNX Runtime on the CPU (an ONNX file, its input size and outputs as declared, the labels);
+    the profile is loaded and matched with that model (its file's sha256) and the tile grid.
+    TensorRT engines are not built here, and a ``runtime: tensorrt`` model (which may use plugin
+    ops ONNX Runtime lacks) or an install without onnxruntime is only matched by its sha256."""
+    from agent.model.factory import effective_model_config, load_model  # noqa: PLC0415
+    from agent.model.onnx_runner import file_sha256  # noqa: PLC0415
     from agent.pipeline import load_profile  # noqa: PLC0415
 
     sha: str | None = None
     if cfg.model.enabled:
         try:
-            runner = load_model(cfg.model.model_copy(update={"runtime": "onnxruntime", "providers": ["cpu"]}))
-        except (ModelError, BackendUnavailable) as exc:
+            path = effective_model_config(cfg.model).config.path
+            sha = file_sha256(path) if path is not None else None
+            if cfg.model.runtime == "onnxruntime":
+                load_model(cfg.model.model_copy(update={"providers": ["cpu"]}))
+        except BackendUnavailable as exc:
+            logger.warning("check-config: the model was not opened (%s); only its sha256 is matched", exc)
+        except (ModelError, OSError) as exc:
             return [f"model: {exc}"]
-        sha = runner.info.sha256 if runner is not None else None
     if cfg.policy.profile is None:
         return []
     try:
@@ -139,6 +146,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     faulthandler.enable()
     cfg = _load(args)
     overrides = _config_overrides(args) or None
+    nothing_decided = cfg.start_up_calibration_error()
+    if nothing_decided is not None:
+        raise ConfigError(nothing_decided)
     if args.profile_out is not None:
         check_output(args.profile_out, "--profile-out", inputs=[args.config, *cfg.input_files()])
         if cfg.policy.profile is not None:

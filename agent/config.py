@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from agent.configbase import StrictModel, load_yaml
@@ -128,18 +128,19 @@ class GuardConfig(BaseSettings):
         # Environment first = environment wins over the YAML file's values.
         return (env_settings, init_settings)
 
-    @model_validator(mode="after")
-    def _calibration_fits_the_source(self) -> GuardConfig:
+    def start_up_calibration_error(self) -> str | None:
+        """Why ``run`` would decide nothing: the source stops (``source.max_frames``) before the
+        start-up calibration (no ``policy.profile``) ends; None when it does not."""
         needed = self.calibration.skip + self.calibration.frames
         limit = self.source.max_frames
         if self.policy.profile is None and limit is not None and limit < needed:
-            raise ValueError(
+            return (
                 f"source.max_frames {limit} stops the source before start-up calibration ends (calibration.skip "
                 f"{self.calibration.skip} + calibration.frames {self.calibration.frames} = {needed}) and there is "
                 "no policy.profile: no frame would get a decision; raise source.max_frames (--max-frames), lower "
                 "calibration.frames or set policy.profile"
             )
-        return self
+        return None
 
     def input_files(self) -> list[Path]:
         """Files this config makes a command read (model, labels, profile, a file source, TLS files):

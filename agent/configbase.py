@@ -25,16 +25,19 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     first: dict[Any, int] = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor': flattened by construct_mapping
+            continue
         key = loader.construct_object(key_node, deep=True)
         try:
-            line = first.setdefault(key, key_node.start_mark.line)
+            seen = key in first
         except TypeError:  # an unhashable key: SafeConstructor reports it below
             continue
-        if line != key_node.start_mark.line:
+        if seen:
             raise yaml.constructor.ConstructorError(
                 "while reading a mapping", node.start_mark,
-                f"key {key!r} given twice (first on line {line + 1}); keep one", key_node.start_mark,
+                f"key {key!r} given twice (first on line {first[key] + 1}); keep one", key_node.start_mark,
             )
+        first[key] = key_node.start_mark.line
     return loader.construct_mapping(node, deep=True)
 
 

@@ -25,7 +25,7 @@ def check_output(
     writer's). The folder the output goes into is created here, so that a path under a file or an
     unwritable place fails now, not after minutes of measuring.
     """
-    here = path.expanduser()
+    here = path  # as the command will write it (a quoted '~' is not expanded there either)
     for src in inputs:
         if src is not None and str(src) and Path(src).expanduser().exists() and (
             os.path.realpath(here) == os.path.realpath(Path(src).expanduser())

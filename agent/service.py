@@ -180,8 +180,9 @@ def plan_install(
         raise ValueError(f"--prefix {prefix} is a file; it must be the root folder to install under")
     cfg = load_config(config)  # ConfigError lists every problem
     # What check-config checks (relative paths are warned about below: they resolve in the service's folder).
+    # Only when installing into this machine's own root: a --prefix image or a dry run may lack them.
     missing = referenced_file_errors(cfg, absolute_only=True)
-    if missing:
+    if missing and prefix == Path("/") and not dry_run:
         raise ConfigError(f"{len(missing)} config error(s) in {config}:\n" + "\n".join(f"  - {m}" for m in missing))
     units = find_units_dir(units_dir)
     exe = exec_path if exec_path is not None else default_exec_path()
@@ -192,6 +193,7 @@ def plan_install(
 
     plan = InstallPlan()
     plan.warnings += _sandbox_warnings(cfg, exe, camera)
+    plan.warnings += [f"{m} (on this machine; the service will need it)" for m in missing]
     etc_systemd = prefix / "etc/systemd/system"
     etc_eg = prefix / "etc/edge-guard"
     cred_dir = etc_eg / "credentials"

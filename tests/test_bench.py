@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -196,8 +197,9 @@ def test_bench_out_at_its_own_config_is_refused_before_measuring(
     assert cfg.read_text() == "camera_id: cam1\nsource:\n  uri: synthetic://clean\n"
 
 
-def test_threshold_without_compare_is_reported_as_ignored(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_threshold_without_compare_is_reported_as_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # (a missing source then stops the run at once: only the warning matters here)
-    code = main(["bench", "--threshold", "0.2", "--source", str(tmp_path / "none.avi"), "--no-progress"])
+    with caplog.at_level(logging.WARNING, logger="agent.fieldtools.bench"):
+        code = main(["bench", "--threshold", "0.2", "--source", str(tmp_path / "none.avi"), "--no-progress"])
     assert code == exitcodes.CONFIG
-    assert "--threshold 0.2 is ignored without --compare" in capsys.readouterr().err
+    assert "--threshold 0.2 is ignored without --compare" in caplog.text

@@ -195,9 +195,12 @@ def test_calibrate_then_run_then_mismatched_profile(tmp_path: Path) -> None:
 
 
 def test_calibrate_on_too_short_a_source(tmp_path: Path) -> None:
-    # source.max_frames below what calibration needs: refused before reading a frame
     proc = _cli("calibrate", "--config", str(_config(tmp_path, frames=30)), "--out", str(tmp_path / "p.json"),
                 "--no-progress")
+    assert proc.returncode == exitcodes.CONFIG
+    assert "ended after 30 frames, but calibration needs 60" in proc.stderr
+    # run with the same config would decide nothing: refused before reading a frame
+    proc = _cli("run", "--config", str(_config(tmp_path, frames=30)))
     assert proc.returncode == exitcodes.CONFIG
     assert "source.max_frames 30 stops the source before start-up calibration ends" in proc.stderr
     # a clip that is simply shorter: found out when it ends

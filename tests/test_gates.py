@@ -162,3 +162,13 @@ def test_gate_cells_and_labels() -> None:
         "flip_rate * s1 <= 0.5",
         "few false alarms",
     ]
+
+
+def test_gates_can_share_fields_through_a_yaml_merge(tmp_path: Path) -> None:
+    path = tmp_path / "gates.yaml"
+    path.write_text("gates:\n"
+                    "  - &g {metric: guard_detect_rate, corruption: motion_blur, min_severity: 3, op: '>=',\n"
+                    "        value: 0.95}\n"
+                    "  - {<<: *g, corruption: defocus_blur}\n")
+    gates = load_gates(path)
+    assert [g.corruption for g in gates] == ["motion_blur", "defocus_blur"] and gates[1].value == 0.95

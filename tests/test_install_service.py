@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent import exitcodes
+from agent.errors import ConfigError
 from agent.service import apply_plan, main, plan_install
 
 VALID = "camera_id: cam1\nsource:\n  uri: synthetic://clean\n"
@@ -232,13 +233,17 @@ def test_missing_exec_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_refuses_what_the_service_could_not_use(tmp_path: Path, exe: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """An absolute model path that does not exist (what check-config rejects), a user name useradd
-    would refuse, a --prefix that is a file: nothing is installed."""
+    """An absolute model path that does not exist (what check-config rejects: refused when installing
+    into this machine, a warning for a --prefix image), a user name useradd would refuse, a --prefix
+    that is a file: nothing is installed."""
     cfg = tmp_path / "in.yaml"
     cfg.write_text(VALID + f"model:\n  path: {tmp_path}/missing.onnx\n")
+    with pytest.raises(ConfigError, match=rf"model.path: file not found \(got '{tmp_path}/missing.onnx'\)"):
+        plan_install("cam1", cfg, prefix=Path("/"), exec_path=exe, is_root=False)
     prefix = tmp_path / "r"
-    rc, _, err = run(["--camera", "cam1", "--config", str(cfg), "--prefix", str(prefix), "--exec", str(exe)], capsys)
-    assert rc == 78 and f"model.path: file not found (got '{tmp_path}/missing.onnx')" in err
+    rc, out, _ = run(["--camera", "cam1", "--config", str(cfg), "--prefix", str(prefix), "--exec", str(exe),
+                      "--dry-run"], capsys)
+    assert rc == 0 and "model.path: file not found" in out and "the service will need it" in out
     cfg.write_text(VALID)
     rc, _, err = run(["--camera", "cam1", "--config", str(cfg), "--prefix", str(prefix), "--exec", str(exe),
                       "--user", "bad user!"], capsys)

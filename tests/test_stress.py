@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -258,11 +259,12 @@ def test_report_text_has_no_nan() -> None:
     assert "nan" not in text.lower() and "n/a / 100%" in text
 
 
-def test_flags_that_do_not_apply_are_reported_as_ignored(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_flags_that_do_not_apply_are_reported_as_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cfg = tmp_path / "cam.yaml"
     cfg.write_text("camera_id: cam1\nsource:\n  uri: synthetic://clean\n")
     # (a missing gates file then stops the run: only the warning matters here)
-    code = main(["stress", "--config", str(cfg), "--images", str(tmp_path), "--every", "3",
-                 "--gates", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "out"), "--no-progress"])
+    with caplog.at_level(logging.WARNING, logger="agent.fieldtools.stress"):
+        code = main(["stress", "--config", str(cfg), "--images", str(tmp_path), "--every", "3",
+                     "--gates", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "out"), "--no-progress"])
     assert code == exitcodes.CONFIG
-    assert "--every 3 is ignored: it picks frames of a --source video" in capsys.readouterr().err
+    assert "--every 3 is ignored: it picks frames of a --source video" in caplog.text

@@ -381,7 +381,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     configure_logging(args.log_level or "WARNING", cfg.camera_id)
     if args.out is not None:
-        check_output(args.out, "--out", inputs=[args.config, args.compare, *cfg.input_files()])
+        # (--out may be the --compare file: a rolling baseline, read before the atomic write)
+        check_output(args.out, "--out", inputs=[args.config, *cfg.input_files()])
     if args.compare is None and args.threshold != 0.1:
         logger.warning("--threshold %g is ignored without --compare (it is the regression margin)", args.threshold)
     old: dict[str, Any] | None = None

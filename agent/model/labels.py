@@ -21,6 +21,9 @@ def read_labels(path: Path) -> tuple[str, ...]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ModelError(f"cannot read labels file {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ModelError(f"labels file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); expected one "
+                         "class name per line") from None
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agent.credentials import configured_secret_path, read_configured_secret
+from agent.credentials import Secret, configured_secret_path, read_configured_secret
 from agent.errors import ConfigError, PublishError
 from agent.frame import Frame
 from agent.health import HealthSummary
@@ -88,6 +88,19 @@ class MqttSink:
         )
         self._check_tls_files()
         self.spool = Spool(config.spool.path or default_spool_path(identity.site, node), config.spool)
+        try:  # the spool holds its file's lock: closed again if the rest cannot be set up
+            self._setup(config, identity, ids, node=node, password=password, key=key)
+        except BaseException:
+            self.spool.close()
+            raise
+        if start:
+            self.start()
+
+    def _setup(
+        self, config: MqttConfig, identity: AgentIdentity, ids: Callable[[], Mapping[str, str | None]] | None,
+        *, node: str, password: str | None, key: Secret | None,
+    ) -> None:
+        """Everything of ``__init__`` after the spool: its state, the command processor, the connection."""
         self._lock = threading.RLock()
         self._env = m.Envelopes(identity.with_changes(node=node), ids)
         self._trackers: dict[str, EpisodeTracker] = {}
@@ -124,8 +137,6 @@ class MqttSink:
             command_filter=self.topics.command_filter if config.commands.enabled else None,
             password=password,
         )
-        if start:
-            self.start()
 
     def _check_tls_files(self) -> None:
         """Load the CA and the client certificate/key pair once here, so that a missing, empty,

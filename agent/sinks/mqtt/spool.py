@@ -118,11 +118,11 @@ class Spool:
         self._lock_fd = self._claim(path)
         try:
             self._db = self._open(path)
+            #: Id of the newest committed row (the connection thread polls it to see new work cheaply).
+            self.last_id = self.max_id()
         except BaseException:
             os.close(self._lock_fd)
             raise
-        #: Id of the newest committed row (the connection thread polls it to see new work cheaply).
-        self.last_id = self.max_id()
 
     # -- opening -------------------------------------------------------------------------
     @staticmethod
@@ -140,11 +140,16 @@ class Spool:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
             os.close(fd)
+            who = "this process (a spool not closed)" if holder == str(os.getpid()) else f"pid {holder}"
             raise ConfigError(
-                f"the MQTT spool {path} is in use by another edge-guard process (pid {holder}): each agent "
+                f"the MQTT spool {path} is in use by another edge-guard process ({who}): each agent "
                 "process needs its own spool; give each camera its own mqtt.node (the default spool file is "
                 "named after it) or its own mqtt.spool.path"
             ) from None
+        except OSError as exc:  # a file system without flock (ENOLCK, EOPNOTSUPP)
+            os.close(fd)
+            raise PublishError(f"cannot lock the MQTT spool {lock}: {exc.strerror or exc}; put mqtt.spool.path on "
+                               "a local file system") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         return fd
