@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import importlib.util
 import json
+import logging
 import random
 import socket
 import sys
@@ -522,3 +523,26 @@ def test_tail_stops_with_an_error_when_it_cannot_save(tmp_path: Path) -> None:
     client.on_message(client, None, msg)
     assert len(errors) == 1 and "cannot save what arrived on edge-guard/v1/s1/n1/cam0/health" in errors[0]
     assert view.health_saved == 0
+
+
+def test_a_full_spool_disk_is_counted_and_guarding_goes_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """SQLite's own "database or disk is full" (max_page_count caps the file, as a full disk would):
+    every message and frame-budget write that fails is counted and logged with that cause; no
+    exception reaches the pipeline thread."""
+    cfg = MqttConfig.model_validate({"host": "localhost", "spool": {"path": str(tmp_path / "s.sqlite")},
+                                     "frames": {"per_minute": 6000, "burst": 100},
+                                     "events": {"end_after_clean_frames": 1}})
+    ident = AgentIdentity.create("lab", "n1", ["cam0"], model_sha256=None, profile_id=None, config_hash=None)
+    sink = MqttSink(cfg, ident, start=False)
+    try:
+        pages = sink.spool._db.execute("PRAGMA page_count").fetchone()[0]
+        sink.spool._db.execute(f"PRAGMA max_page_count = {pages + 2}")
+        with caplog.at_level(logging.ERROR, logger="agent.sinks.mqtt.sink"):
+            for seq in range(40):  # one-frame BLOCK episodes: events and JPEG frames
+                v, f = synthetic("cam0", seq, "dark" if seq % 2 == 0 else None, Decision.BLOCK)
+                sink.publish_verdict(v, f)
+        errors = sink.stats()["spool_errors"]
+        assert errors > 0
+        assert "database or disk is full" in caplog.text and "no transaction is active" not in caplog.text
+    finally:
+        sink.close()

@@ -107,13 +107,10 @@ class MqttSink:
         self._buckets: dict[str, TokenBucket] = {}
         self._reservoirs: dict[str, Reservoir] = {}
         self._camera_states: dict[str, tuple[CameraState, str, float]] = {}
-        self._budget = DailyBudget(
-            config.frames.daily_bytes, lambda: self.spool.get_meta("frame_budget"),
-            lambda v: self.spool.set_meta("frame_budget", v),
-        )
         self._counts = dict.fromkeys(
             ("frames_published", "frames_rate_limited", "frames_budget_limited", "commands_received",
              "commands_rejected", "commands_ignored", "spool_errors"), 0)
+        self._budget = DailyBudget(config.frames.daily_bytes, self._load_budget, self._save_budget)
         self._listeners: list[Callable[[OutMessage], None]] = []
         self._target: CommandTarget | None = None
         self._processor = CommandProcessor(
@@ -303,13 +300,29 @@ class MqttSink:
             row = self.spool.put(msg, coalesce=coalesce)
         except (sqlite3.Error, OSError) as exc:
             # The disk (or the spool) failed: this message is lost; count it, keep guarding.
-            self._counts["spool_errors"] += 1
-            logger.error("could not spool a %s message for %s: %s", cls, topic, exc)
+            self._spool_error(f"spool a {cls} message for {topic}", exc)
             return None
         if row is not None:
             for fn in self._listeners:
                 fn(msg)
         return row
+
+    def _load_budget(self) -> str | None:
+        try:
+            return self.spool.get_meta("frame_budget")
+        except sqlite3.Error as exc:
+            self._spool_error("read the frame budget", exc)
+            return None
+
+    def _save_budget(self, value: str) -> None:
+        try:
+            self.spool.set_meta("frame_budget", value)
+        except sqlite3.Error as exc:  # e.g. a full disk: the budget lives on in memory, guarding goes on
+            self._spool_error("save the frame budget", exc)
+
+    def _spool_error(self, what: str, exc: BaseException) -> None:
+        self._counts["spool_errors"] += 1
+        logger.error("could not %s in the MQTT spool %s: %s", what, self.spool.path, exc)
 
     def _put_node_status(self, state: str, reason: str) -> int | None:
         msg = m.node_status(self._env, state, reason, self._started_ts, self.conn.counts()["reconnects"])

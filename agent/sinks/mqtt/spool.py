@@ -278,7 +278,10 @@ class Spool:
                 )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # SQLite already rolled back after some errors (SQLITE_FULL): a second ROLLBACK would
+                # replace "database or disk is full" with "no transaction is active"
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
             self._count[msg.cls] += 1
             self._bytes[msg.cls] += size
