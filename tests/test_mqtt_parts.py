@@ -318,6 +318,10 @@ def test_command_signatures() -> None:
     assert "bad signature" in str(run_cmd("ping", other_node, key=KEY, require=True)[1])
     assert "stale" in str(run_cmd("ping", {"id": "s5", "ts": now - 3600}, key=KEY, require=True, sign=True)[1])
     assert "carry ts" in str(run_cmd("ping", {"id": "s6"}, key=KEY, require=True, sign=True)[1])
+    # A NaN or infinite ts would pass any staleness comparison: refused as a field error.
+    for ts in (float("nan"), float("inf")):
+        status, reason = run_cmd("ping", {"id": "s7", "ts": ts}, key=KEY, require=True, sign=True)
+        assert status == "rejected" and "invalid request: ts" in str(reason), reason
     # Replay of one signed request to the same processor.
     proc = CommandProcessor(CommandsConfig(require_signature=True, hmac_key_file=Path("/k")), KEY)
     raw = json.dumps(sign_request(KEY, TOPIC + "ping", {"id": "r1", "ts": now})).encode()
@@ -325,6 +329,13 @@ def test_command_signatures() -> None:
     second = proc.handle(IncomingCommand(TOPIC + "ping", "ping", raw, None), FakeTarget())
     assert first.status == "ok" and second.status == "rejected" and "replayed" in str(second.reason)
     assert verify_signature(KEY, TOPIC + "ping", json.loads(raw))
+
+
+def test_a_json_bomb_is_rejected_with_a_response() -> None:
+    """8000 nested brackets overflow Python's JSON decoder (RecursionError): one rejection, counted."""
+    proc = CommandProcessor(CommandsConfig(max_payload_bytes=65536), None)
+    out = proc.handle(IncomingCommand(TOPIC + "ping", "ping", b"[" * 8000, None), FakeTarget())
+    assert out.status == "rejected" and "not UTF-8 JSON (RecursionError)" in str(out.reason)
 
 
 class FailingTarget(FakeTarget):

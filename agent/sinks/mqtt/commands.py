@@ -153,7 +153,7 @@ class CommandProcessor:
             return _rejected(f"unknown command {cmd.name[:64]!r}; expected one of {', '.join(COMMAND_NAMES)}")
         try:
             raw = json.loads(cmd.payload.decode("utf-8")) if cmd.payload.strip() else {}
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # ([[[[... nested too deep)
             return _rejected(f"payload is not UTF-8 JSON ({type(exc).__name__})")
         if not isinstance(raw, dict):
             return _rejected(f"payload must be a JSON object, but got {type(raw).__name__}")

@@ -241,7 +241,10 @@ class CommandRequest(_Model):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$", description="Request id.")
-    ts: float | None = Field(None, description="Sender's wall clock (epoch s); required when signing is on.")
+    ts: float | None = Field(
+        None, allow_inf_nan=False,
+        description="Sender's wall clock (epoch s, finite); required when signing is on.",
+    )
     args: dict[str, JsonValue] = Field(default_factory=dict, description="Command arguments (per command).")
     sig: str | None = Field(
         None, pattern=r"^[0-9a-f]{64}$", description="HMAC-SHA256 hex of the canonical request (docs/mqtt.md)."
