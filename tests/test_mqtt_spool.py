@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ConfigError, PublishError
+from agent.errors import ConfigError
 from agent.sinks.mqtt.config import SpoolConfig
 from agent.sinks.mqtt.spool import OutMessage, Spool
 
@@ -192,11 +192,17 @@ def test_a_spool_belongs_to_one_process(tmp_path: Path) -> None:
     s.close()
 
 
-def test_unwritable_location_is_a_publish_error(tmp_path: Path) -> None:
+def test_a_spool_path_that_cannot_be_a_file_is_a_config_error(tmp_path: Path) -> None:
+    """Restarting would not help (exit 78), and a folder at the path is not 'corrupt': never moved aside."""
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(PublishError, match="cannot create the MQTT spool"):
+    with pytest.raises(ConfigError, match=r"mqtt.spool.path .*s\.sqlite: a part of it is a file, not a folder"):
         Spool(blocker / "sub" / "s.sqlite", SpoolConfig())
+    folder = tmp_path / "spool.sqlite"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match=r"mqtt.spool.path .*spool\.sqlite is a folder"):
+        Spool(folder, SpoolConfig())
+    assert folder.is_dir() and not list(tmp_path.glob("*.corrupt-*"))
 
 
 def test_props_round_trip(tmp_path: Path) -> None:

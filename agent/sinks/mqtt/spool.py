@@ -130,9 +130,15 @@ class Spool:
         """Hold ``<spool>.lock`` (flock) while open: two agent processes sharing one spool would each
         count the other's messages as their own, and ack and drop them."""
         lock = path.with_name(f"{path.name}.lock")
+        if path.is_dir():
+            raise ConfigError(f"mqtt.spool.path {path} is a folder; it names the spool's SQLite file")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except (NotADirectoryError, FileExistsError) as exc:  # a file where a folder of the path should be
+            raise ConfigError(
+                f"mqtt.spool.path {path}: a part of it is a file, not a folder ({exc.strerror})"
+            ) from None
         except OSError as exc:
             raise PublishError(f"cannot create the MQTT spool lock {lock}: {exc.strerror or exc}") from exc
         try:
@@ -158,6 +164,8 @@ class Spool:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             db = self._connect(path)
+        except sqlite3.OperationalError as exc:  # cannot open (permissions, a locked file): not corruption
+            raise PublishError(f"cannot open the MQTT spool {path}: {exc}") from exc
         except sqlite3.DatabaseError as exc:
             # A corrupt spool must not stop the guard: keep it aside for forensics, start fresh.
             aside = path.with_name(f"{path.name}.corrupt-{int(self._clock())}")
