@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -166,3 +169,45 @@ def test_unwritable_dir_is_a_config_error(tmp_path: Path) -> None:
 )
 def test_jsonable(value: object, expected: object) -> None:
     assert jsonable(value) == expected
+
+
+def test_a_disk_that_fills_up_leaves_only_whole_lines(tmp_path: Path) -> None:
+    """A real short write: the process may not grow a file past RLIMIT_FSIZE (EFBIG, as a full disk
+    gives ENOSPC). Every line in the file parses; the failed ones are counted, none half-written."""
+    out = tmp_path / "out"
+    code = f"""
+import resource, signal, sys, time
+from pathlib import Path
+from agent.health import HealthSummary
+from agent.sinks.config import FileSinkConfig
+from agent.sinks.file import FileSink
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # EFBIG instead of a kill
+sink = FileSink(FileSinkConfig(dir=Path({str(out)!r})), "cam1")
+resource.setrlimit(resource.RLIMIT_FSIZE, (4000, 4000))
+for seq in range(40):
+    sink.publish_health(HealthSummary(camera_id="cam1", seq=seq, window_start_ts=time.time(),
+                                      window_end_ts=time.time(), decisions={{"PASS": seq}}))
+print(int(sink.stats()["write_errors"]), int(sink.stats()["health_written"]))
+sink.close()
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    errors, written = (int(x) for x in proc.stdout.split())
+    assert errors > 0 and written + errors == 40
+    lines = (out / "health.jsonl").read_text().splitlines(keepends=True)
+    assert len(lines) == written and all(ln.endswith("\n") for ln in lines)
+    assert [HealthSummary.model_validate_json(ln).seq for ln in lines] == list(range(written))
+
+
+def test_a_folder_deleted_while_running_is_recreated(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    sink = FileSink(FileSinkConfig(dir=out), "cam1")
+    try:
+        sink.publish_camera_status("cam1", "online", "guarding")
+        shutil.rmtree(out)  # an operator cleaning up, logrotate gone wrong
+        sink.publish_camera_status("cam1", "degraded", "source down")
+        records = read_jsonl(out / "status.jsonl")
+        assert [r["state"] for r in records] == ["degraded"]  # written where it can be read, not lost
+        assert sink.stats()["files_reopened"] == 1 and sink.stats().get("write_errors", 0.0) == 0
+    finally:
+        sink.close()

@@ -12,7 +12,10 @@ Every line is flushed when written. Risky frames are sampled with a token bucket
 ``frames_per_minute`` (burst: 10 s worth, at least one; 0 saves none); each frame not saved is
 counted.
 A failing write (disk full, permissions) is counted and logged (first time, then every 100th),
-never raised into the pipeline: the guard keeps guarding when its log disk fills up.
+never raised into the pipeline: the guard keeps guarding when its log disk fills up. A line is
+written whole or not at all (a failed write is truncated away, so the next line does not glue
+onto half of it). A file deleted, moved or replaced while open is noticed at the next line, which
+goes to the path again (folder recreated, counted as ``files_reopened``, logged once).
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ import contextlib
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 import cv2
 import numpy as np
@@ -85,7 +89,7 @@ class FileSink:
             ) from exc
         self._ids = ids
         self._lock = threading.Lock()
-        self._files: dict[str, IO[str]] = {}
+        self._files: dict[str, BinaryIO] = {}
         fpm = cfg.frames_per_minute  # 0 saves no frames (each one is still counted)
         self._bucket = TokenBucket(fpm / 60.0, max(1.0, fpm / 6.0) if fpm > 0 else 0.0)
         self._counts: Counter[str] = Counter()
@@ -143,21 +147,25 @@ class FileSink:
 
     # -- internals -----------------------------------------------------------------------------
     def _write_line(self, name: str, record: Mapping[str, Any], counter: str) -> None:
-        text = json.dumps(jsonable(dict(record)), separators=(",", ":"), allow_nan=False) + "\n"
+        data = (json.dumps(jsonable(dict(record)), separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
         with self._lock:
             if self._closed:
                 self._counts["writes_after_close"] += 1
                 logger.warning("file sink is closed; %s line not written (counted)", name)
                 return
+            fh: BinaryIO | None = None
+            start = 0
             try:
-                fh = self._files.get(name)
-                if fh is None:
-                    fh = open(self.dir / name, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
-                    self._files[name] = fh
-                fh.write(text)
-                fh.flush()
+                fh = self._handle(name)
+                start = os.fstat(fh.fileno()).st_size
+                view = memoryview(data)
+                while view:  # unbuffered: a short write (disk nearly full) continues or raises
+                    view = view[fh.write(view) or 0:]
             except OSError as exc:
                 self._failed(name, exc)
+                if fh is not None:  # no half line stays behind for the next one to glue onto
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fh.fileno(), start)
                 # Reopen next time: the handle may be in a bad state after e.g. ENOSPC.
                 bad = self._files.pop(name, None)
                 if bad is not None:
@@ -165,6 +173,30 @@ class FileSink:
                         bad.close()
                 return
             self._counts[counter] += 1
+
+    def _handle(self, name: str) -> BinaryIO:
+        """The open file ``name`` (lock held), reopened when the path no longer leads to it."""
+        path = self.dir / name
+        fh = self._files.get(name)
+        if fh is not None:
+            try:
+                same = os.path.samestat(os.fstat(fh.fileno()), os.stat(path))
+            except OSError:
+                same = False
+            if not same:  # deleted, moved away or replaced since it was opened
+                self._counts["files_reopened"] += 1
+                if self._counts["files_reopened"] == 1:
+                    logger.warning("file sink: %s was deleted, moved or replaced while open; writing to the path "
+                                   "again (counted as files_reopened)", path)
+                del self._files[name]
+                with contextlib.suppress(OSError):
+                    fh.close()
+                fh = None
+        if fh is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fh = open(path, "ab", buffering=0)  # noqa: SIM115 (kept open)
+            self._files[name] = fh
+        return fh
 
     def _sample_frame(self, verdict: Verdict, frame: Frame) -> None:
         if not self._bucket.take():
