@@ -98,7 +98,7 @@ def test_cli_errors_and_bucket_parsing(tmp_path: Path, capsys: pytest.CaptureFix
     assert "no health*.jsonl under" in capsys.readouterr().err
     _write(tmp_path / "health.jsonl", ["garbage"])
     assert main(["report", str(tmp_path)]) == 1
-    assert "no summaries" in capsys.readouterr().err
+    assert "no health summaries in" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["report", str(tmp_path), "--bucket", "1 week"])
     assert "expected a duration like 15m" in capsys.readouterr().err
