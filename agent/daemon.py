@@ -55,7 +55,7 @@ from agent.sources.base import Source
 from agent.sources.factory import open_source
 from agent.stats.factory import create_backend
 from agent.stats.types import StatsBackend
-from agent.watchdog import ProgressWatchdog, WatchdogPinger
+from agent.watchdog import RETRYING_STATES, ProgressWatchdog, WatchdogPinger
 from agent.workers import ErrorQueue, Workers
 
 __all__ = ["FATAL_AT_START", "Daemon"]
@@ -343,7 +343,9 @@ class Daemon:
             self._ready_sent = True
             self.notifier.ready(self._status_line())
             logger.info("ready: the first frame went through the pipeline (%s)", self.phase)
-        if decision.reason == "source_retrying":
+        # A camera known to be down is degraded at once, not after stall_after_s of silence (the
+        # watchdog still counts recent frames as progress; "connecting" is a normal start).
+        if decision.reason == "source_retrying" or state in RETRYING_STATES - {"connecting"}:
             self.reporter.set_camera_state("degraded", f"source {state}")
         elif not decision.ping:
             self.reporter.set_camera_state("degraded", "pipeline stalled")

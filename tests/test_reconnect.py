@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
+from helpers import read_jsonl, wait_until
 
 from agent.config import load_config
 from agent.daemon import Daemon
@@ -78,3 +79,41 @@ def test_first_frame_after_a_reconnect_has_no_previous_frame(
     no_prev = [seq for seq, diff, _ in rows if math.isnan(diff)]
     assert no_prev == restarts  # reset exactly there: every other frame is compared with its predecessor
 
+
+
+def test_a_camera_that_is_down_is_reported_degraded_at_once(
+    late_http_server: tuple[int, Callable[[], None]], tmp_path: Path
+) -> None:
+    """Dead at start (nothing listens yet): status 'degraded, source down' within seconds, not after
+    pipeline.stall_after_s (60 s here) of silence; 'online' once it comes up and frames flow."""
+    port, start = late_http_server
+    cfg = load_config(None, {
+        "camera_id": "dead", "node": "test",
+        "source": {"uri": f"http://127.0.0.1:{port}/opencv_tree.avi", "max_frames": 60, "timeout_s": 2.0,
+                   "reconnect": {"initial_s": 0.05, "max_s": 0.2}},
+        "model": {"enabled": False}, "calibration": {"frames": 20},
+        "pipeline": {"stall_after_s": 60.0},
+        "file_sink": {"dir": str(tmp_path / "out")},
+    })
+    daemon = Daemon(cfg, notifier=Notifier(None))
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(daemon.run(install_signals=False)))
+    thread.start()
+    status = tmp_path / "out" / "status.jsonl"
+
+    def states() -> list[tuple[str, str]]:
+        return [(r["state"], r["reason"]) for r in read_jsonl(status)] if status.exists() else []
+
+    try:
+        wait_until(lambda: any(s == "degraded" and r.startswith("source ") for s, r in states()), 20,
+                   "a degraded status while the camera is down")
+        start()  # the camera comes up
+        thread.join(60)
+    finally:
+        if thread.is_alive():
+            daemon.stop()
+            thread.join(30)
+    assert result == [0]
+    seen = states()
+    degraded = next(i for i, (s, r) in enumerate(seen) if s == "degraded")
+    assert ("online", "calibrating") in seen[degraded:] or ("online", "guarding") in seen[degraded:], seen
