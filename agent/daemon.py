@@ -374,6 +374,7 @@ class Daemon:
             new = load_config(self.config_path, self._overrides)
         except ConfigError as exc:
             logger.error("reload rejected, keeping the running config: %s", exc)
+            self.agg.error("reload_rejected")  # in the next health summary: visible to the fleet, not just here
             self.notifier.ready(self._status_line())
             return
         plan = plan_reload(self.cfg, new)
@@ -423,7 +424,10 @@ class Daemon:
             raise fatal  # a profile that does not fit: a configuration problem (exit 78)
         t = self.agg.totals()
         scorer = self.scorer
-        if scorer is not None and scorer.phase == "calibrating" and t.frames_processed:
+        if scorer is not None and scorer.phase == "calibrating" and t.frames_processed and reason == "stopped":
+            logger.info("stopped during start-up calibration (%d of %d frames): no profile was built",
+                        scorer.calibrated, scorer.calibration_target)
+        elif scorer is not None and scorer.phase == "calibrating" and t.frames_processed:
             restarts = scorer.calibration_restarts
             logger.warning(
                 "exiting (%s) during start-up calibration: %d of the %d calibration frames seen%s, so no profile "

@@ -199,6 +199,26 @@ def test_stop_drains_and_exits_zero(tmp_path: Path) -> None:
     assert rec.closed and rec.status[-1] == ("offline", "stopped")
 
 
+def test_a_stop_during_calibration_is_not_taken_for_a_short_clip(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = _cfg(tmp_path, source={"uri": "synthetic://clean?size=64x48&fps=100", "realtime": True,
+                                 "max_frames": None}, calibration={"frames": 5000})
+    daemon = Daemon(cfg, notifier=Notifier(None))
+
+    def stop_later() -> None:
+        while daemon.progress().frames_processed < 10:
+            time.sleep(0.02)
+        daemon.stop()
+
+    threading.Thread(target=stop_later, daemon=True).start()
+    with caplog.at_level("INFO", logger="agent.daemon"):
+        assert _run(daemon, timeout_s=30) == 0
+    assert "stopped during start-up calibration (" in caplog.text and "of 5000 frames): no profile was built" in (
+        caplog.text)
+    assert "feed a longer clip" not in caplog.text  # that advice is for a source that ran out
+
+
 def test_stalled_worker_degrades_camera_status(tmp_path: Path) -> None:
     # One verdict takes 1.5 s with stall_after_s 0.5: the supervisor must report the stall
     # (no watchdog ping, camera degraded) and recover when frames flow again. The first verdict

@@ -118,6 +118,9 @@ def test_sighup_applies_live_fields_and_rejects_invalid_config(agent: Agent) -> 
     seen = len(read_jsonl(agent.out / "health.jsonl"))
     wait_until(lambda: len(read_jsonl(agent.out / "health.jsonl")) > seen, 10, "the agent to keep running")
     assert agent.proc.poll() is None
+    # ... and the fleet sees it too: the next health summaries count the rejection
+    wait_until(lambda: any(h["errors"].get("reload_rejected") == 1 for h in read_jsonl(agent.out / "health.jsonl")),
+               10, "reload_rejected in a health summary")
     assert agent.stop() == 0
 
 

@@ -557,3 +557,22 @@ def test_a_full_spool_disk_is_counted_and_guarding_goes_on(tmp_path: Path, caplo
         assert "database or disk is full" in caplog.text and "no transaction is active" not in caplog.text
     finally:
         sink.close()
+
+
+def test_stopping_without_a_connection_says_what_stays_spooled(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = MqttConfig.model_validate({"host": "127.0.0.1", "port": port, "flush_timeout_s": 0.5,
+                                     "spool": {"path": str(tmp_path / "s.sqlite")}})
+    ident = AgentIdentity.create("lab", "n1", ["cam0"], model_sha256=None, profile_id=None, config_hash=None)
+    sink = MqttSink(cfg, ident)
+    sink.publish_camera_status("cam0", "online", "guarding")
+    with caplog.at_level(logging.WARNING, logger="agent.sinks.mqtt.connection"):
+        sink.close()
+    queued = sink.spool.queued_msgs
+    assert queued >= 2  # the camera status and the node's 'stopped'
+    assert (f"stopping without an MQTT connection: {queued} messages stay in the spool {tmp_path / 's.sqlite'}"
+            in caplog.text)

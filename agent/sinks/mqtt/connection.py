@@ -144,6 +144,9 @@ class Connection:
             self._thread.join(flush_timeout_s + self.config.connect_timeout_s + 5.0)
             if self._thread.is_alive():
                 logger.error("MQTT connection thread did not stop in time")
+        if not self._connected.is_set() and self.spool.queued_msgs:  # (connected: _disconnect said so)
+            logger.warning("stopping without an MQTT connection: %d messages stay in the spool %s and go out "
+                           "at the next connection", self.spool.queued_msgs, self.spool.path)
 
     # -- the thread -----------------------------------------------------------------------
     def _count(self, key: str, n: int = 1) -> None:
