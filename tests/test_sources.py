@@ -206,6 +206,17 @@ def test_folder_loop_counts_corrupt_each_pass_but_logs_once(
     assert sum("c.jpg" in r.getMessage() for r in caplog.records) == 1
 
 
+def test_folder_names_entries_it_cannot_read_as_files(image_folder: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (image_folder / "f.jpg").mkdir()  # a folder with an image's name
+    (image_folder / "g.png").symlink_to(image_folder / "gone.png")  # a broken link
+    with caplog.at_level(logging.WARNING, logger="agent.sources"):
+        source = FolderSource(SourceConfig(uri=str(image_folder)), "shelf")
+    assert source.not_files == ("f.jpg", "g.png")
+    assert "skipping 2 image-named entries that are not a file (a folder or a broken link): f.jpg, g.png" in (
+        caplog.text)
+    assert len(read_all(source)) == 4  # the readable ones, as before
+
+
 def test_folder_without_images_raises(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"has no images: expected files ending in \.jpg.*found 0 other"):
         FolderSource(SourceConfig(uri=str(tmp_path)), "c")

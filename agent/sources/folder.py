@@ -26,8 +26,17 @@ class FolderSource(SourceBase):
         folder = Path(cfg.uri)
         if not folder.is_dir():
             raise SourceConfigError(f"cannot open image folder {folder}: not a directory")
-        entries = sorted(p for p in folder.iterdir() if p.is_file())
+        listing = sorted(folder.iterdir())
+        entries = [p for p in listing if p.is_file()]
         self.paths: tuple[Path, ...] = tuple(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES)
+        #: Image-named entries that are not readable files (a folder, a broken link): never read.
+        self.not_files: tuple[str, ...] = tuple(
+            p.name for p in listing if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_file()
+        )
+        if self.not_files:
+            logger.warning("image folder %s: skipping %d image-named entr%s that %s not a file (a folder or a broken "
+                           "link): %s", folder, len(self.not_files), "y" if len(self.not_files) == 1 else "ies",
+                           "is" if len(self.not_files) == 1 else "are", ", ".join(self.not_files[:5]))
         if not self.paths:
             raise SourceConfigError(
                 f"image folder {folder} has no images: expected files ending in {', '.join(IMAGE_SUFFIXES)}, "
