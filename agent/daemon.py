@@ -64,6 +64,8 @@ logger = logging.getLogger(__name__)
 
 #: Errors that mean "the configuration is wrong": never retried (exit 78).
 FATAL_AT_START: tuple[type[GuardError], ...] = (ConfigError, ProfileError, ModelError)
+#: Start-up calibration restarted this often (frame size changes) marks the camera degraded.
+CALIBRATION_RESTARTS_DEGRADED: int = 3
 
 _TICK_S = 0.25
 _STATUS_EVERY_S = 5.0
@@ -350,9 +352,14 @@ class Daemon:
         elif not decision.ping:
             self.reporter.set_camera_state("degraded", "pipeline stalled")
         elif w.first_done.is_set():
-            mismatch = self.scorer.size_mismatch if self.scorer is not None else None
+            scorer = self.scorer
+            mismatch = scorer.size_mismatch if scorer is not None else None
+            restarts = scorer.calibration_restarts if scorer is not None and scorer.phase == "calibrating" else 0
             if mismatch is not None:  # a swapped camera: every frame is BLOCKed with reason 'resolution'
                 self.reporter.set_camera_state("degraded", mismatch)
+            elif restarts >= CALIBRATION_RESTARTS_DEGRADED:  # the stream keeps changing size: it may never end
+                self.reporter.set_camera_state(
+                    "degraded", f"frame size keeps changing: start-up calibration restarted {restarts} times")
             else:
                 self.reporter.set_camera_state("online", self.phase)
 

@@ -315,6 +315,21 @@ def test_a_folder_of_mixed_sizes_warns_once_not_per_frame(tmp_path: Path, caplog
             "the frame size changed)") in caplog.text
 
 
+def test_a_stream_that_keeps_changing_size_is_degraded_while_calibrating(tmp_path: Path) -> None:
+    """Paced at 20 fps (1.5 s), so the supervisor sees it: calibration cannot end, the status says why."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(30):
+        image = SyntheticScene(3, (96, 64) if i % 2 else (128, 96)).render(i)[0]
+        assert cv2.imwrite(str(folder / f"{i:04d}.png"), image)
+    rec = Recorder()
+    cfg = _cfg(tmp_path, source={"uri": str(folder), "max_frames": None, "realtime": True, "fps": 20},
+               calibration={"frames": 20})
+    assert _run(Daemon(cfg, notifier=Notifier(None), extra_sinks=[rec])) == 0
+    reasons = [reason for state, reason in rec.status if state == "degraded"]
+    assert any(r.startswith("frame size keeps changing: start-up calibration restarted ") for r in reasons), rec.status
+
+
 def test_a_source_that_ends_during_calibration_says_nothing_was_guarded(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
