@@ -264,3 +264,11 @@ def test_output_flags_never_overwrite_an_input(tmp_path: Path) -> None:
     proc = _cli("report", str(health), "--plot", str(tmp_path / "r.txt"))
     assert proc.returncode == exitcodes.CONFIG and "must end in .png" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_argtypes_doctests() -> None:
+    import doctest  # noqa: PLC0415
+
+    from agent import argtypes  # noqa: PLC0415
+
+    assert doctest.testmod(argtypes).attempted == 3 and doctest.testmod(argtypes).failed == 0

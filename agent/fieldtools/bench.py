@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent import __version__, exitcodes
+from agent.argtypes import float_arg
 from agent.config import GuardConfig, load_config
 from agent.errors import ConfigError, GuardError, ProfileError
 from agent.fieldtools.benchreport import (
@@ -412,24 +413,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return code
 
 
-def _duration(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        v = -1.0
-    if not 1.0 <= v <= 3600.0:
-        raise argparse.ArgumentTypeError(f"expected seconds in 1..3600, got {text!r}")
-    return v
-
-
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        v = -1.0
-    if not 0.0 < v < 10.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.1 (= 10%), got {text!r}")
-    return v
+_duration = float_arg(lambda v: 1.0 <= v <= 3600.0, "expected seconds in 1..3600")
+_fraction = float_arg(lambda v: 0.0 < v < 10.0, "expected a fraction such as 0.1 (= 10%)")
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:

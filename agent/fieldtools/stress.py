@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__, exitcodes
+from agent.argtypes import float_arg
 from agent.config import GuardConfig, config_hash, load_config
 from agent.corruptions import CORRUPTIONS_VERSION, SEVERITIES, resolve_names
 from agent.errors import ConfigError
@@ -235,14 +236,7 @@ def write_outputs(report: dict[str, Any], out: Path) -> dict[str, Path]:
     return paths
 
 
-def _cliff(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"a drop is a fraction in (0, 1], e.g. 0.2 for 20 %, got {text!r}")
-    return value
+_cliff = float_arg(lambda v: 0.0 < v <= 1.0, "a drop is a fraction in (0, 1], e.g. 0.2 for 20 %")
 
 
 def cmd_stress(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.argtypes import float_arg
 from agent.errors import ConfigError
 from agent.fsutil import check_output
 from agent.sinks.mqtt.topics import Topics
@@ -209,14 +210,7 @@ def _port(text: str) -> int:
     return port
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text!r}")
-    return value
+_positive = float_arg(lambda v: v > 0, "expected more than 0 seconds")
 
 
 def _usage_errors(args: argparse.Namespace) -> list[str]:
