@@ -7,6 +7,7 @@ systemd credential (``$CREDENTIALS_DIRECTORY/<name>``, see ``LoadCredential=``).
 from __future__ import annotations
 
 import re
+import ssl
 from pathlib import Path
 from typing import Literal
 
@@ -223,3 +224,24 @@ class MqttConfig(StrictModel):
                 "the broker sends the will when the session ends, whatever the delay"
             )
         return self
+
+
+def pem_problem(
+    ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None
+) -> tuple[Literal["ca", "pair"], str] | None:
+    """What keeps these PEM files from making a TLS client context, checked when a command starts
+    rather than in a connection retried for ever: ``("ca", why)`` for the CA file, ``("pair", why)``
+    for the client certificate and key together; None when they load. An encrypted key fails (an
+    empty password is given) instead of prompting on a terminal nobody watches; ``why`` names the
+    problem, never the key material."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cafile=str(ca_file))
+    except (ssl.SSLError, OSError) as exc:
+        return "ca", str(exc)
+    if cert_file is not None and key_file is not None:
+        try:
+            context.load_cert_chain(certfile=str(cert_file), keyfile=str(key_file), password="")
+        except (ssl.SSLError, OSError) as exc:
+            return "pair", str(exc)
+    return None

@@ -13,7 +13,6 @@ import os
 import queue
 import re
 import sqlite3
-import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -29,7 +28,7 @@ from agent.health import HealthSummary
 from agent.sinks.base import CameraState
 from agent.sinks.mqtt import messages as m
 from agent.sinks.mqtt.commands import CommandProcessor, CommandTarget, IncomingCommand
-from agent.sinks.mqtt.config import MqttConfig
+from agent.sinks.mqtt.config import MqttConfig, pem_problem
 from agent.sinks.mqtt.connection import Connection, Will
 from agent.sinks.mqtt.episodes import EpisodeTracker, Transition
 from agent.sinks.mqtt.frames import DailyBudget, Reservoir, encode_jpeg
@@ -146,24 +145,17 @@ class MqttSink:
         for what, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file), ("key", key)):
             if path is not None and not Path(path).is_file():
                 raise ConfigError(f"mqtt.tls.{what}: expected a readable PEM file, but {path} does not exist")
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        try:
-            context.load_verify_locations(cafile=str(tls.ca_file))
-        except (ssl.SSLError, OSError) as exc:
+        problem = pem_problem(tls.ca_file, tls.cert_file, key)
+        if problem is not None and problem[0] == "ca":
             raise ConfigError(
-                f"mqtt.tls.ca_file: {tls.ca_file} is not a usable PEM CA certificate ({exc}); it must be the "
-                "certificate of the CA that signed the broker's certificate"
-            ) from None
-        if tls.cert_file is None or key is None:
-            return
-        try:
-            # password "": an encrypted key fails here instead of prompting on a terminal nobody watches
-            context.load_cert_chain(certfile=str(tls.cert_file), keyfile=str(key), password="")
-        except (ssl.SSLError, OSError) as exc:  # the message names the problem, never the key material
+                f"mqtt.tls.ca_file: {tls.ca_file} is not a usable PEM CA certificate ({problem[1]}); it must be "
+                "the certificate of the CA that signed the broker's certificate"
+            )
+        if problem is not None:
             raise ConfigError(
                 f"mqtt.tls: the client certificate {tls.cert_file} and key {key} cannot be loaded together "
-                f"({exc}); both must be PEM, the key unencrypted and belonging to the certificate"
-            ) from None
+                f"({problem[1]}); both must be PEM, the key unencrypted and belonging to the certificate"
+            )
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import ssl
 import sys
 import threading
 import time
@@ -27,6 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.argtypes import float_arg
 from agent.errors import ConfigError
 from agent.fsutil import check_output
+from agent.sinks.mqtt.config import pem_problem
 from agent.sinks.mqtt.topics import Topics
 
 __all__ = ["CameraRow", "FleetView", "add_parser", "run_tail"]
@@ -227,14 +227,9 @@ def _usage_errors(args: argparse.Namespace) -> list[str]:
         out.append("--tls-cert and --tls-key go together (mutual TLS)")
     if args.tls_cert is not None and args.tls_ca is None:
         out.append("--tls-cert/--tls-key need --tls-ca (the CA that signed the broker's certificate)")
-    if args.tls_ca is not None:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        try:
-            context.load_verify_locations(cafile=str(args.tls_ca))
-            if args.tls_cert is not None:
-                context.load_cert_chain(str(args.tls_cert), str(args.tls_key), password="")
-        except (ssl.SSLError, OSError) as exc:
-            out.append(f"--tls-ca/--tls-cert/--tls-key: cannot load them as PEM ({exc})")
+    problem = pem_problem(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca is not None else None
+    if problem is not None:
+        out.append(f"--tls-ca/--tls-cert/--tls-key: cannot load them as PEM ({problem[1]})")
     if args.password_file is not None:
         try:
             args.password_file.read_text(encoding="utf-8")
