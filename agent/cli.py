@@ -120,14 +120,18 @@ def model_and_profile_errors(cfg: GuardConfig) -> list[str]:
     from agent.pipeline import load_profile  # noqa: PLC0415
 
     sha: str | None = None
-    if cfg.model.enabled:
+    try:
+        if cfg.model.enabled and cfg.model.runtime == "onnxruntime":
+            runner = load_model(cfg.model.model_copy(update={"providers": ["cpu"]}))
+            sha = runner.info.sha256 if runner is not None else None  # the runner hashed the file
+    except BackendUnavailable as exc:
+        logger.warning("check-config: the model was not opened (%s); only its sha256 is matched", exc)
+    except (ModelError, OSError) as exc:
+        return [f"model: {exc}"]
+    if cfg.model.enabled and sha is None:  # not opened here: hash the file itself
         try:
             path = effective_model_config(cfg.model).config.path
             sha = file_sha256(path) if path is not None else None
-            if cfg.model.runtime == "onnxruntime":
-                load_model(cfg.model.model_copy(update={"providers": ["cpu"]}))
-        except BackendUnavailable as exc:
-            logger.warning("check-config: the model was not opened (%s); only its sha256 is matched", exc)
         except (ModelError, OSError) as exc:
             return [f"model: {exc}"]
     if cfg.policy.profile is None:
