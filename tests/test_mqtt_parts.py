@@ -18,6 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from mosquitto import free_port
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
@@ -438,12 +439,18 @@ def test_fleet_view_saves_health_once_per_message_and_rates_exclude_calibration(
     assert [json.loads(ln) for ln in lines] == [summary] and view.health_saved == 1
 
 
+def _offline_sink(tmp_path: Path, *, start: bool = False, **config: Any) -> MqttSink:
+    """The sink of node lab/n1 (camera cam0) with its spool in ``tmp_path``; it only tries to
+    connect with ``start`` (to ``host``/``port`` in ``config``, default localhost)."""
+    cfg = MqttConfig.model_validate({"host": "localhost", "spool": {"path": str(tmp_path / "s.sqlite")}, **config})
+    ident = AgentIdentity.create("lab", "n1", ["cam0"], model_sha256=None, profile_id=None, config_hash=None)
+    return MqttSink(cfg, ident, start=start)
+
+
 def test_session_taken_over_is_named_and_short_sessions_back_off(tmp_path: Path) -> None:
     # The broker's DISCONNECT 0x8E (MQTT 5 brokers newer than the mosquitto in CI send it; the
     # socket-close variant runs against a real broker in test_mqtt_broker.py).
-    cfg = MqttConfig.model_validate({"host": "localhost", "spool": {"path": str(tmp_path / "s.sqlite")}})
-    ident = AgentIdentity.create("lab", "n1", ["cam0"], model_sha256=None, profile_id=None, config_hash=None)
-    sink = MqttSink(cfg, ident, start=False)
+    sink = _offline_sink(tmp_path)
     try:
         conn = sink.conn
         conn._connected_at = time.monotonic()
@@ -461,11 +468,7 @@ def test_session_taken_over_is_named_and_short_sessions_back_off(tmp_path: Path)
 
 def test_frames_per_minute_zero_sends_no_episode_frame(tmp_path: Path) -> None:
     """per_minute 0 means none, not "the first burst": every risky frame is counted as rate-limited."""
-    cfg = MqttConfig.model_validate({"host": "localhost", "spool": {"path": str(tmp_path / "s.sqlite")},
-                                     "frames": {"per_minute": 0, "burst": 3},
-                                     "events": {"end_after_clean_frames": 1}})
-    ident = AgentIdentity.create("lab", "n1", ["cam0"], model_sha256=None, profile_id=None, config_hash=None)
-    sink = MqttSink(cfg, ident, start=False)
+    sink = _offline_sink(tmp_path, frames={"per_minute": 0, "burst": 3}, events={"end_after_clean_frames": 1})
     try:
         for seq in range(12):  # six one-frame BLOCK episodes, each ended by a clean frame
             v, f = synthetic("cam0", seq, "dark" if seq % 2 == 0 else None, Decision.BLOCK)
@@ -540,11 +543,7 @@ def test_a_full_spool_disk_is_counted_and_guarding_goes_on(tmp_path: Path, caplo
     """SQLite's own "database or disk is full" (max_page_count caps the file, as a full disk would):
     every message and frame-budget write that fails is counted and logged with that cause; no
     exception reaches the pipeline thread."""
-    cfg = MqttConfig.model_validate({"host": "localhost", "spool": {"path": str(tmp_path / "s.sqlite")},
-                                     "frames": {"per_minute": 6000, "burst": 100},
-                                     "events": {"end_after_clean_frames": 1}})
-    ident = AgentIdentity.create("lab", "n1", ["cam0"], model_sha256=None, profile_id=None, config_hash=None)
-    sink = MqttSink(cfg, ident, start=False)
+    sink = _offline_sink(tmp_path, frames={"per_minute": 6000, "burst": 100}, events={"end_after_clean_frames": 1})
     try:
         pages = sink.spool._db.execute("PRAGMA page_count").fetchone()[0]
         sink.spool._db.execute(f"PRAGMA max_page_count = {pages + 2}")
@@ -562,13 +561,8 @@ def test_a_full_spool_disk_is_counted_and_guarding_goes_on(tmp_path: Path, caplo
 def test_stopping_without_a_connection_says_what_stays_spooled(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cfg = MqttConfig.model_validate({"host": "127.0.0.1", "port": port, "flush_timeout_s": 0.5,
-                                     "spool": {"path": str(tmp_path / "s.sqlite")}})
-    ident = AgentIdentity.create("lab", "n1", ["cam0"], model_sha256=None, profile_id=None, config_hash=None)
-    sink = MqttSink(cfg, ident)
+    # a port nothing listens on: connecting, it never gets a session
+    sink = _offline_sink(tmp_path, start=True, host="127.0.0.1", port=free_port(), flush_timeout_s=0.5)
     sink.publish_camera_status("cam0", "online", "guarding")
     with caplog.at_level(logging.WARNING, logger="agent.sinks.mqtt.connection"):
         sink.close()
