@@ -1,5 +1,5 @@
 """Small helpers shared by the tests: wait for a condition, read a JSON-lines output file, find nvcc,
-render a synthetic clip."""
+render a synthetic clip, write a damaged one."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -17,7 +18,10 @@ from agent.sources.synthetic import SyntheticCamera, SyntheticScene, parse_synth
 from agent.stats.cpu import CpuStats
 from agent.stats.types import FrameStats
 
-__all__ = ["find_nvcc", "read_jsonl", "synthetic_frames", "synthetic_stats", "wait_until", "write_squeezenet_config"]
+__all__ = [
+    "clip_frame_index", "damaged_clip", "find_nvcc", "read_jsonl", "synthetic_frames", "synthetic_stats", "wait_until",
+    "write_squeezenet_config",
+]
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0, what: str = "the condition") -> None:
@@ -87,3 +91,27 @@ def synthetic_stats(uri: str, grid: tuple[int, int] = (4, 4)) -> list[FrameStats
     """The CPU statistics of every frame of ``synthetic_frames(uri)``."""
     backend = CpuStats(grid)
     return [backend.compute(image) for image in synthetic_frames(uri)]
+
+
+def damaged_clip(path: Path, n: int, damage: tuple[float, float] = (0.45, 0.55)) -> Path:
+    """An mp4v clip of ``n`` frames with the bytes between the two fractions of its length zeroed
+    (a bad sector, a broken copy). Frame i shows i in binary as 7 big black/white blocks, which
+    survive compression: ``clip_frame_index`` reads it back."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 25, (7 * 16, 32))
+    for i in range(n):
+        image = np.zeros((32, 7 * 16, 3), np.uint8)
+        for bit in range(7):
+            if i >> bit & 1:
+                image[:16, bit * 16 : (bit + 1) * 16] = 255
+        image[16:] = 40 + (2 * i) % 160  # the lower half changes too, so every frame carries data
+        writer.write(image)
+    writer.release()
+    data = bytearray(path.read_bytes())
+    start, end = int(len(data) * damage[0]), int(len(data) * damage[1])
+    data[start:end] = bytes(end - start)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def clip_frame_index(image: npt.NDArray[np.uint8]) -> int:
+    return sum(1 << bit for bit in range(7) if image[4:12, bit * 16 + 4 : bit * 16 + 12].mean() > 128)

@@ -13,7 +13,7 @@ from typing import Any
 
 import cv2
 import pytest
-from helpers import read_jsonl
+from helpers import damaged_clip, read_jsonl
 
 from agent.config import GuardConfig, load_config
 from agent.daemon import Daemon
@@ -24,6 +24,8 @@ from agent.health import HealthSummary
 from agent.scoring.profile import Profile
 from agent.sdnotify import Notifier
 from agent.sinks.base import CameraState
+from agent.sources.config import SourceConfig
+from agent.sources.opencv_source import OpenCVSource
 from agent.sources.synthetic_scene import SyntheticScene
 from agent.verdict import Decision, Verdict
 
@@ -495,3 +497,18 @@ def test_failing_health_sink_exits_nonzero(tmp_path: Path, caplog: pytest.LogCap
     assert rec.closed  # sinks are still closed (flushed)
     status = read_jsonl(tmp_path / "out" / "status.jsonl")
     assert status[-1]["state"] == "offline" and "health sink broke" in status[-1]["reason"]
+
+
+def test_frames_lost_in_a_damaged_file_are_counted_in_health(tmp_path: Path) -> None:
+    clip = damaged_clip(tmp_path / "damaged.mp4", 120)
+    probe = OpenCVSource(SourceConfig(uri=str(clip)), "probe")
+    decoded = sum(1 for _ in iter(probe.read, None))
+    lost = probe.skipped_frames
+    assert lost > 0 and decoded + lost == 120
+    cfg = _cfg(tmp_path, source={"uri": str(clip), "max_frames": None}, calibration={"frames": 40})
+    daemon = Daemon(cfg, notifier=Notifier(None))
+    assert _run(daemon) == 0
+    health = [HealthSummary.model_validate(h) for h in read_jsonl(tmp_path / "out" / "health.jsonl")]
+    # Every frame of the file is accounted for: guarded, or reported as corrupt (none silently gone).
+    assert sum(h.frames_in for h in health) == decoded
+    assert sum(h.frames_corrupt for h in health) == lost

@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import wait_until
+from helpers import clip_frame_index, damaged_clip, wait_until
 from mosquitto import free_port  # nothing listens there once it returns: connections are refused
 
 from agent import calibrate_cmd
@@ -76,6 +76,28 @@ def test_truncated_file_ends_cleanly(videos: Path, caplog: pytest.LogCaptureFixt
     assert source.declared_frames == 444 and source.truncated
     assert source.state == "ended"
     assert any("truncated" in r.getMessage() and "444" in r.getMessage() for r in caplog.records)
+
+
+def test_damaged_stretch_mid_file_is_read_past_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    clip = damaged_clip(tmp_path / "damaged.mp4", 100)
+    source = OpenCVSource(SourceConfig(uri=str(clip)), "c")
+    with caplog.at_level(logging.WARNING, logger="agent.sources"):
+        frames = read_all(source)
+    indices = [clip_frame_index(f.image) for f in frames]
+    lost = sorted(set(range(100)) - set(indices))
+    # Frames on both sides of the damage are delivered in order; the ones in between are counted, not dropped.
+    assert indices == sorted(indices) and indices[0] == 0 and indices[-1] == 99
+    assert lost and lost == list(range(lost[0], lost[-1] + 1)), f"one damaged stretch expected, lost {lost}"
+    skipped = source.skipped_frames
+    assert source.corrupt_frames == skipped and len(frames) + skipped == 100 == source.declared_frames
+    # The decoder may conceal the first damaged frame as a copy of the one before (it shows the old index)
+    # and still deliver it: that frame was read, not skipped.
+    assert skipped in (len(lost), len(lost) - 1)
+    first = lost[-1] - skipped + 1
+    assert (source.truncated, source.state) == (False, "ended")
+    warnings = [r.getMessage() for r in caplog.records]
+    assert f"frames {first}-{lost[-1]} did not decode" in " ".join(warnings), warnings
+    assert not any("truncated" in w for w in warnings)
 
 
 def test_loop_restarts_file_and_keeps_seq_increasing(videos: Path) -> None:

@@ -248,8 +248,8 @@ class SourceBase(ABC):
             logger.debug("source %s: %s -> %s", self._uri, self._state, state)
             self._state = state
 
-    def _count_corrupt(self) -> None:
-        self._corrupt += 1
+    def _count_corrupt(self, n: int = 1) -> None:
+        self._corrupt += n
 
     def _count_reconnect(self) -> None:
         self._reconnects += 1

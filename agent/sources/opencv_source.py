@@ -1,6 +1,10 @@
 """OpenCV ``VideoCapture`` sources: video files, network streams and camera devices.
 
 Files are not live: they end (or loop) and may be paced at their fps with ``realtime``.
+A damaged stretch in the middle of a file is read through: FFmpeg fails ``read()`` while
+it cannot decode and then goes on, so the reader keeps reading, and once decoding resumes
+the frames it skipped (from the timestamps, or the failed reads where there are none) are
+counted as corrupt, with a warning naming them.
 A truncated file (the container promises more frames than decode) ends cleanly at the
 last decodable frame, with a warning. Network streams (rtsp, http, ...) and devices are
 live: if they cannot be opened or stop delivering, ``read()`` keeps reconnecting with
@@ -27,8 +31,11 @@ logger = logging.getLogger(__name__)
 LIVE_SCHEMES: tuple[str, ...] = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp")
 _DEFAULT_FPS = 25.0
 # Consecutive undecodable frames after which a live stream is considered broken and reopened,
-# and after which a file is considered finished.
+# and after which a file is considered finished (once past the frame count it declares).
 _MAX_CORRUPT_RUN = 25
+# A file's failed reads cost microseconds each; reading on to the declared frame count finds frames
+# after a long damaged stretch, but a bogus count must not keep a finished file spinning.
+_MAX_FILE_GAP = 10_000
 
 
 def is_live_uri(uri: str) -> bool:
@@ -56,7 +63,12 @@ class OpenCVSource(SourceBase):
         """True once a file ended before its declared frame count."""
         self.passes = 0
         """Completed passes over a looping file."""
-        self._pass_frames = 0
+        self.skipped_frames = 0
+        """Frames in the middle of a file that did not decode and were read past (counted as corrupt)."""
+        self._pass_frames = 0  # frames delivered in this pass
+        self._pass_pos = 0  # frames read in this pass, delivered or not (the file position)
+        self._pts_fps = 0.0  # the container's frame rate, to turn timestamps into frame indices
+        self._pts0 = 0.0  # the first frame's timestamp (ms)
         fps = cfg.fps or _DEFAULT_FPS
         if not live:
             self._open_file()
@@ -98,9 +110,19 @@ class OpenCVSource(SourceBase):
             raise SourceConfigError(f"cannot open video file {path}: it opened but its first frame does not decode")
         count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self.declared_frames = count if count > 0 else None
+        rate = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self._pts_fps = rate if 0.0 < rate <= 1000.0 else 0.0
+        self._pts0 = float(cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0)
         self._cap = cap
         self._pending = Capture(image)
         self._pass_frames = 0
+        self._pass_pos = 1
+
+    def _gap_limit(self) -> int:
+        """Failed reads in a row after which this pass of the file is over."""
+        if self.declared_frames is None:
+            return _MAX_CORRUPT_RUN
+        return min(max(_MAX_CORRUPT_RUN, self.declared_frames - self._pass_pos), _MAX_FILE_GAP)
 
     def _next_file(self) -> Capture | None:
         if self._pending is not None:
@@ -108,19 +130,28 @@ class OpenCVSource(SourceBase):
             self._pass_frames += 1
             return cap
         assert self._cap is not None
-        corrupt_run = 0
+        failed = 0  # reads in a row that gave no frame
+        invalid = 0  # frames in a row that decoded to something that is not an image
         while not self._stop.is_set():
             ok, image = self._cap.read()
-            if ok:
-                if to_bgr(image)[0] is None:
-                    self._count_corrupt()
-                    corrupt_run += 1
-                    if corrupt_run < _MAX_CORRUPT_RUN:
-                        continue
-                else:
-                    self._pass_frames += 1
-                    return Capture(image)
-            # End of this pass (or too many undecodable frames in a row).
+            if ok and to_bgr(image)[0] is not None:
+                if failed:
+                    failed = self._frames_skipped(failed)
+                    self._note_gap(failed)
+                self._pass_pos += failed + 1
+                self._pass_frames += 1
+                return Capture(image)
+            if ok:  # counted at once: it is a frame, and the file goes on
+                self._count_corrupt()
+                invalid += 1
+                self._pass_pos += 1
+                if invalid < _MAX_CORRUPT_RUN:
+                    continue
+            else:
+                failed += 1
+                if failed < self._gap_limit():
+                    continue
+            # End of this pass (the trailing failed reads are the end of the file, not lost frames).
             self._note_truncation()
             if not self._cfg.loop:
                 return None
@@ -135,13 +166,33 @@ class OpenCVSource(SourceBase):
             return self._next_file()
         return None
 
+    def _frames_skipped(self, failed_reads: int) -> int:
+        """Frames lost before the one just decoded. The decoder may swallow a frame more than it
+        failed reads for while it resynchronises, so the frame's timestamp decides where there is one."""
+        assert self._cap is not None
+        ms = float(self._cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0)
+        if self._pts_fps <= 0.0 or ms <= self._pts0:
+            return failed_reads
+        index = round((ms - self._pts0) * self._pts_fps / 1000.0)
+        return max(failed_reads, index - self._pass_pos)
+
+    def _note_gap(self, n: int) -> None:
+        self._count_corrupt(n)
+        self.skipped_frames += n
+        first = self._pass_pos
+        (logger.warning if self.passes == 0 else logger.debug)(
+            "video file %s: %s did not decode; read past %s (counted as corrupt)",
+            self._cfg.uri, f"frame {first}" if n == 1 else f"frames {first}-{first + n - 1}",
+            "it" if n == 1 else "them",
+        )
+
     def _note_truncation(self) -> None:
-        if self.declared_frames is not None and self._pass_frames < self.declared_frames and not self.truncated:
+        if self.declared_frames is not None and self._pass_pos < self.declared_frames and not self.truncated:
             self.truncated = True
             logger.warning(
-                "video file %s is truncated: the container declares %d frames but only %d decode; "
-                "treating frame %d as the end",
-                self._cfg.uri, self.declared_frames, self._pass_frames, self._pass_frames,
+                "video file %s is truncated: the container declares %d frames but nothing decodes after "
+                "its first %d; treating that as the end",
+                self._cfg.uri, self.declared_frames, self._pass_pos,
             )
 
     # -- live streams and devices ---------------------------------------------------------------------------------
