@@ -168,13 +168,14 @@ class OpenCVSource(SourceBase):
 
     def _frames_skipped(self, failed_reads: int) -> int:
         """Frames lost before the one just decoded. The decoder may swallow a frame more than it
-        failed reads for while it resynchronises, so the frame's timestamp decides where there is one."""
+        failed reads for while it resynchronises, so the frame's timestamp decides where there is
+        one that fits in the frame count the container declares (damage can garble timestamps too)."""
         assert self._cap is not None
         ms = float(self._cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0)
-        if self._pts_fps <= 0.0 or ms <= self._pts0:
+        if self._pts_fps <= 0.0 or ms <= self._pts0 or self.declared_frames is None:
             return failed_reads
-        index = round((ms - self._pts0) * self._pts_fps / 1000.0)
-        return max(failed_reads, index - self._pass_pos)
+        by_pts = round((ms - self._pts0) * self._pts_fps / 1000.0) - self._pass_pos
+        return by_pts if failed_reads < by_pts < self.declared_frames - self._pass_pos else failed_reads
 
     def _note_gap(self, n: int) -> None:
         self._count_corrupt(n)
