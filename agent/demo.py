@@ -10,7 +10,7 @@ With ``--source VIDEO`` it calibrates on the first part of the file and guards t
 is no ground truth then, so the table shows decisions and reasons.
 
 Frames are processed as fast as the machine allows (no pacing, nothing dropped) unless
-``--realtime``. Outputs (verdicts.jsonl, health.jsonl, status.jsonl, frames/, summary.json)
+``--realtime``. Outputs (verdicts.jsonl, health.jsonl, status.jsonl, events.jsonl, frames/, summary.json)
 go to ``--out`` (default ``./runs/demo``).
 """
 
@@ -277,7 +277,8 @@ def closing_table(result: DemoResult) -> str:
         f"{result.frames_calibrated}, guarded {result.frames_processed - result.frames_calibrated}\n"
         f"{_backends_line(result.backends)}\n"
         f"{table}\n\n{note}\n"
-        f"outputs: {result.out_dir}/ (verdicts.jsonl, health.jsonl, status.jsonl, frames/, summary.json)\n"
+        f"outputs: {result.out_dir}/ (verdicts.jsonl, health.jsonl, status.jsonl, events.jsonl, frames/, "
+        "summary.json)\n"
     )
 
 
