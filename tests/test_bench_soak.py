@@ -11,7 +11,7 @@ import pytest
 from mosquitto import Received, mosquitto_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench_soak import PREFIX, Sample, delivery, main, slope_mb_per_h
+from bench_soak import PREFIX, Sample, delivery, main, rss_check, slope_mb_per_h, slope_window_s
 
 
 def _json(kind: str, msg_id: str, seq: int, **extra: object) -> Received:
@@ -43,6 +43,17 @@ def test_slope_is_fitted_after_the_warm_up_only() -> None:
     samples = [Sample(t, 100.0 + (50.0 if t < 60 else 0.0) + 2.0 * t / 3600, 9, 8, 0.0) for t in range(0, 600, 10)]
     assert slope_mb_per_h(samples, 60.0) == pytest.approx(2.0)
     assert math.isnan(slope_mb_per_h(samples, 590.0))  # too few samples after the warm-up
+
+
+def test_rss_growth_is_judged_only_on_a_long_enough_window() -> None:
+    """A 2-minute run's one-minute window extrapolates a 1.8 MB step to +108 MB/h: printed, not failed."""
+    samples = [Sample(float(t), 100.0, 9, 8, 0.0) for t in range(0, 600, 10)]
+    assert slope_window_s(samples, 60.0) == 530.0 and slope_window_s(samples, 595.0) == 0.0
+    line, ok = rss_check(108.0, 60.0, 10.0)
+    assert ok is None and "60 s after the warm-up are too few" in line and "--minutes 5" in line
+    assert rss_check(float("nan"), 0.0, 10.0)[1] is None
+    assert rss_check(108.0, 530.0, 10.0) == ("RSS growth after warm-up <= 10 MB/h", False)
+    assert rss_check(2.0, 240.0, 10.0) == ("RSS growth after warm-up <= 10 MB/h", True)
 
 
 @pytest.mark.integration
