@@ -93,11 +93,11 @@ def synthetic_stats(uri: str, grid: tuple[int, int] = (4, 4)) -> list[FrameStats
     return [backend.compute(image) for image in synthetic_frames(uri)]
 
 
-def damaged_clip(path: Path, n: int, damage: tuple[float, float] = (0.45, 0.55)) -> Path:
-    """An mp4v clip of ``n`` frames with the bytes between the two fractions of its length zeroed
-    (a bad sector, a broken copy). Frame i shows i in binary as 7 big black/white blocks, which
-    survive compression: ``clip_frame_index`` reads it back."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 25, (7 * 16, 32))
+def damaged_clip(path: Path, n: int, damage: tuple[float, float] = (0.45, 0.55), fourcc: str = "mp4v") -> Path:
+    """A clip of ``n`` frames (container from the suffix) with the bytes between the two fractions
+    of its length zeroed (a bad sector, a broken copy). Frame i shows i in binary as 7 big
+    black/white blocks, which survive compression: ``clip_frame_index`` reads it back."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), 25, (7 * 16, 32))
     for i in range(n):
         image = np.zeros((32, 7 * 16, 3), np.uint8)
         for bit in range(7):

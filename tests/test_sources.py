@@ -65,21 +65,45 @@ def test_vtest_reads_every_frame_with_metadata(videos: Path) -> None:
     assert source.read() is None  # stays ended
 
 
-def test_truncated_file_ends_cleanly(videos: Path, caplog: pytest.LogCaptureFixture) -> None:
-    # The container claims 444 frames; only 68 decode. The reader must stop there, no hang, no exception.
-    source = OpenCVSource(SourceConfig(uri=str(videos / "opencv_tree.avi")), "tree")
+def test_truncated_file_ends_cleanly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The AVI header declares 100 frames; the last tenth of the file is zeros. The reader must stop
+    # at the last frame that decodes, no hang, no exception, and say what is missing.
+    clip = damaged_clip(tmp_path / "cut.avi", 100, damage=(0.9, 1.0), fourcc="MJPG")
+    source = OpenCVSource(SourceConfig(uri=str(clip)), "cut")
     with caplog.at_level(logging.WARNING, logger="agent.sources"):
+        frames = read_all(source)
+    indices = [clip_frame_index(f.image) for f in frames]
+    assert indices == list(range(len(frames))) and 80 <= len(frames) < 100
+    assert source.declared_frames == 100 and source.truncated and source.corrupt_frames == 0
+    assert source.state == "ended"
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert f"declares 100 frames, {len(frames)} were read" in message
+    assert f"other {100 - len(frames)} are missing" in message
+
+
+def test_uneven_timestamps_are_reported_not_counted(videos: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # opencv_tree.avi: 68 frames spread over the 444 slots its header declares (empty chunks for the
+    # frames its capture dropped). Not truncated, nothing corrupt: the skipped slots are named once.
+    source = OpenCVSource(SourceConfig(uri=str(videos / "opencv_tree.avi")), "tree")
+    with caplog.at_level(logging.INFO, logger="agent.sources"):
         t0 = time.monotonic()
         frames = read_all(source)
         assert time.monotonic() - t0 < 60.0  # a hang guard (68 frames take ~0.1 s), not a speed bound
-    assert 60 <= len(frames) <= 80
-    assert source.declared_frames == 444 and source.truncated
-    assert source.state == "ended"
-    assert any("truncated" in r.getMessage() and "444" in r.getMessage() for r in caplog.records)
+    assert len(frames) == 68 and source.declared_frames == 444
+    assert (source.truncated, source.corrupt_frames, source.state) == (False, 0, "ended")
+    assert any("timestamps skip 376 frame slots" in r.getMessage() for r in caplog.records)
+    assert not any(r.levelno >= logging.WARNING for r in caplog.records)
 
 
-def test_damaged_stretch_mid_file_is_read_past_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    clip = damaged_clip(tmp_path / "damaged.mp4", 100)
+@pytest.mark.parametrize(
+    ("name", "fourcc"),
+    [("damaged.mp4", "mp4v"), ("damaged.mkv", "MJPG")],
+    ids=["mp4-failed-reads", "mkv-silent-drop"],  # FFmpeg fails read() on the mp4; the mkv demuxer skips quietly
+)
+def test_damaged_stretch_mid_file_is_read_past_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str, fourcc: str
+) -> None:
+    clip = damaged_clip(tmp_path / name, 100, fourcc=fourcc)
     source = OpenCVSource(SourceConfig(uri=str(clip)), "c")
     with caplog.at_level(logging.WARNING, logger="agent.sources"):
         frames = read_all(source)

@@ -2,11 +2,11 @@
 
 Files are not live: they end (or loop) and may be paced at their fps with ``realtime``.
 A damaged stretch in the middle of a file is read through: FFmpeg fails ``read()`` while
-it cannot decode and then goes on, so the reader keeps reading, and once decoding resumes
-the frames it skipped (from the timestamps, or the failed reads where there are none) are
-counted as corrupt, with a warning naming them.
-A truncated file (the container promises more frames than decode) ends cleanly at the
-last decodable frame, with a warning. Network streams (rtsp, http, ...) and devices are
+it cannot decode, or its demuxer drops the damaged packets, and then goes on, so the reader
+keeps reading; the frames lost on the way (from jumps of the timestamps, or the failed reads
+where timestamps cannot tell: file_gaps.FrameLedger) are counted as corrupt, with a warning
+naming them. A truncated file (the container promises more frames than decode) ends cleanly
+at the last decodable frame, with a warning. Network streams (rtsp, http, ...) and devices are
 live: if they cannot be opened or stop delivering, ``read()`` keeps reconnecting with
 capped exponential back-off (state ``down``) until it gets frames again or ``close()``
 is called; it never returns None for a failure.
@@ -23,6 +23,7 @@ from agent.errors import SourceConfigError, SourceError
 from agent.sources.backoff import Backoff
 from agent.sources.base import Capture, SourceBase, to_bgr
 from agent.sources.config import SourceConfig
+from agent.sources.file_gaps import FrameLedger, Gap
 
 __all__ = ["LIVE_SCHEMES", "OpenCVSource", "is_live_uri"]
 
@@ -66,7 +67,7 @@ class OpenCVSource(SourceBase):
         self.skipped_frames = 0
         """Frames in the middle of a file that did not decode and were read past (counted as corrupt)."""
         self._pass_frames = 0  # frames delivered in this pass
-        self._pass_pos = 0  # frames read in this pass, delivered or not (the file position)
+        self._ledger = FrameLedger(None, 0.0)  # which frames of this pass were lost
         self._pts_fps = 0.0  # the container's frame rate, to turn timestamps into frame indices
         self._pts0 = 0.0  # the first frame's timestamp (ms)
         fps = cfg.fps or _DEFAULT_FPS
@@ -116,13 +117,13 @@ class OpenCVSource(SourceBase):
         self._cap = cap
         self._pending = Capture(image)
         self._pass_frames = 0
-        self._pass_pos = 1
+        self._ledger = FrameLedger(self.declared_frames, self._pts_fps)
 
     def _gap_limit(self) -> int:
         """Failed reads in a row after which this pass of the file is over."""
         if self.declared_frames is None:
             return _MAX_CORRUPT_RUN
-        return min(max(_MAX_CORRUPT_RUN, self.declared_frames - self._pass_pos), _MAX_FILE_GAP)
+        return min(max(_MAX_CORRUPT_RUN, self.declared_frames - self._ledger.pos), _MAX_FILE_GAP)
 
     def _next_file(self) -> Capture | None:
         if self._pending is not None:
@@ -134,17 +135,16 @@ class OpenCVSource(SourceBase):
         invalid = 0  # frames in a row that decoded to something that is not an image
         while not self._stop.is_set():
             ok, image = self._cap.read()
+            if ok:
+                for gap in self._ledger.frame(self._pts_index(), failed):
+                    self._note_gap(gap)
+                failed = 0
             if ok and to_bgr(image)[0] is not None:
-                if failed:
-                    failed = self._frames_skipped(failed)
-                    self._note_gap(failed)
-                self._pass_pos += failed + 1
                 self._pass_frames += 1
                 return Capture(image)
             if ok:  # counted at once: it is a frame, and the file goes on
                 self._count_corrupt()
                 invalid += 1
-                self._pass_pos += 1
                 if invalid < _MAX_CORRUPT_RUN:
                     continue
             else:
@@ -152,6 +152,8 @@ class OpenCVSource(SourceBase):
                 if failed < self._gap_limit():
                     continue
             # End of this pass (the trailing failed reads are the end of the file, not lost frames).
+            for gap in self._ledger.end():
+                self._note_gap(gap)
             self._note_truncation()
             if not self._cfg.loop:
                 return None
@@ -166,34 +168,41 @@ class OpenCVSource(SourceBase):
             return self._next_file()
         return None
 
-    def _frames_skipped(self, failed_reads: int) -> int:
-        """Frames lost before the one just decoded. The decoder may swallow a frame more than it
-        failed reads for while it resynchronises, so the frame's timestamp decides where there is
-        one that fits in the frame count the container declares (damage can garble timestamps too)."""
+    def _pts_index(self) -> int | None:
+        """The frame just read's index from its timestamp (None where the container has no frame rate)."""
         assert self._cap is not None
+        if self._pts_fps <= 0.0:
+            return None
         ms = float(self._cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0)
-        if self._pts_fps <= 0.0 or ms <= self._pts0 or self.declared_frames is None:
-            return failed_reads
-        by_pts = round((ms - self._pts0) * self._pts_fps / 1000.0) - self._pass_pos
-        return by_pts if failed_reads < by_pts < self.declared_frames - self._pass_pos else failed_reads
+        return round((ms - self._pts0) * self._pts_fps / 1000.0)
 
-    def _note_gap(self, n: int) -> None:
-        self._count_corrupt(n)
-        self.skipped_frames += n
-        first = self._pass_pos
+    def _note_gap(self, gap: Gap) -> None:
+        self._count_corrupt(gap.count)
+        self.skipped_frames += gap.count
+        last = gap.first + gap.count - 1
+        what = f"frame {gap.first}" if gap.count == 1 else f"frames {gap.first}-{last}"
+        if gap.evidence == "failed reads":
+            what = f"{gap.count} frame(s) from about frame {gap.first}"
         (logger.warning if self.passes == 0 else logger.debug)(
-            "video file %s: %s did not decode; read past %s (counted as corrupt)",
-            self._cfg.uri, f"frame {first}" if n == 1 else f"frames {first}-{first + n - 1}",
-            "it" if n == 1 else "them",
+            "video file %s: %s did not decode (%s); read past %s (counted as corrupt)",
+            self._cfg.uri, what, gap.evidence, "it" if gap.count == 1 else "them",
         )
 
     def _note_truncation(self) -> None:
-        if self.declared_frames is not None and self._pass_pos < self.declared_frames and not self.truncated:
+        if self._ledger.uneven_slots and self.passes == 0:
+            logger.info(
+                "video file %s: its timestamps skip %d frame slots (a variable frame rate, or frames the "
+                "capture dropped); %d frames delivered, the skipped slots are not counted as corrupt",
+                self._cfg.uri, self._ledger.uneven_slots, self._pass_frames,
+            )
+        short = self._ledger.shortfall()
+        if short and not self.truncated:
             self.truncated = True
             logger.warning(
-                "video file %s is truncated: the container declares %d frames but nothing decodes after "
-                "its first %d; treating that as the end",
-                self._cfg.uri, self.declared_frames, self._pass_pos,
+                "video file %s is truncated or damaged: the container declares %d frames, %d were read (%d "
+                "counted as lost among them) and the other %d are missing: cut off at the end, or dropped "
+                "without a trace where timestamps count packets (AVI); treating that as the end",
+                self._cfg.uri, self.declared_frames, self._ledger.pos, self.skipped_frames, short,
             )
 
     # -- live streams and devices ---------------------------------------------------------------------------------
