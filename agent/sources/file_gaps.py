@@ -3,8 +3,12 @@
 FFmpeg reads through damage in different ways, depending on the container:
 
 * mp4/mov: ``read()`` fails while the decoder resynchronises, then frames come again;
-* MPEG-TS, MPEG-PS, Matroska: the demuxer drops the damaged packets without a word, and
-  the next frame simply arrives with a later timestamp;
+* MPEG-TS, MPEG-PS, Matroska: the demuxer may drop the damaged packets without a word, and
+  the next frame simply arrives with a later timestamp. That looks exactly like a pause in
+  a healthy recording (motion-triggered recording, a stalled encoder), a variable frame
+  rate (a phone clip whose rate drops in the dark) or an AVI with empty chunks for frames
+  its capture dropped: such silent jumps are not counted, only added up (``silent_slots``,
+  ``silent_jumps``, ``largest_jump``) for one report at the end;
 * H.264 with B-frames: after the failed reads a frame the decoder had buffered may come
   first (nothing lost yet), the jump follows, and a few earlier frames may come late;
 * AVI and raw MJPEG: timestamps follow the packet count, so a lost frame leaves no mark
@@ -15,13 +19,7 @@ None where the container has no frame rate) and the failed reads just before it,
 returns the losses to count, as ``Gap`` runs:
 
 * a forward jump of the timestamp index is a loss when there is evidence of damage: failed
-  reads just before it, or within ``horizon`` frames after such reads (decoder resync); or,
-  with no failed reads, a jump of at least ``SILENT_MIN`` frames after ``STEADY_MIN`` steps
-  of exactly one frame, in a stream whose timestamps have been even so far (a silent demuxer
-  drop). Any other silent jump means the timestamps are uneven: a variable frame rate (a
-  phone clip whose rate drops in the dark) or an AVI with empty chunks for frames the
-  capture dropped. Those slots never held a frame: from then on silent jumps are not
-  counted, only added up in ``uneven_slots``;
+  reads just before it, or within ``horizon`` frames after such reads (decoder resync);
 * jumped-over frames are held until the stream has gone ``horizon`` frames past the last of
   them, so a frame that arrives late is not counted as lost;
 * failed reads with no timestamp evidence within ``horizon`` frames (AVI, or no frame rate)
@@ -31,19 +29,14 @@ returns the losses to count, as ``Gap`` runs:
   timestamps.
 
 It never guesses frames it has no evidence for: what is left of the declared count at the end
-is ``shortfall()``, reported as such (a truncated file, or silent drops in an AVI).
+is ``shortfall()``, reported as such (a truncated file, or frames an AVI lost without a trace).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["SILENT_MIN", "STEADY_MIN", "FrameLedger", "Gap"]
-
-#: A jump of the timestamp index with no failed reads before it counts from this many lost frames...
-SILENT_MIN: int = 3
-#: ...after this many steps of exactly one frame.
-STEADY_MIN: int = 8
+__all__ = ["FrameLedger", "Gap"]
 
 
 @dataclass(frozen=True)
@@ -62,16 +55,16 @@ class FrameLedger:
         self.declared = declared
         self.horizon = min(120, max(16, round(2.0 * fps))) if fps > 0.0 else 16
         self.timestamps = fps > 0.0  # False once the timestamps proved unusable
-        self.even = True  # no uncounted silent jump so far (see the module doc)
-        self.uneven_slots = 0  # frame slots that silent jumps skipped, not counted
-        self._steady = 0  # steps of exactly one frame just before now
+        self.silent_slots = 0  # frame slots skipped by jumps with no sign of damage (not counted)
+        self.silent_jumps = 0
+        self.largest_jump = (0, 0)  # (slots, index of the frame before it) of the largest silent jump
         self.top = 0  # highest frame index delivered (from timestamps)
         self.pos = 1  # frames accounted for, delivered or counted (the file position)
         self._held: set[int] = set()  # jumped-over indices not counted yet (a late frame may still come)
         self._damage_until = -1  # jumps up to this index count: failed reads came just before
         self._unexplained = 0  # failed reads of the current damage that no jump has accounted for yet
         self._unexplained_at = 0
-        self._slack = 2 + (declared or 0) // 100  # a declared count estimated from the duration is approximate
+        self.slack = 2 + (declared or 0) // 100  # declared counts are approximate (estimates, edit lists)
 
     def frame(self, index: int | None, failed: int) -> list[Gap]:
         """A frame decoded after ``failed`` failed reads; ``index`` from its timestamp (None: none)."""
@@ -92,15 +85,13 @@ class FrameLedger:
             self._held.discard(index)
             return self._release()
         jump = index - self.top - 1
-        if jump:
-            damage = failed > 0 or self.top <= self._damage_until
-            if damage or (self.even and jump >= SILENT_MIN and self._steady >= STEADY_MIN):
-                self._held.update(range(self.top + 1, index))
-                self._unexplained = 0
-            else:
-                self.even = False
-                self.uneven_slots += jump
-        self._steady = 0 if jump else self._steady + 1
+        if jump and (failed > 0 or self.top <= self._damage_until):
+            self._held.update(range(self.top + 1, index))
+            self._unexplained = 0
+        elif jump:
+            self.silent_slots += jump
+            self.silent_jumps += 1
+            self.largest_jump = max(self.largest_jump, (jump, self.top))
         self.top = index
         self.pos = max(self.pos + 1, index + 1)
         return self._release()
@@ -117,7 +108,7 @@ class FrameLedger:
         """Timestamps that stand still or run back outside damage, or leave the declared count, are garbled."""
         if index <= self.top and index not in self._held and not failed and self.top > self._damage_until:
             return False
-        return 0 <= index <= self.top + 100_000 and (self.declared is None or index < self.declared + self._slack)
+        return 0 <= index <= self.top + 100_000 and (self.declared is None or index < self.declared + self.slack)
 
     def _release(self, everything: bool = False) -> list[Gap]:
         # All at once, when the newest is past the horizon: one warning per stretch, not per frame.

@@ -2,11 +2,12 @@
 
 Files are not live: they end (or loop) and may be paced at their fps with ``realtime``.
 A damaged stretch in the middle of a file is read through: FFmpeg fails ``read()`` while
-it cannot decode, or its demuxer drops the damaged packets, and then goes on, so the reader
-keeps reading; the frames lost on the way (from jumps of the timestamps, or the failed reads
-where timestamps cannot tell: file_gaps.FrameLedger) are counted as corrupt, with a warning
-naming them. A truncated file (the container promises more frames than decode) ends cleanly
-at the last decodable frame, with a warning. Network streams (rtsp, http, ...) and devices are
+it cannot decode and then goes on, so the reader keeps reading; the frames lost on the way
+(from the timestamps' jump after the failed reads, or the failed reads where timestamps
+cannot tell: file_gaps.FrameLedger) are counted as corrupt, with a warning naming them.
+Timestamp jumps with no failed read (pauses, variable frame rates, silent demuxer drops)
+are reported, not counted. A truncated file (the container promises more frames than
+decode) ends cleanly at the last decodable frame, with a warning. Network streams (rtsp, http, ...) and devices are
 live: if they cannot be opened or stop delivering, ``read()`` keeps reconnecting with
 capped exponential back-off (state ``down``) until it gets frames again or ``close()``
 is called; it never returns None for a failure.
@@ -37,6 +38,9 @@ _MAX_CORRUPT_RUN = 25
 # A file's failed reads cost microseconds each; reading on to the declared frame count finds frames
 # after a long damaged stretch, but a bogus count must not keep a finished file spinning.
 _MAX_FILE_GAP = 10_000
+# Containers whose frame count comes from an index (exact); elsewhere (mkv, webm, ts, mpg) FFmpeg
+# estimates it from the duration, which audio or a start offset make longer than the video.
+_COUNTED_SUFFIXES = (".mp4", ".m4v", ".mov", ".3gp", ".avi")
 
 
 def is_live_uri(uri: str) -> bool:
@@ -60,8 +64,10 @@ class OpenCVSource(SourceBase):
         self._corrupt_run = 0
         self.declared_frames: int | None = None
         """Frame count the container claims (files only; None when unknown)."""
+        self.declared_exact = Path(cfg.uri).suffix.lower() in _COUNTED_SUFFIXES
+        """Whether the container counts its frames (mp4, mov, avi) rather than FFmpeg estimating them."""
         self.truncated = False
-        """True once a file ended before its declared frame count."""
+        """True once a file ended before the frame count its container declares (mp4, mov, avi: not an estimate)."""
         self.passes = 0
         """Completed passes over a looping file."""
         self.skipped_frames = 0
@@ -189,20 +195,33 @@ class OpenCVSource(SourceBase):
         )
 
     def _note_truncation(self) -> None:
-        if self._ledger.uneven_slots and self.passes == 0:
-            logger.info(
-                "video file %s: its timestamps skip %d frame slots (a variable frame rate, or frames the "
-                "capture dropped); %d frames delivered, the skipped slots are not counted as corrupt",
-                self._cfg.uri, self._ledger.uneven_slots, self._pass_frames,
+        ledger = self._ledger
+        if ledger.silent_slots and self.passes == 0:
+            slots, before = ledger.largest_jump
+            # A second or more of video the guard never saw is worth a warning; a variable frame rate's
+            # small steps are not.
+            (logger.warning if slots >= max(1.0, self._pts_fps) else logger.info)(
+                "video file %s: its timestamps skip %d frame slots in %d jump%s (the largest: %d after frame %d) "
+                "with no decode error: pauses in the recording, a variable frame rate, frames the capture "
+                "dropped, or packets the demuxer dropped; %d frames delivered, the slots not counted as corrupt",
+                self._cfg.uri, ledger.silent_slots, ledger.silent_jumps, "" if ledger.silent_jumps == 1 else "s",
+                slots, before, self._pass_frames,
             )
-        short = self._ledger.shortfall()
-        if short and not self.truncated:
+        short = ledger.shortfall()
+        if short and (not self.declared_exact or short <= ledger.slack) and self.passes == 0:
+            logger.info(
+                "video file %s: %d frames read, %d fewer than the %d its container declares (%s)", self._cfg.uri,
+                ledger.pos, short, self.declared_frames,
+                "a few: an edit list or start offset hides them" if self.declared_exact else
+                "FFmpeg estimates the count from the duration, which audio or a start offset make longer",
+            )
+        elif short > ledger.slack and not self.truncated:
             self.truncated = True
             logger.warning(
                 "video file %s is truncated or damaged: the container declares %d frames, %d were read (%d "
                 "counted as lost among them) and the other %d are missing: cut off at the end, or dropped "
                 "without a trace where timestamps count packets (AVI); treating that as the end",
-                self._cfg.uri, self.declared_frames, self._ledger.pos, self.skipped_frames, short,
+                self._cfg.uri, self.declared_frames, ledger.pos, self.skipped_frames, short,
             )
 
     # -- live streams and devices ---------------------------------------------------------------------------------
