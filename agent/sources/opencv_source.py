@@ -7,8 +7,8 @@ it cannot decode and then goes on, so the reader keeps reading; the frames lost 
 cannot tell: file_gaps.FrameLedger) are counted as corrupt, with a warning naming them.
 Timestamp jumps with no failed read (pauses, variable frame rates, silent demuxer drops)
 are reported, not counted. A truncated file (the container promises more frames than
-decode) ends cleanly at the last decodable frame, with a warning. Network streams (rtsp, http, ...) and devices are
-live: if they cannot be opened or stop delivering, ``read()`` keeps reconnecting with
+decode) ends cleanly at the last decodable frame, with a warning. Network streams (rtsp,
+http, ...) and devices are live: if they cannot be opened or stop delivering, ``read()`` keeps reconnecting with
 capped exponential back-off (state ``down``) until it gets frames again or ``close()``
 is called; it never returns None for a failure.
 """
@@ -158,9 +158,7 @@ class OpenCVSource(SourceBase):
                 if failed < self._gap_limit():
                     continue
             # End of this pass (the trailing failed reads are the end of the file, not lost frames).
-            for gap in self._ledger.end():
-                self._note_gap(gap)
-            self._note_truncation()
+            self._end_pass()
             if not self._cfg.loop:
                 return None
             self.passes += 1
@@ -185,17 +183,20 @@ class OpenCVSource(SourceBase):
     def _note_gap(self, gap: Gap) -> None:
         self._count_corrupt(gap.count)
         self.skipped_frames += gap.count
-        last = gap.first + gap.count - 1
-        what = f"frame {gap.first}" if gap.count == 1 else f"frames {gap.first}-{last}"
-        if gap.evidence == "failed reads":
+        if gap.evidence == "failed reads":  # where they were is known only roughly
             what = f"{gap.count} frame(s) from about frame {gap.first}"
+        else:
+            what = f"frame {gap.first}" if gap.count == 1 else f"frames {gap.first}-{gap.first + gap.count - 1}"
         (logger.warning if self.passes == 0 else logger.debug)(
             "video file %s: %s did not decode (%s); read past %s (counted as corrupt)",
             self._cfg.uri, what, gap.evidence, "it" if gap.count == 1 else "them",
         )
 
-    def _note_truncation(self) -> None:
+    def _end_pass(self) -> None:
+        """Count what the ledger still held, and report silent jumps and a short file, once per pass."""
         ledger = self._ledger
+        for gap in ledger.end():
+            self._note_gap(gap)
         if ledger.silent_slots and self.passes == 0:
             slots, before = ledger.largest_jump
             # A second or more of video the guard never saw is worth a warning; a variable frame rate's
