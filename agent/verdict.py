@@ -29,6 +29,7 @@ REASON_CODES: tuple[str, ...] = (
     "glare",
     "blur",
     "low_saturation",
+    "low_contrast",
     "noise",
     "covered",
     "frozen",

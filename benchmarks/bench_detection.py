@@ -366,6 +366,11 @@ def adversarial(
             "stills": stills, "_clean": clean_parts["adversarial_hf"]}
 
 
+def resolved_alpha(alpha: float, n_cal: int) -> float:
+    """The smaller of ``alpha`` and 2/(n+1), the smallest level n calibration frames resolve (3 decimals)."""
+    return max(alpha, round(2.0 / (n_cal + 1), 3))
+
+
 def scene_events(
     vt: list[U8], n_cal: int, vt_profile_run: GuardRun, alpha: float, *, bikes_path: Path | None, tree_path: Path | None
 ) -> dict[str, Any]:
@@ -375,8 +380,14 @@ def scene_events(
     if bikes_path is not None:
         bikes = read_video(bikes_path)
         for name, (c0, c1, end) in {"bikes_cut_30": (0, 30, 76), "bikes_cut_76": (31, 76, 137)}.items():
-            run = GuardRun.of(calibrate(bikes[c0:c1], alpha_flag=alpha), alpha)
-            out[name] = event_delays(run, bikes[c1:end], 0, tamper="moved")
+            profile = calibrate(bikes[c0:c1], alpha_flag=alpha)
+            out[name] = event_delays(GuardRun.of(profile, alpha), bikes[c1:end], 0, tamper="moved")
+            # each shot is 1-2 s: its calibration resolves p-values down to 1/(n+1) only (see the tree below)
+            a_res = resolved_alpha(alpha, c1 - c0)
+            if a_res > alpha:
+                key = f"{name}@{a_res:g}"
+                out[key] = event_delays(GuardRun.of(profile, a_res), bikes[c1:end], 0, tamper="moved")
+                out[key]["note"] = f"alpha {a_res:g} = 2/(n+1), the smallest level {c1 - c0} frames resolve"
     # The calibrated camera bumped by 4 % / 2 degrees: 20 clean held-out frames, then 100 moved ones,
     # from the middle of the held-out part.
     h, w = vt[0].shape[:2]
@@ -398,7 +409,7 @@ def scene_events(
     out["tree_hand_over_lens"]["note"] = note
     # 40 calibration frames resolve p-values down to 1/(n+1) = 0.024 only (the calibrator warns): below
     # that the family falls back on Bonferroni over every test. Also report the smallest alpha they resolve.
-    a_res = max(alpha, round(2.0 / (n_tree + 1), 3))
+    a_res = resolved_alpha(alpha, n_tree)
     if a_res > alpha:
         key = f"tree_hand_over_lens@{a_res:g}"
         out[key] = event_delays(GuardRun.of(tree_profile, a_res), tree[n_tree:], 54 - n_tree, tamper="covered")
@@ -512,7 +523,10 @@ def targets(r: dict[str, Any], alpha: float) -> list[Target]:
         ev = r["events"]
         delays = {k: ev[k]["delay_frames"] for k in ("bikes_cut_30", "bikes_cut_76", "camera_bump") if k in ev}
         partial = "" if "bikes_cut_30" in ev else " (camera bump only: no bikes video under --data)"
-        return [(all(d is not None and d <= 25 for d in delays.values()), f"{delays}{partial}")]
+        # at the level each short bikes calibration resolves, for information (the target is at alpha)
+        resolved = {k: v["delay_frames"] for k, v in ev.items() if k.startswith("bikes_cut_") and "@" in k}
+        also = f"; at the level their calibration resolves: {resolved}" if resolved else ""
+        return [(all(d is not None and d <= 25 for d in delays.values()), f"{delays}{partial}{also}")]
 
     section("corruptions", ["corruptions sev>=3: mean AUROC >= 0.995", "corruptions sev>=3: mean TPR@1%FPR >= 0.95",
                             "every type at sev 3: TPR@1%FPR >= 0.50"], corruption_targets)

@@ -33,6 +33,7 @@ OWN_REASON = {
     "noise": "noise",
     "frozen": "frozen",
     "covered": "covered",
+    "fog": "low_contrast",
     "color_cast": "color_cast",
     "scene_change": "ood_stats",
 }
@@ -144,6 +145,16 @@ def test_end_to_end_default_synthetic_stream() -> None:
     for fault in FAULT_NAMES:
         assert shares[fault] >= 0.9, shares
     assert shares["clean"] <= 1.5 * alpha, shares
+
+
+@pytest.mark.parametrize(
+    ("reason", "only_on"), [("covered", {"covered", "dark"}), ("low_contrast", {"fog", "covered", "overexposed"})]
+)
+def test_reason_is_specific(verdicts: list[Verdict], reason: str, only_on: set[str]) -> None:
+    """A blurred, noisy, glared or moved camera is not called covered (a lens in the dark is near-uniform
+    too); only a veil, a cover or a washed-out overexposure lowers the contrast for the exposure."""
+    raised = Counter(v.fault for v in verdicts if reason in v.reason_codes)
+    assert set(raised) <= only_on, raised
 
 
 def test_darkness_is_not_blur(verdicts: list[Verdict]) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from agent.corruptions import corrupt
 from agent.frame import Frame
 from agent.scoring.calibrate import Calibrator
 from agent.scoring.config import CalibrationConfig, PolicyConfig
@@ -89,3 +90,65 @@ def test_corruptions_are_caught(guard: Guard, vtest: list[tuple[Image, FrameStat
     assert sum(reason in v.reason_codes for v in verdicts) >= 0.9 * len(verdicts)
     if name == "dark":
         assert not any("blur" in v.reason_codes for v in verdicts)
+
+
+def _hand(image: Image) -> Image:
+    """A hand over the lens: the view smeared to a dim, skin-tinted shade, with sensor noise."""
+    rng = np.random.default_rng(1)
+    smear = cv2.GaussianBlur(image, (0, 0), 40.0) * 0.25 + np.array([20.0, 40.0, 70.0])
+    return np.asarray(np.clip(smear + rng.normal(0.0, 2.0, image.shape), 0, 255), dtype=np.uint8)
+
+
+def _imagenet_c(name: str, severity: int) -> Callable[[Image], Image]:
+    return lambda im: corrupt(im, name, severity)
+
+
+BLURS: dict[str, Callable[[Image], Image]] = {
+    **{f"defocus_blur s{s}": _imagenet_c("defocus_blur", s) for s in (1, 3, 5)},
+    "motion_blur s5": _imagenet_c("motion_blur", 5),
+    "gaussian sigma 4": lambda im: np.asarray(cv2.GaussianBlur(im, (0, 0), 4.0), np.uint8),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BLURS))
+def test_a_blurred_lens_is_not_a_covered_one(guard: Guard, vtest: list[tuple[Image, FrameStats]], name: str) -> None:
+    """Blur takes the tiles' edges, not their contrast: flagged as blur, never as covered."""
+    backend = CpuStats((4, 4))
+    verdicts = []
+    for i, (image, _) in enumerate(vtest[CAL::20]):
+        bad = np.ascontiguousarray(BLURS[name](image))
+        verdicts.append(_verdict(guard, i, bad, backend.compute(bad)))
+    assert all("blur" in v.reason_codes for v in verdicts), [v.reason_codes for v in verdicts]
+    wrong = [v.reason_codes for v in verdicts if {"covered", "low_contrast"} & set(v.reason_codes)]
+    assert not wrong, wrong
+
+
+@pytest.mark.parametrize("name", ["haze", "contrast", "frost"])
+def test_a_veil_is_low_contrast(guard: Guard, vtest: list[tuple[Image, FrameStats]], name: str) -> None:
+    """Severity 2 of each veil (contrast lost for the exposure) gets its own reason. (ImageNet-C
+    fog is left out: its plasma fractal, rescaled by the frame's maximum, darkens as often as it
+    veils; at severity 2, 12 of these 20 frames get the reason.)"""
+    backend = CpuStats((4, 4))
+    verdicts = []
+    for i, (image, _) in enumerate(vtest[CAL::20]):
+        bad = corrupt(image, name, 2, seed=i)
+        verdicts.append(_verdict(guard, i, bad, backend.compute(bad)))
+    hits = sum("low_contrast" in v.reason_codes for v in verdicts)
+    assert hits >= 0.75 * len(verdicts), [v.reason_codes for v in verdicts]
+
+
+def test_a_darker_exposure_is_dark_not_low_contrast(guard: Guard, vtest: list[tuple[Image, FrameStats]]) -> None:
+    backend = CpuStats((4, 4))
+    for i, (image, _) in enumerate(vtest[CAL::20]):
+        bad = (image * 0.6).astype(np.uint8)
+        v = _verdict(guard, i, bad, backend.compute(bad))
+        assert "dark" in v.reason_codes and "low_contrast" not in v.reason_codes, v.reason_codes
+
+
+def test_a_hand_over_the_lens_is_covered(guard: Guard, vtest: list[tuple[Image, FrameStats]]) -> None:
+    backend = CpuStats((4, 4))
+    verdicts = []
+    for i, (image, _) in enumerate(vtest[CAL::20]):
+        bad = _hand(image)
+        verdicts.append(_verdict(guard, i, bad, backend.compute(bad)))
+    assert all("covered" in v.reason_codes for v in verdicts), [v.reason_codes for v in verdicts]

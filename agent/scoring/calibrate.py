@@ -79,6 +79,7 @@ DEFAULT_TESTS: tuple[str, ...] = (
     "blur",
     "noise",
     "low_saturation",
+    "low_contrast",
     "color_cast",
     "covered",
     "frozen",

@@ -18,7 +18,7 @@ and ``sharpness`` does not change when a frame is only darker):
 | ``motion`` | log(0.1 + diff_prev) (NaN without a previous frame) |
 | ``tile_spread`` | log(1 + std over tiles of tile brightness) |
 | ``tile_structure`` | 25th percentile over tiles of log(1 + contrast_t) + 0.5 log(1 + blur_t) |
-| ``tile_structure_hi`` | the same, 75th percentile (``covered`` tests it) |
+| ``tile_contrast_hi`` | 75th percentile over tiles of log(1 + contrast_t) (``covered`` tests it) |
 
 Percentiles over tiles interpolate linearly between order statistics (NumPy's default).
 
@@ -92,7 +92,7 @@ FEATURES: tuple[str, ...] = (
     "motion",
     "tile_spread",
     "tile_structure",
-    "tile_structure_hi",
+    "tile_contrast_hi",
 )
 #: Smallest spread of each feature that matters physically (5 % of brightness, contrast,
 #: saturation or noise; 3 % of a channel ratio; ...): it floors the robust scatter, so a
@@ -131,6 +131,7 @@ def feature_vector(stats: FrameStats, floor: float = 1e-3) -> FloatArray:
     diff = stats.diff_prev
     # 16 tiles: sorting a Python list beats np.percentile's overhead by ~20x
     struct = sorted(v for v in tile_structure(stats.tiles).tolist() if not math.isnan(v))
+    tile_contrast = sorted(math.log1p(v) for v in stats.tiles[:, :, _C].ravel().tolist() if not math.isnan(v))
     bright = stats.tiles[:, :, _B]
     if np.isnan(bright).any():
         bright = bright[~np.isnan(bright)]
@@ -148,7 +149,7 @@ def feature_vector(stats: FrameStats, floor: float = 1e-3) -> FloatArray:
             math.log(MOTION_OFFSET + diff) if not math.isnan(diff) else math.nan,
             log1p(float(bright.std())) if bright.size > 1 else 0.0,
             _percentile(struct, 25.0),
-            _percentile(struct, 75.0),
+            _percentile(tile_contrast, 75.0),
         ),
         dtype=np.float64,
     )

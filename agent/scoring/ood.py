@@ -2,7 +2,7 @@
 
 ``ood_stats``: robust Mahalanobis distance d(x) = sqrt((x - m)^T C^-1 (x - m)) of the
 frame's ``OOD_FEATURES`` vector x (the observation FEATURES but ``motion``, ``tile_structure``
-and ``tile_structure_hi``) to the robust location m and scatter C fitted on the calibration
+and ``tile_contrast_hi``) to the robust location m and scatter C fitted on the calibration
 frames (robust.fit_robust_gaussian); p-value conformal on the cross-fitted calibration scores.
 
 ``ood_model``: an output-based score, chosen at fit time from what the model gives:
@@ -41,9 +41,10 @@ KIND_TOLERANCE: dict[str, float] = {"energy": 0.5, "msp": 0.05, "detection": 0.0
 #: Features in ood_stats: all but ``motion`` (a genuine change between two clean frames, e.g.
 #: the first frame after a fault or a person stepping in, is not a property of the frame),
 #: ``tile_structure`` (its lower quartile over tiles jumps whenever an object enters a flat
-#: part of the view) and ``tile_structure_hi`` (the upper quartile: ``covered`` tests it).
+#: part of the view) and ``tile_contrast_hi`` (the upper quartile of tile contrast: ``covered``
+#: tests it).
 OOD_FEATURES: tuple[str, ...] = tuple(
-    f for f in FEATURES if f not in ("motion", "tile_structure", "tile_structure_hi")
+    f for f in FEATURES if f not in ("motion", "tile_structure", "tile_contrast_hi")
 )
 _OOD_IDX = [FEATURES.index(f) for f in OOD_FEATURES]
 
