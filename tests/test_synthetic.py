@@ -113,8 +113,8 @@ def test_default_scenario_schedule() -> None:
     assert (spec.scenario, spec.seed, spec.size_wh, spec.fps, spec.style) == ("default", 0, (640, 360), 25.0, "street")
     sched = spec.schedule
     assert [w.fault for w in sched] == list(FAULT_NAMES)
-    assert [(w.start, w.end) for w in sched] == [(400 + 100 * k, 450 + 100 * k) for k in range(9)]
-    assert sched.total_frames == 1300  # 52 s at 25 fps
+    assert [(w.start, w.end) for w in sched] == [(400 + 100 * k, 450 + 100 * k) for k in range(len(FAULT_NAMES))]
+    assert sched.total_frames == 1400  # 56 s at 25 fps
     assert sched.frames_by_fault() == dict.fromkeys(FAULT_NAMES, 50)
     assert (sched.fault_at(399), sched.fault_at(400), sched.fault_at(449), sched.fault_at(450)) == (
         None, "blur", "blur", None,
@@ -124,7 +124,7 @@ def test_default_scenario_schedule() -> None:
 def test_default_scenario_timing_follows_fps_and_query() -> None:
     spec = parse_synthetic_uri("synthetic://default?fps=10&clean_s=3&fault_s=1&gap_s=0.5")
     assert [(w.start, w.end) for w in spec.schedule][:2] == [(30, 40), (45, 55)]
-    assert spec.schedule.total_frames == 30 + 9 * 15
+    assert spec.schedule.total_frames == 30 + len(FAULT_NAMES) * 15
     assert parse_synthetic_uri("synthetic://clean", default_fps=12.5).fps == 12.5
 
 
@@ -140,7 +140,7 @@ def test_default_scenario_timing_follows_fps_and_query() -> None:
         ("synthetic://default?style=moon", r"style must be one of street, indoor, but got 'moon'"),
         ("synthetic://custom", r"custom scenario needs faults="),
         ("synthetic://custom?faults=blur:10", r"must look like fault:start:end"),
-        ("synthetic://custom?faults=fog:1:9", r"fault must be one of blur, .*but got 'fog'"),
+        ("synthetic://custom?faults=smoke:1:9", r"fault must be one of blur, .*but got 'smoke'"),
         ("synthetic://custom?faults=blur:9:9", r"0 <= start < end, but got start=9, end=9"),
         ("synthetic://custom?faults=blur:a:9", r"must be integers, but got 'blur:a:9'"),
         ("synthetic://custom?faults=blur:0:50,dark:40:60", r"must not overlap, but blur:0:50 overlaps dark:40:60"),
@@ -264,6 +264,9 @@ def fault_stats() -> dict[str, tuple[Stats, Stats]]:
         ("noise", lambda f, c: f["noise"] > 2 * c["noise"] and f["diff_prev"] > 4 * c["diff_prev"]),
         ("frozen", lambda f, c: f["diff_prev"] == 0.0 < c["diff_prev"]),
         ("covered", lambda f, c: f["contrast"] < 5 and f["brightness"] < 50 and f["blur"] < 0.05 * c["blur"]),
+        # a veil: contrast down to 55 %, the mean pulled towards the light airlight
+        ("fog", lambda f, c: 0.45 * c["contrast"] < f["contrast"] < 0.65 * c["contrast"]
+         and f["brightness"] > c["brightness"] + 20),
         ("color_cast", lambda f, c: f["r_over_b"] > 1.8 * c["r_over_b"]),
         (
             "scene_change",

@@ -15,6 +15,7 @@ is applied at the stage of the imaging chain where it happens in a camera:
 | `noise`        | Gaussian sensor noise sigma 18 instead of 2                                  |
 | `frozen`       | the last frame before the freeze repeated bit-identically                    |
 | `covered`      | near-uniform dark brown frame (luma ~35) with smooth shading and some noise |
+| `fog`          | a veil of scattered light: 45 % of each pixel is light grey airlight (a fogged lens, morning fog) |
 | `color_cast`   | channel gains B x0.6, G x0.95, R x1.45 (white-balance failure)               |
 | `scene_change` | the camera now sees another place: the other scene style, another seed      |
 """
@@ -41,6 +42,7 @@ _OVER_GAIN, _OVER_OFFSET = 1.9, 45.0
 _CAST_GAINS_BGR = (0.6, 0.95, 1.45)
 _NOISE_SIGMA = 18.0
 _COVER_BGR = (22.0, 32.0, 45.0)
+_FOG_SHARE, _FOG_AIRLIGHT_BGR = 0.45, (212.0, 208.0, 204.0)
 _SCENE_CHANGE_SEED = 7777
 
 
@@ -114,6 +116,10 @@ class SyntheticCamera:
         if fault == "blur":
             sigma = _BLUR_SIGMA_640 * w / 640.0
             cv2.GaussianBlur(image, (0, 0), sigma, dst=image)
+        elif fault == "fog":
+            airlight = np.empty_like(image)
+            airlight[:] = _FOG_AIRLIGHT_BGR
+            cv2.addWeighted(image, 1.0 - _FOG_SHARE, airlight, _FOG_SHARE, 0.0, dst=image)
         if fault == "dark":
             scene.expose(image, index, (_DARK_GAIN,) * 3)
         elif fault == "overexposed":
