@@ -85,8 +85,11 @@ def test_tail_extrapolates_below_one_over_n_plus_one_monotonically() -> None:
     assert (np.diff(p) <= 0).all()  # non-increasing
     assert (p <= c.min_p).all() and (p > 0).all()
     assert p[-1] < 1e-6  # far beyond: far below 1/(n+1)
-    # continuity with the empirical part just below the maximum
+    # continuity with the empirical part just below the maximum, and at it: no run of scores
+    # beyond every calibration score tied at 1/(n+1)
     assert c.p_value(c.max_score) == pytest.approx(2 / 201)
+    assert c.p_value(c.max_score + 1e-9) == pytest.approx(1 / 201, rel=1e-6)
+    assert c.p_value(c.max_score + 0.01) < 1 / 201
     assert c.p_value(1e6) >= P_MIN
 
 
@@ -144,9 +147,10 @@ def test_bad_parameters(kwargs: dict[str, object], message: str) -> None:
 @pytest.mark.parametrize(
     ("radius", "expected"),
     [
-        # blocks 0..3 of two frames; a frame is compared with the frames of blocks farther than radius
-        (0, [1 / 7, 3 / 7, 1.0, 1.0, 5 / 7, 5 / 7, 2 / 7, 2 / 7]),  # e.g. 5 vs [0 1 2 4 6 8]: (1 + 2) / 7
-        (1, [1 / 5, 3 / 5, 1.0, 1.0, 1.0, 1.0, 2 / 5, 2 / 5]),  # e.g. 6 vs blocks 0, 1 = [9 5 0 1]: (1 + 1) / 5
+        # blocks 0..3 of two frames; a frame is compared with the n_i frames of blocks farther than
+        # radius, and its count c put on the grid of all n = 8: (1 + round(c * 8 / n_i)) / 9
+        (0, [1 / 9, 4 / 9, 1.0, 1.0, 6 / 9, 6 / 9, 2 / 9, 2 / 9]),  # e.g. 5 vs [0 1 2 4 6 8]: c = 2 -> 3
+        (1, [1 / 9, 5 / 9, 1.0, 1.0, 1.0, 1.0, 3 / 9, 3 / 9]),  # e.g. 6 vs blocks 0, 1 = [9 5 0 1]: c = 1 -> 2
     ],
 )
 def test_out_of_block_p_values_by_hand(radius: int, expected: list[float]) -> None:
@@ -154,6 +158,23 @@ def test_out_of_block_p_values_by_hand(radius: int, expected: list[float]) -> No
     blocks = [0, 0, 1, 1, 2, 2, 3, 3]
     p = out_of_block_p_values(scores, blocks, radius=radius, tail_k=0)
     assert np.allclose(p, expected)
+
+
+def test_out_of_block_p_values_lie_on_the_run_time_grid() -> None:
+    """A calibration frame beyond the other blocks' scores gets what a new frame beyond all n gets:
+    1/(n+1) at the largest score and the same tail below it, not the coarser 1/(n_i+1)."""
+    rng = np.random.default_rng(3)
+    scores = rng.exponential(1.0, size=400)
+    blocks = np.repeat(np.arange(40), 10)
+    scores[5] = scores.max() + 1e-9  # block 0's frame just beyond every other score
+    p = out_of_block_p_values(scores, blocks, radius=1, tail_k=25, resolution=1e-3)
+    assert p[5] == pytest.approx(1 / 401, rel=1e-6)
+    # the same score as a new frame against all 400, and against the 380 out-of-block ones
+    whole = ConformalScorer(np.delete(scores, 5), tail_k=25, resolution=1e-3)
+    assert whole.p_value(float(scores[5])) == pytest.approx(1 / 400, rel=1e-6)
+    # every p-value is on the grid k/(n+1) or in the tail below 1/(n+1)
+    k = p * 401
+    assert np.all((np.abs(k - np.rint(k)) < 1e-6) | (p < 1 / 401))
 
 
 def test_out_of_block_p_values_errors() -> None:

@@ -24,40 +24,35 @@ def test_doctests() -> None:
 
 
 def test_hand_computed_window() -> None:
-    """12 one-frame blocks, radius 0: the first 8 calibrate, the last 4 are scored.
+    """14 one-frame blocks, radius 0: the first 10 calibrate, the last 4 are scored.
 
-    Past scores 1..8 give out-of-block p-values k/8, so the family level sorts m = 1/8 .. 8/8.
-    Future scores 0, 4.5, 8.5, 100 (no tail) get p = 1, 5/9, 1/9, 1/9; family p-values 1, 5/9,
-    1/9 (below every m_i: the Bonferroni fallback min(1/9, 1 * 1/9)), 1/9. At alpha 0.2 two are
-    flagged. 8 past states at alpha 0.2 give the beta-binomial a = 0.2 * 9 = 1.8, b = 7.2:
-    P(X = 0) = (7.2 * 8.2 * 9.2 * 10.2) / (9 * 10 * 11 * 12) = 0.46636,
-    P(X = 1) = 4 * 1.8 * (7.2 * 8.2 * 9.2) / (9 * 10 * 11 * 12) = 0.32919, so P(X >= 2) = 0.20445.
+    Past scores 1..10: score k is exceeded by c = 10 - k of the 9 others, put on the grid of 10
+    frames as round(c * 10 / 9), so the out-of-block p-values are 1/11, 2/11, ..., 5/11, 7/11, ..., 11/11.
+    Future scores 0, 5.5, 10.5, 100 (no tail) get p = 1, 6/11, 1/11, 1/11; family p-values 1,
+    (1 + 5)/11, (1 + 1)/11, (1 + 1)/11. At alpha 0.2 two are flagged. 10 past states at alpha 0.2
+    give the beta-binomial a = 0.2 * 11 = 2.2, b = 8.8:
+    P(X = 0) = (8.8 * 9.8 * 10.8 * 11.8) / (11 * 12 * 13 * 14) = 0.45748,
+    P(X = 1) = 4 * 2.2 * (8.8 * 9.8 * 10.8) / (11 * 12 * 13 * 14) = 0.34117, so P(X >= 2) = 0.20135.
     """
-    scores = [1, 2, 3, 4, 5, 6, 7, 8, 0, 4.5, 8.5, 100]
-    check = forward_check(
-        [ScoreSeries("t", scores, 0.0, 1e-6)], np.arange(12), alpha=0.2, autocorrelation=1.0, radius=0, tail_k=0
-    )
+    scores = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0, 5.5, 10.5, 100]
+
+    def window(values: list[float], tolerance: float = 0.0) -> forward.ForwardCheck | None:
+        series = ScoreSeries("t", values, tolerance, max(tolerance, 1e-6))
+        return forward_check([series], np.arange(14), alpha=0.2, autocorrelation=1.0, radius=0, tail_k=0)
+
+    check = window(scores)
     assert check is not None
-    assert (check.past, check.future, check.flagged, check.states) == (8, 4, 2, 4.0)
-    assert check.p_value == pytest.approx(0.20445, abs=1e-5)
+    assert (check.past, check.future, check.flagged, check.states) == (10, 4, 2, 4.0)
+    assert check.p_value == pytest.approx(0.20135, abs=1e-5)
     assert check.passed
-    # Every future score beyond the past ones: P(X = 4) = (1.8 * 2.8 * 3.8 * 4.8) / 11880 = 0.00774 < 1 %.
-    worse = forward_check(
-        [ScoreSeries("t", [*scores[:8], 9, 8.5, 10, 100], 0.0, 1e-6)],
-        np.arange(12),
-        alpha=0.2,
-        autocorrelation=1.0,
-        radius=0,
-        tail_k=0,
-    )
+    # Every future score beyond the past ones: P(X = 4) = (2.2 * 3.2 * 4.2 * 5.2) / 24024 = 0.0064 < 1 %.
+    worse = window([*scores[:10], 11, 10.5, 12, 100])
     assert worse is not None and worse.flagged == 4
-    assert worse.p_value == pytest.approx(beta_binomial_tail(4, 4, 1.8, 7.2)) == pytest.approx(0.0077382, abs=1e-6)
+    assert worse.p_value == pytest.approx(beta_binomial_tail(4, 4, 2.2, 8.8)) == pytest.approx(0.0064, abs=1e-6)
     assert not worse.passed
-    # A tolerance of 1 widens the past scores: 8.5 is no longer beyond them (p = 2/9, family
-    # p-value 2/9 > 0.2), 100 still is.
-    widened = forward_check(
-        [ScoreSeries("t", scores, 1.0, 1.0)], np.arange(12), alpha=0.2, autocorrelation=1.0, radius=0, tail_k=0
-    )
+    # A tolerance of 10 widens the past scores beyond each other (every out-of-block p-value is 1)
+    # and beyond 10.5: only 100 is still beyond them (the Bonferroni fallback 1/11).
+    widened = window(scores, tolerance=10.0)
     assert widened is not None and widened.flagged == 1
 
 

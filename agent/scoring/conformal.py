@@ -16,12 +16,16 @@ function G(y) = (1 + xi*y/sigma)^(-1/xi) (exp(-y/sigma) when xi = 0) is fitted t
 probability-weighted moments (Hosking & Wallis 1987). The shape is clamped to 0 <= xi <= 1/2 —
 an exponential or heavier tail, so light (e.g. Gaussian) tails are over-estimated and the
 extrapolated p-value errs on the large, conservative side — and sigma is floored at the
-score's ``resolution``. Then, for s above the largest calibration score,
+score's ``resolution``. Then, for s above the largest calibration score s_(n),
 
-    p(s) = min(1/(n+1), (k+1)/(n+1) * G(s - u))
+    p(s) = 1/(n+1) * G(s - u) / G(s_(n) - u)
 
-which is continuous with the empirical p-value at u and non-increasing in s. This part is an
-approximation (it assumes the tail keeps the shape of the top k scores), not a guarantee.
+which is continuous with the empirical p-value at the largest score (1/(n+1)), decreasing
+beyond it, and keeps the tail's shape. (Anchoring it at u instead, min(1/(n+1), (k+1)/(n+1) *
+G(s - u)), left every score a little beyond the largest at exactly 1/(n+1) whenever the fitted
+tail was heavier than the top scores: those ties made the family-wise level conservative at
+alpha near K/(n+1).) This part is an approximation (it assumes the tail keeps the shape of the
+top k scores), not a guarantee.
 
 **Tolerance.** A test may declare a tolerance delta >= 0, the smallest score difference that
 matters physically (e.g. 5 % of brightness). Calibration scores are then widened by it:
@@ -181,7 +185,9 @@ class ConformalScorer:
     def _beyond(self, s: float) -> float:
         if self.tail is None:
             return self._p_floor
-        p = (self.tail.k + 1) * self._p_floor * self.tail.survival(s)
+        # the tail's survival relative to the largest calibration score: continuous there
+        # (1/(n+1)) and below it for every score beyond
+        p = self._p_floor * self.tail.survival(s) / self.tail.survival(self.max_score)
         return min(self._p_floor, max(p, P_MIN))
 
     def _p_array(self, s: FloatArray) -> FloatArray:
@@ -210,7 +216,7 @@ class ConformalScorer:
             return self.max_score
         if self.tail is None:
             return math.inf
-        q = alpha / ((self.tail.k + 1) * self._p_floor)
+        q = alpha / self._p_floor * self.tail.survival(self.max_score)
         return max(self.max_score, self.tail.inverse(min(q, 1.0)))
 
     def loo_p_values(self) -> FloatArray:
@@ -263,8 +269,18 @@ def out_of_block_p_values(
     (a frame's near-twins in its own block count as "as extreme"), which makes a family-wise
     level calibrated on them too loose; see family.py. NaN scores get 1.
 
-    >>> out_of_block_p_values([1.0, 1.0, 5.0, 5.0, 2.0, 2.0], [0, 0, 1, 1, 2, 2], radius=0, tail_k=0)
-    array([1. , 1. , 0.2, 0.2, 0.6, 0.6])
+    **On the run-time grid.** A new frame is scored against all n calibration frames, so its
+    p-values step by 1/(n + 1), and one beyond every calibration score gets 1/(n + 1) (or the
+    tail below it); frame i's step is 1/(n_i + 1) > 1/(n + 1). Left as they are, the new frame
+    that is the most extreme under one test would be more extreme than every calibration frame
+    that was the most extreme under one test (1/(n+1) < 1/(n_i+1)), and the family-wise rate
+    would exceed alpha: with 14 tests and n = 1000 exchangeable frames, alpha = 0.01 gave
+    0.014-0.019. So each p_i is put on the run-time grid: the count c_i becomes the count the n
+    frames would give, round(c_i * n / n_i), and a tail p-value below 1/(n_i + 1) is scaled by
+    (n_i + 1) / (n + 1) (n: the non-NaN scores).
+
+    >>> out_of_block_p_values([1.0, 1.0, 5.0, 5.0, 2.0, 2.0], [0, 0, 1, 1, 2, 2], radius=0, tail_k=0).round(4)
+    array([1.    , 1.    , 0.1429, 0.1429, 0.5714, 0.5714])
     """
     s = np.asarray(scores, dtype=np.float64).ravel()
     b = np.asarray(blocks, dtype=np.int64).ravel()
@@ -273,11 +289,20 @@ def out_of_block_p_values(
     if radius < 0:
         raise ValueError(f"radius must be >= 0, but got {radius}")
     out = np.ones(s.shape[0], dtype=np.float64)
+    n = int((~np.isnan(s)).sum())  # the run-time scorer's calibration size
     for block in np.unique(b):
         mine = b == block
         others = s[np.abs(b - block) > radius]
         if others.size == 0 or np.isnan(others).all():
             continue  # nothing to compare with: no evidence (p = 1)
         scorer = ConformalScorer(others, tail_k=tail_k, resolution=resolution, tolerance=tolerance)
-        out[mine] = scorer.p_value(s[mine])
+        out[mine] = _on_grid(np.asarray(scorer.p_value(s[mine]), dtype=np.float64), scorer.n, n)
     return out
+
+
+def _on_grid(p: FloatArray, n_i: int, n: int) -> FloatArray:
+    """p-values of a scorer with n_i calibration scores, moved to the grid of one with n >= n_i."""
+    excess = p * (n_i + 1) - 1.0  # frames at least as extreme; < 0 in the tail, below 1/(n_i+1)
+    count = np.rint(np.maximum(excess, 0.0))
+    scaled: FloatArray = np.where(excess > -1e-9, (1.0 + np.rint(count * n / n_i)) / (n + 1), p * (n_i + 1) / (n + 1))
+    return np.minimum(scaled, 1.0)
