@@ -84,6 +84,7 @@ class SyntheticCamera:
         self._strong_noise: NoiseBank | None = None
         self._flare: Image | None = None
         self._cover: Image | None = None
+        self._airlight: Image | None = None
         self._last: tuple[int, Image, str] | None = None  # last delivered frame, for freezes
 
     def _alt_scene(self) -> SyntheticScene:
@@ -117,9 +118,10 @@ class SyntheticCamera:
             sigma = _BLUR_SIGMA_640 * w / 640.0
             cv2.GaussianBlur(image, (0, 0), sigma, dst=image)
         elif fault == "fog":
-            airlight = np.empty_like(image)
-            airlight[:] = _FOG_AIRLIGHT_BGR
-            cv2.addWeighted(image, 1.0 - _FOG_SHARE, airlight, _FOG_SHARE, 0.0, dst=image)
+            if self._airlight is None:
+                self._airlight = np.empty_like(image)
+                self._airlight[:] = _FOG_AIRLIGHT_BGR
+            cv2.addWeighted(image, 1.0 - _FOG_SHARE, self._airlight, _FOG_SHARE, 0.0, dst=image)
         if fault == "dark":
             scene.expose(image, index, (_DARK_GAIN,) * 3)
         elif fault == "overexposed":
