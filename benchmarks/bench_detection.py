@@ -10,7 +10,8 @@ global OpenCV statistics, benchmarks/_detection_baseline.py) and prints both sid
 
 * corruptions: the 15 ImageNet-C types x 5 severities (agent.corruptions) applied to runs of
   consecutive held-out frames -> AUROC and TPR at 1 % FPR per type and severity, against
-  the clean held-out frames (score: -ln of the family-wise p-value);
+  the clean held-out frames (score: -ln of the family-wise p-value), and the reason codes
+  the FLAGged frames give (does a blurred lens say ``blur``?);
 * adversarial: FGSM and PGD-Linf (10 steps, random start) at eps = 2, 4, 8 / 255 against
   squeezenet1.0_fp32_upcast.onnx on the photos (white-box gradients from a NumPy copy of
   the network, benchmarks/_attacks.py; only successful attacks count) -> TPR at 5 % FPR
@@ -43,6 +44,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,7 @@ DATA = Path(os.environ.get("EDGE_GUARD_TEST_DATA", Path(__file__).resolve().pare
 MEAN = (104.0, 117.0, 123.0)
 PRE = PreprocessConfig(size=(224, 224), mean=MEAN)
 #: Sections a run can leave out (--skip); the clean held-out split always runs: the others use its profile.
+REASON_SEVERITY = 3  # the severity whose reason codes the report lists per corruption type
 SECTIONS = ("controls", "corruptions", "adversarial", "events", "drift", "cost")
 #: Test material besides the video, relative to --data, and what each is for. A section whose
 #: material is missing is left out with a note (your own --video needs none of it).
@@ -284,21 +287,30 @@ def corruptions(vt: list[U8], n_cal: int, run: GuardRun, baseline: Baseline, *, 
                 clean_b: list[float], runs: int, length: int) -> dict[str, Any]:
     span = len(vt) - n_cal - length
     starts = [n_cal + span * k // max(1, runs - 1) for k in range(runs)]
-    cells: dict[str, dict[str, dict[str, float]]] = {}
+    cells: dict[str, dict[str, dict[str, Any]]] = {}
     for name in IMAGENET_C:
         cells[name] = {}
         for sev in SEVERITIES:
             g, b = [], []
+            reasons: Counter[str] = Counter()
+            flagged = 0
             for start in starts:
                 run.reset()
                 for j in range(start, start + length):
                     image = corrupt(vt[j], name, sev, seed=j)
-                    g.append(family_score(run.update(image)))
+                    verdict = run.update(image)
+                    g.append(family_score(verdict))
                     b.append(baseline.score(image))
+                    if verdict.decision >= Decision.FLAG:
+                        flagged += 1
+                        reasons.update(set(verdict.reason_codes))
             cells[name][str(sev)] = {
                 "auroc": auroc(clean_g, g), "tpr_1pct": tpr_at_fpr(clean_g, g, 0.01),
                 "baseline_auroc": auroc(clean_b, b), "baseline_tpr_1pct": tpr_at_fpr(clean_b, b, 0.01),
-                "frames": len(g), "_g": g, "_b": b,  # type: ignore[dict-item]
+                "frames": len(g), "flagged": flagged,
+                # the share of the FLAGged frames giving each reason code (at the guard's alpha)
+                "reasons": {code: n / flagged for code, n in reasons.most_common()},
+                "_g": g, "_b": b,
             }
     return {"frames_per_cell": runs * length, "cells": cells}
 
@@ -583,6 +595,11 @@ def _print_corruptions(r: dict[str, Any]) -> None:
         print(f"{name:18s} " + " ".join(
             f"{c['auroc']:.3f}/{c['tpr_1pct']:.2f}|{c['baseline_auroc']:.3f}/{c['baseline_tpr_1pct']:.2f}".rjust(23)
             for c in row.values()))
+    print(f"reasons at severity {REASON_SEVERITY} (share of the FLAGged frames giving each code, >= 10 %):")
+    for name, row in cells.items():
+        cell = row[str(REASON_SEVERITY)]
+        shown = ", ".join(f"{code} {share:.0%}" for code, share in cell["reasons"].items() if share >= 0.1)
+        print(f"  {name:18s} {cell['flagged']:>3d}/{cell['frames']:<3d} flagged: {shown or '-'}")
 
 
 def _print_adversarial(adv: dict[str, Any]) -> None:

@@ -16,7 +16,14 @@ from agent.frame import Frame
 from agent.model.config import ModelConfig, OutputConfig, PreprocessConfig
 from agent.model.onnx_runner import OnnxRunner
 from agent.model.types import ModelInfo, ModelOutput
-from agent.scoring.adversarial import FeatureSqueezer, make_squeezer, squeeze_distance, squeeze_scores
+from agent.scoring.adversarial import (
+    REQUANTIZATION_FLOOR,
+    FeatureSqueezer,
+    make_squeezer,
+    requantization_floor,
+    squeeze_distance,
+    squeeze_scores,
+)
 from agent.scoring.calibrate import Calibrator
 from agent.scoring.config import CalibrationConfig, PolicyConfig, SqueezeConfig
 from agent.scoring.observation import chroma_energy
@@ -107,6 +114,18 @@ def test_chroma_energy() -> None:
     attacked = np.clip(smooth.astype(np.int16) + signs, 0, 255).astype(np.uint8)
     assert chroma_energy(smooth, (2, 2)).max() < 1.0
     assert chroma_energy(attacked, (2, 2)).min() > 10.0
+
+
+@pytest.mark.parametrize("shape", [(432, 768), (180, 320), (1080, 1920)])
+def test_requantization_floor_sits_between_rounding_and_a_1_code_value_attack(shape: tuple[int, int]) -> None:
+    """One 8-bit rounding of each channel leaves a floor of ~3, two ~3 x sqrt 2: both are at most
+    REQUANTIZATION_FLOOR; a perturbation of 1 code value per channel, random signs, is > 2x it."""
+    one = requantization_floor(shape)
+    assert 2.5 < one < 3.3
+    assert one * np.sqrt(2) <= REQUANTIZATION_FLOOR * 1.1
+    signs = np.random.default_rng(0).choice(np.array([-1, 1]), size=(*shape, 3))
+    attack = np.nanmedian(chroma_energy((128 + signs).astype(np.uint8), (4, 4)))
+    assert attack > 2 * REQUANTIZATION_FLOOR
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,15 @@ percentile over small blocks, so colourful edges do not count) is compared
 with the tile's calibrated median m_t, and the score is the 25th percentile over tiles of
 c_t - m_t (three quarters of the view gained chroma noise; a colourful object entering a few
 tiles does not count), in log units, tolerance 0.1 (10 % more chroma energy is noise, not an
-attack). Measured on the photos against SqueezeNet (benchmarks/bench_detection.py): PGD and
-FGSM at 4/255 and 8/255 stand above the clean photos, where squeezing alone catches 10-65 %.
+attack). Floors below ``REQUANTIZATION_FLOOR`` count as that floor, in the frame and in the
+calibration alike: rounding each channel to 8 bits after any processing (a scaler, a
+denoiser, a transcoder, a software blur) leaves independent per-channel errors of up to half
+a code value, whose floor is ~3 (``requantization_floor``), while a codec's subsampled chroma can
+sit near 0.5. Without it, every frame processed in floating point after decoding (ImageNet-C's
+defocus, contrast, fog: 100 % of such vtest frames) was called ``adversarial``, though a
+perturbation of even 1/255 with its own sign per channel gives a floor of ~11. Measured on
+the photos against SqueezeNet (benchmarks/bench_detection.py): PGD and FGSM at 4/255 and
+8/255 stand above the clean photos, where squeezing alone catches 10-65 %.
 
 **What an adaptive attacker can do** (docs/detection.md repeats this): (1) attack through the
 squeezers (optimise the loss on the plain *and* squeezed inputs, or BPDA/EOT), which defeats
@@ -55,14 +62,16 @@ from agent.model.config import PreprocessConfig
 from agent.model.types import ModelOutput, ModelRunner
 from agent.scoring.base import Params, Test, register
 from agent.scoring.config import CalibrationConfig, SqueezeConfig
-from agent.scoring.observation import Observation
+from agent.scoring.observation import Observation, chroma_energy
 
 __all__ = [
+    "REQUANTIZATION_FLOOR",
     "AdversarialHF",
     "AdversarialSqueeze",
     "FeatureSqueezer",
     "SqueezeResult",
     "make_squeezer",
+    "requantization_floor",
     "squeeze_distance",
     "squeeze_scores",
 ]
@@ -70,6 +79,24 @@ __all__ = [
 FloatArray = npt.NDArray[np.float64]
 
 logger = logging.getLogger(__name__)
+
+#: The chroma noise floor (observation.chroma_energy) that nothing at or below counts as an attack:
+#: about what two independent 8-bit roundings of each channel leave (one: ~3.0, see
+#: ``requantization_floor``; the errors add, so two: ~3.0 x sqrt 2). An L-inf perturbation of
+#: 1/255 with its own sign per channel gives ~11, of 2/255 ~21.
+REQUANTIZATION_FLOOR: float = 4.0
+
+
+def requantization_floor(shape: tuple[int, int] = (432, 768), grid: tuple[int, int] = (4, 4), seed: int = 0) -> float:
+    """The median tile floor of independent rounding errors (uniform within +-1/2 code value per channel).
+
+    Measured, not derived: chroma_energy of a uint8 image holding the errors scaled by 40
+    (so they survive as integers), divided by 40 again (the floor is linear in the image).
+    """
+    scale = 40.0
+    errors = np.random.default_rng(seed).uniform(-0.5, 0.5, (*shape, 3))
+    image = (128.0 + np.rint(scale * errors)).astype(np.uint8)
+    return float(np.nanmedian(chroma_energy(image, grid))) / scale
 
 
 def squeeze_distance(plain: npt.ArrayLike, squeezed: Sequence[npt.ArrayLike]) -> float:
@@ -166,7 +193,7 @@ class AdversarialHF(Test):
         self.median: FloatArray | None = None  # (T,) median ln(1 + chroma energy) per tile
 
     def fit(self, observations: Sequence[Observation]) -> None:
-        rows = [np.log1p(o.chroma) for o in observations if o.chroma is not None]
+        rows = [_log_floor(o.chroma) for o in observations if o.chroma is not None]
         self.median = np.nan_to_num(np.nanmedian(np.stack(rows), axis=0)) if len(rows) >= 2 else None
 
     def params(self) -> Params:
@@ -183,6 +210,11 @@ class AdversarialHF(Test):
             return math.nan
         if obs.chroma.shape != self.median.shape:
             raise ValueError(f"adversarial_hf: {obs.chroma.shape[0]} tiles, but the profile has {self.median.shape[0]}")
-        d = np.log1p(obs.chroma) - self.median
+        d = _log_floor(obs.chroma) - self.median
         d = d[~np.isnan(d)]
         return float(np.percentile(d, 25.0)) if d.size else math.nan
+
+
+def _log_floor(chroma: FloatArray) -> FloatArray:
+    """ln(1 + chroma noise floor), floors below REQUANTIZATION_FLOOR counted as it (NaN stays NaN)."""
+    return np.log1p(np.maximum(chroma, REQUANTIZATION_FLOOR))
