@@ -127,7 +127,7 @@ def test_a_blurred_lens_is_not_a_covered_one(guard: Guard, vtest: list[tuple[Ima
     for i, (image, _) in enumerate(vtest[CAL::20]):
         bad = np.ascontiguousarray(BLURS[name](image))
         verdicts.append(_verdict(guard, i, bad, backend.compute(bad)))
-    assert all("blur" in v.reason_codes for v in verdicts), [v.reason_codes for v in verdicts]
+    assert all({"blur", "defocused"} <= set(v.reason_codes) for v in verdicts), [v.reason_codes for v in verdicts]
     wrong = [v.reason_codes for v in verdicts if {"covered", "low_contrast"} & set(v.reason_codes)]
     assert not wrong, wrong
 
@@ -144,6 +144,28 @@ def test_a_veil_is_low_contrast(guard: Guard, vtest: list[tuple[Image, FrameStat
         verdicts.append(_verdict(guard, i, bad, backend.compute(bad)))
     hits = sum("low_contrast" in v.reason_codes for v in verdicts)
     assert hits >= 0.75 * len(verdicts), [v.reason_codes for v in verdicts]
+
+
+VEILS_AND_GAINS: dict[str, Callable[[Image], Image]] = {
+    **{f"contrast s{s}": _imagenet_c("contrast", s) for s in (1, 2, 3)},
+    "60 % darker": lambda im: (im * 0.4).astype(np.uint8),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VEILS_AND_GAINS))
+def test_a_veil_or_a_dimmer_exposure_is_not_defocused(
+    guard: Guard, vtest: list[tuple[Image, FrameStats]], name: str
+) -> None:
+    """Tile sharpness is Laplacian energy over variance: scaling the contrast leaves it, so a veil
+    or a gain raises no `defocused` tamper alarm (a blur does: test_a_blurred_lens_is_not_a_covered_one)."""
+    backend = CpuStats((4, 4))
+    verdicts = []
+    for i, (image, _) in enumerate(vtest[CAL::20]):
+        bad = np.ascontiguousarray(VEILS_AND_GAINS[name](image))
+        verdicts.append(_verdict(guard, i, bad, backend.compute(bad)))
+    assert all(v.decision >= Decision.FLAG for v in verdicts)
+    wrong = [v.reason_codes for v in verdicts if "defocused" in v.reason_codes]
+    assert not wrong, wrong
 
 
 def test_a_darker_exposure_is_dark_not_low_contrast(guard: Guard, vtest: list[tuple[Image, FrameStats]]) -> None:

@@ -7,13 +7,20 @@ Per tile t of the stats grid, the tile feature vector (``TILE_FEATURES``) is
 | ``log_brightness`` | log(2 + brightness_t) | 0.05 |
 | ``log_contrast`` | log(2 + contrast_t) | 0.05 |
 | ``log_saturation`` | log(2 + saturation_t) | 0.05 |
-| ``sharpness`` | log(4 + blur_t) - 2 log(2 + contrast_t) | 0.1 |
+| ``sharpness`` | log(20/12 + blur_t) - log(1/12 + contrast_t²) | 0.1 |
 | ``log_noise`` | log(0.5 + noise_t) | 0.1 |
 
 (code values; the small offsets keep an exposure gain g a near-uniform shift log g of every
 tile, even of dim, flat ones, so that it is removed as a frame-wide shift below. Fractions
 of dark or clipped pixels are left out: a global exposure change makes them appear in some
-tiles only.)
+tiles only.) ``sharpness`` is the tile's Laplacian energy relative to its variance, a ratio
+that a gain leaves alone; its offsets are the two that 8-bit rounding alone gives a flat tile
+(rounding error: variance 1/12, and 20/12 after the Laplacian's 1, 1, 1, 1, -4), so a flat tile
+reads as what it is, rounding noise. With log(4 + blur_t) - 2 log(2 + contrast_t) instead, a veil
+or a dimmer exposure lowered every tile's sharpness: ImageNet-C contrast s2 (30 % of the
+contrast) read as blur across the view, ``defocused`` at 0.7-1.4 robust units above
+opencv_vtest.avi's clean held-out maximum (0.2), a 60 % darker frame at 0.4-1.2; now both read
+as sharper (-2.2..-0.1), while a defocused lens still moves it by 30-40 units.
 
 ``TileModel`` holds, per tile and feature, the calibration frames' median m_tf and scale
 s_tf = max(spread_tf, pooled_f, floor_f), where spread is the 5..95 % range in normal-sd units
@@ -107,6 +114,10 @@ STILL_QUIET_Q: float = 0.1
 STILL_MOTION_FACTOR: float = 2.0
 STILL_MIN_MOTION: float = 0.5
 _SPREAD_TO_SD = 2.0 * 1.6449
+#: What rounding to integer code values alone gives a flat tile: the error's variance (uniform
+#: within +-1/2) and the variance of its Laplacian (1 + 1 + 1 + 1 + 16 times that).
+_ROUNDING_VAR: float = 1.0 / 12.0
+_ROUNDING_LAPLACIAN_VAR: float = 20.0 / 12.0
 
 
 def tile_features(stats: FrameStats) -> FloatArray:
@@ -118,7 +129,7 @@ def tile_features(stats: FrameStats) -> FloatArray:
             np.log(2.0 + t[:, _F["brightness"]]),
             contrast,
             np.log(2.0 + t[:, _F["saturation"]]),
-            np.log(4.0 + t[:, _F["blur"]]) - 2.0 * contrast,
+            np.log(_ROUNDING_LAPLACIAN_VAR + t[:, _F["blur"]]) - np.log(_ROUNDING_VAR + t[:, _F["contrast"]] ** 2),
             np.log(0.5 + t[:, _F["noise"]]),
         )
     )

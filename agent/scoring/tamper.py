@@ -4,8 +4,9 @@ Four reasons are tamper reasons (``TAMPER_REASONS``): ``covered`` and ``frozen``
 and two tests defined here.
 
 **defocused** (blur across the whole view). Per tile, sharpness
-x_t = log(1 + blur_t) - 2 log(1 + contrast_t) (Laplacian energy relative to contrast, so an
-exposure change is not blur) is standardised against the tile's own calibrated median and
+x_t = log(20/12 + blur_t) - log(1/12 + contrast_t²) (Laplacian energy relative to the tile's
+variance, offset by what 8-bit rounding gives a flat tile: patch.py; so an exposure change or
+a veil is not blur) is standardised against the tile's own calibrated median and
 floored robust scale (patch.TileModel): z_t = (m_t - x_t) / s_t (positive = blurrier). The
 score is the median over tiles of z_t: at least half of the view lost detail. A person
 walking past changes one or two tiles, a defocused lens all of them. ~20 us per frame.
