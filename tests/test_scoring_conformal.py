@@ -13,19 +13,19 @@ from agent.scoring.conformal import P_MIN, ConformalScorer, fit_gpd_tail, out_of
 @pytest.mark.parametrize(
     ("cal", "s", "expected"),
     [
-        # p = (1 + #{cal >= s}) / (n + 1), n = 4
+        # p = (1 + #{cal >= s} - t) / (n + 1), n = 4, t = (s - s_lo) / (s_hi - s_lo), s_lo < s <= s_hi
         ([1.0, 2.0, 2.0, 3.0], 0.0, 5 / 5),
-        ([1.0, 2.0, 2.0, 3.0], 1.0, 5 / 5),  # ties count against the new score
-        ([1.0, 2.0, 2.0, 3.0], 1.5, 4 / 5),
-        ([1.0, 2.0, 2.0, 3.0], 2.0, 4 / 5),
-        ([1.0, 2.0, 2.0, 3.0], 2.5, 2 / 5),
-        ([1.0, 2.0, 2.0, 3.0], 3.0, 2 / 5),
+        ([1.0, 2.0, 2.0, 3.0], 1.0, 5 / 5),  # at the smallest score: 1
+        ([1.0, 2.0, 2.0, 3.0], 1.5, 3.5 / 5),  # 3 scores >= 1.5, half-way from 1 to 2
+        ([1.0, 2.0, 2.0, 3.0], 2.0, 3 / 5),  # the left limit at a tie; just above it 2 / 5
+        ([1.0, 2.0, 2.0, 3.0], 2.5, 1.5 / 5),
+        ([1.0, 2.0, 2.0, 3.0], 3.0, 1 / 5),  # the largest score: 1/(n+1), as just beyond it
         ([1.0, 2.0, 2.0, 3.0], 9.0, 1 / 5),  # beyond every score, no tail: 1/(n+1)
         # zero-inflated: most clean frames score exactly 0 (e.g. no clipped pixel)
-        ([0.0, 0.0, 0.0, 0.0, 0.7], 0.0, 6 / 6),
-        ([0.0, 0.0, 0.0, 0.0, 0.7], 0.1, 2 / 6),
+        ([0.0, 0.0, 0.0, 0.0, 0.7], 0.0, 6 / 6),  # the point mass at the bottom: 1
+        ([0.0, 0.0, 0.0, 0.0, 0.7], 0.1, (2 - 1 / 7) / 6),
         # NaN calibration scores (test not applicable) are left out: n = 2
-        ([math.nan, 1.0, 2.0], 1.5, 2 / 3),
+        ([math.nan, 1.0, 2.0], 1.5, 1.5 / 3),
     ],
 )
 def test_exact_formula(cal: list[float], s: float, expected: float) -> None:
@@ -41,12 +41,13 @@ def test_nan_score_is_not_evidence() -> None:
 
 
 def test_tolerance_widens_calibration_scores() -> None:
-    # p = (1 + #{cal + delta >= s}) / (n + 1) with delta = 0.5
+    # the scores widened to 1.5, 2.5, 3.5 (delta = 0.5), then p = (1 + #{cal + delta >= s} - t) / (n + 1)
     c = ConformalScorer([1.0, 2.0, 3.0], tail_k=0, tolerance=0.5)
-    assert c.p_value(2.4) == pytest.approx(3 / 4)  # 2 + 0.5 and 3 + 0.5 >= 2.4
-    assert c.p_value(3.5) == pytest.approx(2 / 4)
-    assert c.p_value(3.6) == pytest.approx(1 / 4)
+    assert c.p_value(2.4) == pytest.approx((3 - 0.9) / 4)  # 2.5 and 3.5 >= 2.4, 0.9 of the way from 1.5
+    assert c.p_value(3.0) == pytest.approx((2 - 0.5) / 4)
+    assert c.p_value(3.5) == pytest.approx(1 / 4) == c.p_value(3.6)
     plain = ConformalScorer([1.0, 2.0, 3.0], tail_k=0)
+    assert c.p_value(2.4) == pytest.approx(plain.p_value(1.9))  # a shift by delta
     s = np.linspace(0.0, 5.0, 101)
     assert (c.p_value(s) >= plain.p_value(s)).all()  # widening only ever raises p
 
@@ -76,6 +77,23 @@ def test_validity_on_iid_data(alpha: float) -> None:
     assert abs(rate - exact) <= 4 * sd + 1e-3, (rate, exact)
 
 
+def test_interpolated_p_values_reach_alpha_between_grid_levels() -> None:
+    """At alpha = 0.015 with n = 99 the textbook p-value, on the grid k/100, flags 1 % (a whole grid
+    step below alpha); the interpolated one flags about 1.5 %."""
+    rng = np.random.default_rng(7)
+    n, reps, per_rep, alpha = 99, 1000, 100, 0.015
+    hits = textbook = 0
+    for _ in range(reps):
+        cal = rng.normal(size=n)
+        c = ConformalScorer(cal, tail_k=0)
+        new = rng.normal(size=per_rep)
+        hits += int((c.p_value(new) <= alpha).sum())
+        textbook += int(((1 + (cal[None, :] >= new[:, None]).sum(axis=1)) / (n + 1) <= alpha).sum())
+    total = reps * per_rep
+    assert textbook / total == pytest.approx(0.01, abs=0.002)
+    assert hits / total == pytest.approx(alpha, abs=0.002)
+
+
 def test_tail_extrapolates_below_one_over_n_plus_one_monotonically() -> None:
     rng = np.random.default_rng(7)
     c = ConformalScorer(rng.exponential(2.0, size=200), tail_k=40, resolution=1e-3)
@@ -87,7 +105,8 @@ def test_tail_extrapolates_below_one_over_n_plus_one_monotonically() -> None:
     assert p[-1] < 1e-6  # far beyond: far below 1/(n+1)
     # continuity with the empirical part just below the maximum, and at it: no run of scores
     # beyond every calibration score tied at 1/(n+1)
-    assert c.p_value(c.max_score) == pytest.approx(2 / 201)
+    assert c.p_value(c.max_score) == pytest.approx(1 / 201)
+    assert c.p_value(c.max_score - 1e-9) == pytest.approx(1 / 201, rel=1e-6)
     assert c.p_value(c.max_score + 1e-9) == pytest.approx(1 / 201, rel=1e-6)
     assert c.p_value(c.max_score + 0.01) < 1 / 201
     assert c.p_value(1e6) >= P_MIN
@@ -148,9 +167,11 @@ def test_bad_parameters(kwargs: dict[str, object], message: str) -> None:
     ("radius", "expected"),
     [
         # blocks 0..3 of two frames; a frame is compared with the n_i frames of blocks farther than
-        # radius, and its count c put on the grid of all n = 8: (1 + round(c * 8 / n_i)) / 9
-        (0, [1 / 9, 4 / 9, 1.0, 1.0, 6 / 9, 6 / 9, 2 / 9, 2 / 9]),  # e.g. 5 vs [0 1 2 4 6 8]: c = 2 -> 3
-        (1, [1 / 9, 5 / 9, 1.0, 1.0, 1.0, 1.0, 3 / 9, 3 / 9]),  # e.g. 6 vs blocks 0, 1 = [9 5 0 1]: c = 1 -> 2
+        # radius, its count c = #{others >= s} - t put on the scale of all n = 8: (1 + c * 8 / n_i) / 9
+        # e.g. radius 0: 5 vs [0 1 2 4 6 8]: c = 2 - 0.5 -> 2; 4 vs [0 1 5 6 8 9]: c = 4 - 0.75 -> 13/3
+        (0, [1 / 9, 3 / 9, 1.0, 1.0, 6 / 9, 16 / 27, 2 / 9, 4 / 27]),
+        # radius 1: 5 vs [2 4 6 8]: c = 1.5 -> 3; 6 vs blocks 0, 1 = [9 5 0 1]: c = 0.75 -> 1.5
+        (1, [1 / 9, 4 / 9, 1.0, 1.0, 1.0, 1.0, 2.5 / 9, 1.5 / 9]),
     ],
 )
 def test_out_of_block_p_values_by_hand(radius: int, expected: list[float]) -> None:
@@ -160,7 +181,7 @@ def test_out_of_block_p_values_by_hand(radius: int, expected: list[float]) -> No
     assert np.allclose(p, expected)
 
 
-def test_out_of_block_p_values_lie_on_the_run_time_grid() -> None:
+def test_out_of_block_p_values_lie_on_the_run_time_scale() -> None:
     """A calibration frame beyond the other blocks' scores gets what a new frame beyond all n gets:
     1/(n+1) at the largest score and the same tail below it, not the coarser 1/(n_i+1)."""
     rng = np.random.default_rng(3)
@@ -172,9 +193,12 @@ def test_out_of_block_p_values_lie_on_the_run_time_grid() -> None:
     # the same score as a new frame against all 400, and against the 380 out-of-block ones
     whole = ConformalScorer(np.delete(scores, 5), tail_k=25, resolution=1e-3)
     assert whole.p_value(float(scores[5])) == pytest.approx(1 / 400, rel=1e-6)
-    # every p-value is on the grid k/(n+1) or in the tail below 1/(n+1)
-    k = p * 401
-    assert np.all((np.abs(k - np.rint(k)) < 1e-6) | (p < 1 / 401))
+    # within a block (one scorer), a larger score never gets a larger p-value; p spans (0, 1]
+    for b in range(40):
+        mine = np.flatnonzero(blocks == b)
+        order = mine[np.argsort(scores[mine])]
+        assert (np.diff(p[order]) <= 1e-12).all()
+    assert (p > 0).all() and (p <= 1).all() and p.max() == 1.0
 
 
 def test_out_of_block_p_values_errors() -> None:
