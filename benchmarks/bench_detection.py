@@ -248,6 +248,7 @@ def sequential_control(n_cal: int, stride: int, n_test: int, alphas: tuple[float
     long enough to resolve alpha, the realised rate is about alpha despite the correlation.
     """
     from agent.frame import Frame  # noqa: PLC0415
+    from agent.scoring.base import make_test  # noqa: PLC0415
     from agent.scoring.calibrate import Calibrator  # noqa: PLC0415
     from agent.scoring.config import CalibrationConfig, PolicyConfig  # noqa: PLC0415
     from agent.scoring.policy import Guard  # noqa: PLC0415
@@ -277,7 +278,9 @@ def sequential_control(n_cal: int, stride: int, n_test: int, alphas: tuple[float
     return {
         "calibration_frames": n_cal, "stride": stride, "test_frames": n_test,
         "calibration_states": profile.effective_frames, "test_states": held.effective,
-        "exact": all(test.tolerance == 0 for test in profile.tests),
+        # exact: every tolerance the calibration may drop was dropped (the tamper tests keep theirs)
+        "exact": all(test.tolerance == 0 for test in profile.tests
+                     if not make_test(test.name, CalibrationConfig()).keeps_tolerance),
         "fpr": {str(a): float(np.mean(f)) for a, f in flagged.items()},
         "runs": {str(a): count_runs(f) for a, f in flagged.items()},
     }
@@ -634,7 +637,8 @@ def _print_clean(r: dict[str, Any], alpha: float) -> None:
     q = r["sequential_control"]
     print(f"  sequential control: the synthetic scene in time order, calibrated on {q['calibration_frames']} frames "
           f"at stride {q['stride']} (≈ {q['calibration_states']:.0f} states, "
-          f"{'exact p-values' if q['exact'] else 'tolerances kept'}), {q['test_frames']} frames guarded "
+          f"{'exact p-values but for the tamper tests' if q['exact'] else 'tolerances kept'}), "
+          f"{q['test_frames']} frames guarded "
           f"(≈ {q['test_states']:.0f} states):")
     print("    " + ", ".join(f"alpha {a}: {v:.4f} ({q['runs'][a]} runs)" for a, v in q["fpr"].items()))
 

@@ -14,13 +14,16 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from agent.scoring.base import make_test
+from agent.scoring.config import CalibrationConfig
+from agent.scoring.profile import Profile
 from agent.sources.synthetic import SyntheticCamera, SyntheticScene, parse_synthetic_uri
 from agent.stats.cpu import CpuStats
 from agent.stats.types import FrameStats
 
 __all__ = [
-    "clip_frame_index", "damaged_clip", "find_nvcc", "read_jsonl", "synthetic_frames", "synthetic_stats", "wait_until",
-    "write_squeezenet_config",
+    "clip_frame_index", "damaged_clip", "exact_tolerances", "find_nvcc", "read_jsonl", "synthetic_frames",
+    "synthetic_stats", "wait_until", "write_squeezenet_config",
 ]
 
 
@@ -115,3 +118,13 @@ def damaged_clip(path: Path, n: int, damage: tuple[float, float] = (0.45, 0.55),
 
 def clip_frame_index(image: npt.NDArray[np.uint8]) -> int:
     return sum(1 << bit for bit in range(7) if image[4:12, bit * 16 + 4 : bit * 16 + 12].mean() > 128)
+
+
+def exact_tolerances(profile: Profile) -> dict[str, float]:
+    """What a calibration that resolves alpha should record: 0 for every test, except the tamper
+    tests' defaults (Test.keeps_tolerance). Compare with ``{t.name: t.tolerance for t in profile.tests}``."""
+    out = {}
+    for t in profile.tests:
+        test = make_test(t.name, CalibrationConfig())
+        out[t.name] = test.default_tolerance if test.keeps_tolerance else 0.0
+    return out

@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 import pytest
-from helpers import synthetic_stats
+from helpers import exact_tolerances, synthetic_stats
 
 from agent.scoring.calibrate import Calibrator
 from agent.scoring.config import CalibrationConfig
@@ -104,7 +104,7 @@ def test_no_warning_when_the_states_resolve_alpha(
         profile = calibrator(video_stats).build(alpha_flag=0.5)
     assert profile.effective_frames is not None and profile.effective_frames + 1 >= 2
     assert not [r for r in caplog.records if "independent scene states" in r.getMessage()]
-    assert [t.tolerance for t in profile.tests] == [0.0] * len(profile.tests)  # resolved: exact p-values
+    assert {t.name: t.tolerance for t in profile.tests} == exact_tolerances(profile)  # resolved: exact p-values
 
 
 def test_older_profiles_without_the_fields_still_load(video_stats: list[FrameStats]) -> None:

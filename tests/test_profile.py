@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import synthetic_stats
+from helpers import exact_tolerances, synthetic_stats
 
 from agent.errors import ConfigError, ProfileError
 from agent.frame import Frame
@@ -21,6 +21,7 @@ from agent.sources.synthetic import SyntheticScene, parse_synthetic_uri
 from agent.stats import STATS_VERSION
 from agent.stats.cpu import CpuStats
 from agent.stats.types import SCALAR_FIELDS, TILE_FIELDS, FrameStats
+from agent.verdict import Decision
 
 SHA = "1234567890abcdef" * 4
 
@@ -203,9 +204,11 @@ def test_default_tolerances_dropped_when_calibration_resolves_alpha(
         exact = cal.build(alpha_flag=0.05)
     assert exact.effective_frames is not None and exact.effective_frames + 1 >= 20
     assert "default tolerances dropped" in caplog.text
-    tol = _tolerances(exact)
+    tol, expected = _tolerances(exact), exact_tolerances(exact)
     assert tol.pop("blur") == 0.3  # named in calibration.tolerances: kept as given
-    assert set(tol.values()) == {0.0}
+    assert tol == {k: v for k, v in expected.items() if k != "blur"}
+    # the tamper tests keep their default: the smallest change the reason names
+    assert {k for k, v in tol.items() if v > 0} == {"covered", "frozen", "defocused"}  # (no images: no moved)
     assert {t.name: t.tolerance for t in Guard(exact).tests} == _tolerances(exact)
     # Without alpha_flag, or with exact_when_resolved off, every default stays.
     off = Calibrator(CalibrationConfig(frames=160, exact_when_resolved=False), (4, 4))
@@ -215,13 +218,42 @@ def test_default_tolerances_dropped_when_calibration_resolves_alpha(
         assert all(t.tolerance == make_test(t.name, c.cfg).tolerance > 0 for t in profile.tests), _tolerances(profile)
 
 
+def test_an_exact_profile_still_needs_a_physical_cover(stats: list[FrameStats]) -> None:
+    """Exact p-values (tolerances dropped) flag a frame whose tiles lost 20 % of their contrast, a
+    veil, but `covered` keeps its ln 2: only tiles at a fifth of their contrast are a cover."""
+    shuffled = [stats[i] for i in np.random.default_rng(3).permutation(len(stats))]
+    cal = Calibrator(CalibrationConfig(frames=160), (4, 4))
+    for s in shuffled[:160]:
+        cal.update(s)
+    guard = Guard(cal.build(alpha_flag=0.05))
+    assert guard.tests and all(t.tolerance == 0 for t in guard.tests if t.name in ("low_contrast", "ood_stats"))
+    c = TILE_FIELDS.index("contrast")
+    image = np.zeros((64, 96, 3), np.uint8)
+
+    def scaled(s: FrameStats, k: float) -> FrameStats:
+        tiles = s.tiles.copy()
+        tiles[..., c] *= k
+        return dataclasses.replace(s, contrast=s.contrast * k, tiles=tiles)
+
+    for i, s in enumerate(shuffled[160:170]):
+        guard.reset()
+        veil = guard.update(Frame(image, "c", i, 0, 0), scaled(s, 0.8), None)
+        assert veil.decision >= Decision.FLAG and "covered" not in veil.reason_codes, veil.reason_codes
+        guard.reset()
+        cover = guard.update(Frame(image, "c", i, 0, 0), scaled(s, 0.2), None)
+        assert "covered" in cover.reason_codes, cover.reason_codes
+
+
 def test_dropped_tolerances_score_like_tolerances_configured_0(stats: list[FrameStats]) -> None:
-    """'Exact' means what tolerances {'*': 0} means: the rebuilt tests get the tail-scale floor
-    of a zero tolerance too (not the dropped tolerance's), so both profiles give the same
-    p-values, also beyond every calibration score where the tail is extrapolated."""
+    """'Exact' means what tolerances 0 configured mean (for all but the tamper tests, which keep
+    their default): the rebuilt tests get the tail-scale floor of a zero tolerance too (not the
+    dropped tolerance's), so both profiles give the same p-values, also beyond every calibration
+    score where the tail is extrapolated."""
     shuffled = [stats[i] for i in np.random.default_rng(3).permutation(len(stats))]
     profiles = []
-    for cfg in (CalibrationConfig(frames=160), CalibrationConfig(frames=160, tolerances={"*": 0.0})):
+    tamper = [make_test(n, CalibrationConfig()) for n in DEFAULT_TESTS]
+    zero_but_tamper = {"*": 0.0} | {t.name: t.default_tolerance for t in tamper if t.keeps_tolerance}
+    for cfg in (CalibrationConfig(frames=160), CalibrationConfig(frames=160, tolerances=zero_but_tamper)):
         cal = Calibrator(cfg, (4, 4))
         for s in shuffled[:160]:
             cal.update(s)

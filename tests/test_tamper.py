@@ -8,11 +8,12 @@ import numpy.typing as npt
 import pytest
 
 from agent.frame import Frame
-from agent.scoring.calibrate import Calibrator
+from agent.scoring.base import make_test
+from agent.scoring.calibrate import DEFAULT_TESTS, Calibrator
 from agent.scoring.config import CalibrationConfig, PolicyConfig, TamperConfig
 from agent.scoring.observation import make_thumbnail, observe
 from agent.scoring.policy import Guard
-from agent.scoring.tamper import Hysteresis, Moved, TamperMonitor, edge_map, ncc
+from agent.scoring.tamper import TAMPER_REASONS, Hysteresis, Moved, TamperMonitor, edge_map, ncc
 from agent.sources.synthetic import SyntheticCamera, SyntheticScene, parse_synthetic_uri
 from agent.stats.cpu import CpuStats
 from agent.stats.types import FrameStats
@@ -163,3 +164,11 @@ def test_edge_map_shape_and_thumbnail() -> None:
     assert thumb.shape == (36, 64) and thumb.dtype == np.uint8
     edges = edge_map(thumb)
     assert edges.shape == thumb.shape and float(edges[18, 32]) < float(edges.max()) / 10  # flat inside
+
+
+def test_tamper_tests_and_only_they_keep_their_tolerance() -> None:
+    """A calibration that resolves alpha drops the default tolerances, but a tamper reason's is the
+    smallest event it names (Test.keeps_tolerance): these four keep it, no other test does."""
+    tests = [make_test(name, CalibrationConfig()) for name in DEFAULT_TESTS]
+    assert {t.name for t in tests if t.keeps_tolerance} == set(TAMPER_REASONS)
+    assert all(t.default_tolerance > 0 for t in tests if t.keeps_tolerance)

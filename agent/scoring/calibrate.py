@@ -24,7 +24,8 @@ frames are left out of the profile.
 **Tolerances.** Each test's physical tolerance (conformal.py) is recorded in the profile. When
 ``build`` is given ``alpha_flag`` and the kept frames hold the 1/alpha_flag independent scene
 states that level needs (ess.py; the case where no correlation warning is logged), the default
-tolerances are recorded as 0: the calibration then resolves alpha by itself and the p-values
+tolerances are recorded as 0 (but those of the tamper tests, ``Test.keeps_tolerance``: the
+smallest change the reason names): the calibration then resolves alpha by itself and the p-values
 are exact conformal ones, unless the window's last third, guarded with exact p-values against
 the rest, flags implausibly often for a stationary scene (forward.py: the scene changed along
 the window; a warning says so). Tolerances named in ``calibration.tolerances`` are kept as given;
@@ -259,7 +260,7 @@ class Calibrator:
                 TestProfile(
                     name=test.name,
                     reason=test.reason,
-                    tolerance=0.0 if exact and not self._tolerance_named(test.name) else test.tolerance,
+                    tolerance=0.0 if exact and self._drops_tolerance(test) else test.tolerance,
                     params=test.params(),
                     calibration_scores=[None if math.isnan(v) else v for v in vals],
                 )
@@ -300,7 +301,8 @@ class Calibrator:
         if exact:
             logger.info(
                 "calibration: %s resolve alpha_flag=%g: default tolerances dropped, p-values are exact "
-                "conformal ones (calibration.exact_when_resolved)", ess.describe(), alpha_flag,
+                "conformal ones (calibration.exact_when_resolved; the tamper tests keep theirs: the smallest "
+                "change they name)", ess.describe(), alpha_flag,
             )
         logger.info(
             "profile %s: %d frames kept (cross-fitted in blocks of %d; %s), tests %s",
@@ -320,7 +322,7 @@ class Calibrator:
         exact_tests = []
         for test in tests:  # (forward_check skips a test that never applied)
             probe = make_test(test.name, self.cfg)
-            if not self._tolerance_named(test.name):
+            if self._drops_tolerance(probe):
                 probe.set_tolerance(0.0)
             exact_tests.append(ScoreSeries(test.name, scores[test.name], probe.tolerance, probe.resolution))
         check = forward_check(
@@ -337,9 +339,12 @@ class Calibrator:
         )
         return check
 
-    def _tolerance_named(self, test: str) -> bool:
-        """True when ``calibration.tolerances`` sets this test's tolerance (by name or by '*')."""
-        return test in self.cfg.tolerances or ALL_TESTS in self.cfg.tolerances
+    def _drops_tolerance(self, test: Test) -> bool:
+        """True when a calibration that resolves alpha records this test's tolerance as 0: a default
+        (not set in ``calibration.tolerances``, by name or by '*') that is not part of the reason's
+        meaning (``Test.keeps_tolerance``: the tamper tests)."""
+        named = test.name in self.cfg.tolerances or ALL_TESTS in self.cfg.tolerances
+        return not named and not test.keeps_tolerance
 
     def _fit_tests(self, obs: Sequence[Observation]) -> list[Test]:
         names = [*DEFAULT_TESTS, *OPTIONAL_TESTS]

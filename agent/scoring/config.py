@@ -98,7 +98,8 @@ class CalibrationConfig(StrictModel):
         description="Drop the default tolerances (exact conformal p-values, clean FLAG rate about alpha) when the "
         "calibration holds the 1/alpha_flag independent scene states that alpha_flag needs and its last third, "
         "guarded against the rest, confirms the level. Otherwise (the calibrator warns) they stay and keep the "
-        "rate at most alpha. Tolerances named in `tolerances` always apply.",
+        "rate at most alpha. Tolerances named in `tolerances` always apply, and so do the tamper tests' (covered, "
+        "frozen, defocused, moved: the smallest event each names).",
     )
     squeeze: SqueezeConfig = Field(default_factory=SqueezeConfig, description="Feature squeezing (adversarial).")
     glare_floor: float = Field(

@@ -195,6 +195,7 @@ class Covered(Test):
     # covered lens's tiles have 3-20x less contrast than the camera's least contrasted frame.
     # The tail stays sharp (a cover lies far beyond the tolerance).
     default_tolerance = 0.7
+    keeps_tolerance = True  # a tamper reason: the tolerance is the smallest event it names
     default_resolution = 0.1
 
     def compute(self, obs: Observation) -> float:
@@ -213,6 +214,7 @@ class Frozen(Test):
     # A factor e in the inter-frame difference: a quiet stretch (less motion than the
     # calibration's quietest) is not a freeze; a frozen camera's difference is ~0, not 1/e.
     default_tolerance = 1.0
+    keeps_tolerance = True  # a tamper reason: the tolerance is the smallest event it names
     default_resolution = 0.1
 
     def __init__(self, cfg: CalibrationConfig | None = None) -> None:

@@ -88,6 +88,7 @@ class Defocused(TileTest):
 
     name = "defocused"
     default_tolerance = 0.5
+    keeps_tolerance = True  # a tamper reason: the tolerance is the smallest event it names
 
     def compute(self, obs: Observation) -> float:
         z = -self._z(obs)[:, _SHARP]  # (T,) positive = blurrier than the tile's profile
@@ -140,6 +141,7 @@ class Moved(Test):
     # A crowd near the camera hides several blocks: 1 - median NCC reached 0.15 on a busy clean
     # view (calibration: < 0.05); another view, a tilted or zoomed camera score 0.5-1.
     default_tolerance = 0.2
+    keeps_tolerance = True  # a tamper reason: the tolerance is the smallest event it names
     default_resolution = 0.05
     fitted = True
     needs_image = True
