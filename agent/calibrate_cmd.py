@@ -17,6 +17,7 @@ from agent.frame import Frame
 from agent.model.factory import effective_preprocess, load_warm_model
 from agent.pipeline import Measurer, ProfileIds, Scorer
 from agent.scoring.adversarial import make_squeezer
+from agent.scoring.base import make_test
 from agent.scoring.ess import EffectiveFrames
 from agent.scoring.forward import ForwardCheck
 from agent.scoring.profile import Profile
@@ -56,10 +57,16 @@ class CalibrationResult:
         if p.effective_frames is None or p.autocorrelation_frames is None:
             return ""
         ess = EffectiveFrames(p.n_kept, p.autocorrelation_frames, p.effective_frames)
-        widened = sum(t.tolerance > 0 for t in p.tests)
+        # the tamper tests keep their tolerance however well the calibration resolves alpha
+        tamper = {t.name for t in p.tests if make_test(t.name, p.calibration).keeps_tolerance}
+        widened = sum(t.tolerance > 0 for t in p.tests if t.name not in tamper)
+        kept = sorted(t.name for t in p.tests if t.name in tamper and t.tolerance > 0)
         fc = p.forward_check
         if not widened:
-            mode = "exact conformal p-values (no tolerances)"
+            mode = "exact conformal p-values " + (
+                f"(no tolerances but the tamper tests' {', '.join(kept)}: the smallest event each names)"
+                if kept else "(no tolerances)"
+            )
         elif fc is not None and not fc.passed:
             check = ForwardCheck(fc.past, fc.future, fc.flagged, fc.alpha, fc.states, fc.p_value)
             mode = (
