@@ -59,10 +59,10 @@ class CalibrationResult:
         ess = EffectiveFrames(p.n_kept, p.autocorrelation_frames, p.effective_frames)
         # the tamper tests keep their tolerance however well the calibration resolves alpha
         tamper = {t.name for t in p.tests if make_test(t.name, p.calibration).keeps_tolerance}
-        widened = sum(t.tolerance > 0 for t in p.tests if t.name not in tamper)
+        widened = sum(t.tolerance > 0 for t in p.tests)
         kept = sorted(t.name for t in p.tests if t.name in tamper and t.tolerance > 0)
         fc = p.forward_check
-        if not widened:
+        if widened == len(kept):  # only the tamper tests' tolerances left: the others were dropped
             mode = "exact conformal p-values " + (
                 f"(no tolerances but the tamper tests' {', '.join(kept)}: the smallest event each names)"
                 if kept else "(no tolerances)"
