@@ -17,7 +17,7 @@ from agent.frame import Frame
 from agent.model.factory import effective_preprocess, load_warm_model
 from agent.pipeline import Measurer, ProfileIds, Scorer
 from agent.scoring.adversarial import make_squeezer
-from agent.scoring.base import make_test
+from agent.scoring.base import TEST_REGISTRY
 from agent.scoring.ess import EffectiveFrames
 from agent.scoring.forward import ForwardCheck
 from agent.scoring.profile import Profile
@@ -57,10 +57,9 @@ class CalibrationResult:
         if p.effective_frames is None or p.autocorrelation_frames is None:
             return ""
         ess = EffectiveFrames(p.n_kept, p.autocorrelation_frames, p.effective_frames)
-        # the tamper tests keep their tolerance however well the calibration resolves alpha
-        tamper = {t.name for t in p.tests if make_test(t.name, p.calibration).keeps_tolerance}
         widened = sum(t.tolerance > 0 for t in p.tests)
-        kept = sorted(t.name for t in p.tests if t.name in tamper and t.tolerance > 0)
+        # the tamper tests keep their tolerance however well the calibration resolves alpha
+        kept = sorted(t.name for t in p.tests if t.tolerance > 0 and TEST_REGISTRY[t.name].keeps_tolerance)
         fc = p.forward_check
         if widened == len(kept):  # only the tamper tests' tolerances left: the others were dropped
             mode = "exact conformal p-values " + (

@@ -248,7 +248,7 @@ def sequential_control(n_cal: int, stride: int, n_test: int, alphas: tuple[float
     long enough to resolve alpha, the realised rate is about alpha despite the correlation.
     """
     from agent.frame import Frame  # noqa: PLC0415
-    from agent.scoring.base import make_test  # noqa: PLC0415
+    from agent.scoring.base import TEST_REGISTRY  # noqa: PLC0415
     from agent.scoring.calibrate import Calibrator  # noqa: PLC0415
     from agent.scoring.config import CalibrationConfig, PolicyConfig  # noqa: PLC0415
     from agent.scoring.policy import Guard  # noqa: PLC0415
@@ -279,8 +279,7 @@ def sequential_control(n_cal: int, stride: int, n_test: int, alphas: tuple[float
         "calibration_frames": n_cal, "stride": stride, "test_frames": n_test,
         "calibration_states": profile.effective_frames, "test_states": held.effective,
         # exact: every tolerance the calibration may drop was dropped (the tamper tests keep theirs)
-        "exact": all(test.tolerance == 0 for test in profile.tests
-                     if not make_test(test.name, CalibrationConfig()).keeps_tolerance),
+        "exact": all(test.tolerance == 0 for test in profile.tests if not TEST_REGISTRY[test.name].keeps_tolerance),
         "fpr": {str(a): float(np.mean(f)) for a, f in flagged.items()},
         "runs": {str(a): count_runs(f) for a, f in flagged.items()},
     }

@@ -14,8 +14,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from agent.scoring.base import make_test
-from agent.scoring.config import CalibrationConfig
+from agent.scoring.base import TEST_REGISTRY
 from agent.scoring.profile import Profile
 from agent.sources.synthetic import SyntheticCamera, SyntheticScene, parse_synthetic_uri
 from agent.stats.cpu import CpuStats
@@ -125,6 +124,6 @@ def exact_tolerances(profile: Profile) -> dict[str, float]:
     tests' defaults (Test.keeps_tolerance). Compare with ``{t.name: t.tolerance for t in profile.tests}``."""
     out = {}
     for t in profile.tests:
-        test = make_test(t.name, CalibrationConfig())
+        test = TEST_REGISTRY[t.name]
         out[t.name] = test.default_tolerance if test.keeps_tolerance else 0.0
     return out

@@ -15,6 +15,7 @@ import pytest
 
 from agent import REPO_ROOT, __version__, exitcodes
 from agent.cli import build_parser, main
+from agent.scoring.tamper import TAMPER_REASONS
 from agent.sources.synthetic_scene import SyntheticScene
 from agent.term import LiveView, ProgressBar, format_table
 
@@ -165,8 +166,8 @@ def test_calibrate_then_run_then_mismatched_profile(tmp_path: Path) -> None:
     data = json.loads(profile.read_text())
     assert proc.stdout.startswith(f"profile {data['profile_id']} written to {profile}")
     assert "60 calibration frames (60 read)" in proc.stdout
-    tamper = {"covered", "frozen", "defocused", "moved"}  # their tolerances stay (Test.keeps_tolerance)
-    dropped = all(t["tolerance"] == 0 for t in data["tests"] if t["name"] not in tamper)
+    # the tamper tests' tolerances stay (Test.keeps_tolerance)
+    dropped = all(t["tolerance"] == 0 for t in data["tests"] if t["name"] not in TAMPER_REASONS)
     widened = sum(t["tolerance"] > 0 for t in data["tests"])
     assert ("exact conformal p-values" in proc.stdout) == dropped
     assert dropped or f"physical tolerances of {widened} tests" in proc.stdout

@@ -321,11 +321,11 @@ def out_of_block_p_values(
         if others.size == 0 or np.isnan(others).all():
             continue  # nothing to compare with: no evidence (p = 1)
         scorer = ConformalScorer(others, tail_k=tail_k, resolution=resolution, tolerance=tolerance)
-        out[mine] = _on_grid(np.asarray(scorer.p_value(s[mine]), dtype=np.float64), scorer.n, n)
+        out[mine] = _on_run_time_scale(np.asarray(scorer.p_value(s[mine]), dtype=np.float64), scorer.n, n)
     return out
 
 
-def _on_grid(p: FloatArray, n_i: int, n: int) -> FloatArray:
+def _on_run_time_scale(p: FloatArray, n_i: int, n: int) -> FloatArray:
     """p-values of a scorer with n_i calibration scores, moved to the scale of one with n >= n_i."""
     excess = p * (n_i + 1) - 1.0  # frames at least as extreme; < 0 in the tail, below 1/(n_i+1)
     count = np.maximum(excess, 0.0)

@@ -8,7 +8,7 @@ combined score and calibrates **it** conformally on the calibration frames:
 
 where m_i is the minimum over tests of calibration frame i's **out-of-block** p-values
 (``conformal.out_of_block_p_values``: frame i scored, tolerance-widened like a new frame,
-against the frames of the other, distant blocks only, then put on the grid of a new frame's
+against the frames of the other, distant blocks only, then put on the scale of a new frame's
 p-values, which are taken against all n calibration frames). On video this matters: with
 leave-one-*frame*-out p-values a frame's near-twins in its own block vouch for it, the m_i
 come out too large, the level too loose, and 15-70 % of the next clean minutes were flagged.
