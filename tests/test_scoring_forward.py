@@ -26,10 +26,12 @@ def test_doctests() -> None:
 def test_hand_computed_window() -> None:
     """14 one-frame blocks, radius 0: the first 10 calibrate, the last 4 are scored.
 
-    Past scores 1..10: score k is exceeded by c = 10 - k of the 9 others, put on the grid of 10
-    frames as round(c * 10 / 9), so the out-of-block p-values are 1/11, 2/11, ..., 5/11, 7/11, ..., 11/11.
-    Future scores 0, 5.5, 10.5, 100 (no tail) get p = 1, 6/11, 1/11, 1/11; family p-values 1,
-    (1 + 5)/11, (1 + 1)/11, (1 + 1)/11. At alpha 0.2 two are flagged. 10 past states at alpha 0.2
+    Past scores 1..10: score k (2..9) is exceeded by 10 - k of the 9 others and lies half-way
+    from k - 1 to k + 1, so its interpolated count c = 10 - k - 0.5 is put on the scale of 10
+    frames as c * 10 / 9; score 1 is at the bottom (p = 1) and 10 beyond all (1/10, scaled to
+    1/11): out-of-block p-values 1/11, 14/99, 24/99, ..., 84/99, 11/11. Future scores 0, 5.5,
+    10.5, 100 (no tail) get p = 1, 5.5/11, 1/11, 1/11; family p-values 1, (1 + 5)/11,
+    (1 + 1)/11, (1 + 1)/11. At alpha 0.2 two are flagged. 10 past states at alpha 0.2
     give the beta-binomial a = 0.2 * 11 = 2.2, b = 8.8:
     P(X = 0) = (8.8 * 9.8 * 10.8 * 11.8) / (11 * 12 * 13 * 14) = 0.45748,
     P(X = 1) = 4 * 2.2 * (8.8 * 9.8 * 10.8) / (11 * 12 * 13 * 14) = 0.34117, so P(X >= 2) = 0.20135.
