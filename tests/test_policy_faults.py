@@ -152,7 +152,9 @@ def test_end_to_end_default_synthetic_stream() -> None:
 )
 def test_reason_is_specific(verdicts: list[Verdict], reason: str, only_on: set[str]) -> None:
     """A blurred, noisy, glared or moved camera is not called covered (a lens in the dark is near-uniform
-    too); only a veil, a cover or a washed-out overexposure lowers the contrast for the exposure."""
+    too: this profile is calibrated without images, so no ``moved`` reference tells a dim view from a
+    cover; with one, test_tamper's dim exposure is ``dark`` only); only a veil, a cover or a washed-out
+    overexposure lowers the contrast for the exposure."""
     raised = Counter(v.fault for v in verdicts if reason in v.reason_codes)
     assert set(raised) <= only_on, raised
 

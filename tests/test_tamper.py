@@ -172,3 +172,37 @@ def test_tamper_tests_and_only_they_keep_their_tolerance() -> None:
     tests = [make_test(name, CalibrationConfig()) for name in DEFAULT_TESTS]
     assert {t.name for t in tests if t.keeps_tolerance} == set(TAMPER_REASONS)
     assert all(t.default_tolerance > 0 for t in tests if t.keeps_tolerance)
+
+
+def test_module_doctests() -> None:
+    import doctest  # noqa: PLC0415
+
+    from agent.scoring import tamper  # noqa: PLC0415
+
+    result = doctest.testmod(tamper)
+    assert result.attempted >= 5 and result.failed == 0
+
+
+def _exposed(image: Image, gain: float) -> Image:
+    out: Image = np.clip(image.astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+@pytest.mark.parametrize("gain", [0.15, 0.25])
+def test_a_dim_exposure_is_dark_not_covered(guard: Guard, stream: Stream, gain: float) -> None:
+    """A 15-25 % exposure loses as much tile contrast as a hand over the lens, but the calibrated view's
+    edges are all there (``moved`` far from firing): ``dark``, never the ``covered`` tamper reason or alarm.
+    A cover over the same frames stays ``covered`` (and ``moved``: the view is gone)."""
+    guard.reset()
+    cover = stream[300][0]  # the scenario's cover fault
+    dim_reasons: set[str] = set()
+    for i in range(CAL, CAL + 30):
+        image = _exposed(stream[i][0], gain)
+        v = guard.update(Frame(image, "cam", i, float(i), float(i), live=True), CpuStats((4, 4)).compute(image), None)
+        assert v.decision != Decision.PASS
+        dim_reasons |= set(v.reason_codes)
+        assert "covered" not in guard.tamper_states or not guard.tamper_states["covered"].raised
+        assert v.p_values["covered"] <= guard.alpha_flag  # the contrast test alone would have fired
+    assert "dark" in dim_reasons and not dim_reasons & {"covered", "moved"}
+    v = guard.update(Frame(cover, "cam", 999, 999.0, 999.0, live=True), CpuStats((4, 4)).compute(cover), None)
+    assert {"covered", "moved"} <= set(v.reason_codes)
