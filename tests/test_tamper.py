@@ -13,7 +13,7 @@ from agent.scoring.calibrate import DEFAULT_TESTS, Calibrator
 from agent.scoring.config import CalibrationConfig, PolicyConfig, TamperConfig
 from agent.scoring.observation import make_thumbnail, observe
 from agent.scoring.policy import Guard
-from agent.scoring.tamper import TAMPER_REASONS, Hysteresis, Moved, TamperMonitor, edge_map, ncc
+from agent.scoring.tamper import TAMPER_REASONS, Hysteresis, Moved, TamperMonitor, block_ncc, edge_map, ncc
 from agent.sources.synthetic import SyntheticCamera, SyntheticScene, parse_synthetic_uri
 from agent.stats.cpu import CpuStats
 from agent.stats.types import FrameStats
@@ -206,3 +206,44 @@ def test_a_dim_exposure_is_dark_not_covered(guard: Guard, stream: Stream, gain: 
     assert "dark" in dim_reasons and not dim_reasons & {"covered", "moved"}
     v = guard.update(Frame(cover, "cam", 999, 999.0, 999.0, live=True), CpuStats((4, 4)).compute(cover), None)
     assert {"covered", "moved"} <= set(v.reason_codes)
+
+
+def test_light_that_washes_out_the_view_is_not_a_move(stream: Stream) -> None:
+    """A flare or an overexposure clips blocks and wipes their edges: ``moved`` leaves blocks more than
+    10 % clipped out (a flare scores like the calibrated view) and does not apply where fewer than half
+    are left (an overexposure); a bump of the camera, with nothing clipped, still scores high."""
+    spec = parse_synthetic_uri(URI.replace("covered:290:330", "glare:290:310,overexposed:310:330"))
+    camera = SyntheticCamera(SyntheticScene(spec.seed, spec.size_wh, style=spec.style), spec.schedule)
+    backend = CpuStats((4, 4))
+    test = Moved()
+    test.fit([observe(s, None, image=im) for im, s, _ in stream[:CAL]])
+    assert test._ref_edges is not None
+    scores: dict[str, list[float]] = {"glare": [], "overexposed": []}
+    unmasked: dict[str, list[float]] = {"glare": [], "overexposed": []}
+    for i in range(290, 330):
+        image, _, fault = camera.render(i)
+        assert fault in scores
+        obs = observe(backend.compute(image), None, image=image)
+        scores[fault].append(test.update(obs).score)
+        assert obs.thumb is not None
+        unmasked[fault].append(1.0 - block_ncc(edge_map(obs.thumb), test._ref_edges))
+    tolerance = Moved.default_tolerance
+    assert max(scores["glare"]) < tolerance < float(np.median(unmasked["glare"])), (scores, unmasked)
+    clean_max = max(test.update(observe(s, None, image=im)).score for im, s, _ in stream[CAL : CAL + 40])
+    assert all(np.isnan(scores["overexposed"])) and min(unmasked["overexposed"]) > 10 * clean_max
+    h, w = stream[0][0].shape[:2]
+    bump = cv2.getRotationMatrix2D((w / 2, h / 2), 2.0, 1.0)
+    bump[:, 2] += (0.04 * w, 0.02 * h)
+    bumped: Image = np.ascontiguousarray(cv2.warpAffine(stream[CAL][0], bump, (w, h), borderMode=cv2.BORDER_REFLECT))
+    assert test.update(observe(backend.compute(bumped), None, image=bumped)).score > tolerance
+
+
+def test_block_ncc_needs_half_of_the_structured_blocks() -> None:
+    rng = np.random.default_rng(1)
+    ref = rng.random((32, 64)).astype(np.float32)
+    usable = np.ones(16, dtype=bool)
+    assert block_ncc(ref, ref, usable=usable) == pytest.approx(1.0)
+    usable[:8] = False  # 8 of 16 left: enough
+    assert block_ncc(ref, ref, usable=usable) == pytest.approx(1.0)
+    usable[8] = False  # 7 of 16: too much of the view is gone to tell
+    assert np.isnan(block_ncc(ref, ref, usable=usable))
