@@ -53,6 +53,7 @@ frame (80 ms at 25 fps) and cleared on the third clean frame.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -135,6 +136,7 @@ def _blocks(a: F32, grid: tuple[int, int]) -> list[F32]:
     return [a[ys[i] : ys[i + 1], xs[j] : xs[j + 1]] for i in range(rows) for j in range(cols)]
 
 
+@functools.lru_cache(maxsize=16)
 def _overlap(n_from: int, n_to: int) -> FloatArray:
     """(n_to, n_from) shares of each of ``n_to`` equal parts of [0, 1) covered by each of ``n_from`` parts."""
     lo, hi = np.arange(n_to)[:, None] / n_to, np.arange(1, n_to + 1)[:, None] / n_to
@@ -149,6 +151,8 @@ def block_clip(tile_clip: FloatArray, grid: tuple[int, int] = MOVED_BLOCKS) -> F
     [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]
     """
     t = np.nan_to_num(np.asarray(tile_clip, dtype=np.float64))
+    if t.shape == grid or not t.any():  # the usual cases: the same grid, or nothing clipped
+        return np.asarray(t.ravel() if t.shape == grid else np.zeros(grid[0] * grid[1]), dtype=np.float64)
     out = _overlap(t.shape[0], grid[0]) @ t @ _overlap(t.shape[1], grid[1]).T
     return np.asarray(out.ravel(), dtype=np.float64)
 
