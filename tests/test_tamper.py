@@ -247,3 +247,23 @@ def test_block_ncc_needs_half_of_the_structured_blocks() -> None:
     assert block_ncc(ref, ref, usable=usable) == pytest.approx(1.0)
     usable[8] = False  # 7 of 16: too much of the view is gone to tell
     assert np.isnan(block_ncc(ref, ref, usable=usable))
+
+
+def test_a_flare_is_not_a_defocus(stream: Stream) -> None:
+    """A flare's halo adds light over most tiles: their variance rises and their Laplacian energy stays,
+    so the sharpness ratio drops but the detail does not, and its clipped core's tiles are left out:
+    not ``defocused``. A blurred lens loses both, in every tile."""
+    spec = parse_synthetic_uri(URI.replace("covered:290:330", "glare:290:330"))
+    camera = SyntheticCamera(SyntheticScene(spec.seed, spec.size_wh, style=spec.style), spec.schedule)
+    backend = CpuStats((4, 4))
+    test = make_test("defocused", CalibrationConfig())
+    test.fit([observe(s, None) for _, s, _ in stream[:CAL]])
+    clean = [test.update(observe(s, None)).score for _, s, _ in stream[CAL : CAL + 40]]
+    flare = []
+    for i in range(290, 330):
+        image, _, fault = camera.render(i)
+        assert fault == "glare"
+        flare.append(test.update(observe(backend.compute(image), None)).score)
+    blurred = [test.update(observe(s, None)).score for _, s, f in stream if f == "blur"]
+    tolerance = test.default_tolerance
+    assert max(flare) < max(clean) + tolerance < min(blurred) / 10, (max(flare), max(clean), min(blurred))

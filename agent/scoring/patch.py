@@ -84,7 +84,9 @@ from agent.scoring.config import CalibrationConfig
 from agent.scoring.observation import Observation
 from agent.stats.types import TILE_FIELDS, FrameStats
 
-__all__ = ["PATCH_FRAMES", "TILE_FEATURES", "TILE_FLOORS", "Patch", "TileModel", "localized", "tile_features"]
+__all__ = [
+    "PATCH_FRAMES", "ROUNDING_VAR", "TILE_FEATURES", "TILE_FLOORS", "Patch", "TileModel", "localized", "tile_features",
+]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -116,7 +118,7 @@ STILL_MIN_MOTION: float = 0.5
 _SPREAD_TO_SD = 2.0 * 1.6449
 #: What rounding to integer code values alone gives a flat tile: the error's variance (uniform
 #: within +-1/2) and the variance of its Laplacian (1 + 1 + 1 + 1 + 16 times that).
-_ROUNDING_VAR: float = 1.0 / 12.0
+ROUNDING_VAR: float = 1.0 / 12.0
 _ROUNDING_LAPLACIAN_VAR: float = 20.0 / 12.0
 
 
@@ -129,7 +131,7 @@ def tile_features(stats: FrameStats) -> FloatArray:
             np.log(2.0 + t[:, _F["brightness"]]),
             contrast,
             np.log(2.0 + t[:, _F["saturation"]]),
-            np.log(_ROUNDING_LAPLACIAN_VAR + t[:, _F["blur"]]) - np.log(_ROUNDING_VAR + t[:, _F["contrast"]] ** 2),
+            np.log(_ROUNDING_LAPLACIAN_VAR + t[:, _F["blur"]]) - np.log(ROUNDING_VAR + t[:, _F["contrast"]] ** 2),
             np.log(0.5 + t[:, _F["noise"]]),
         )
     )
