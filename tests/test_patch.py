@@ -14,10 +14,10 @@ from agent.frame import Frame
 from agent.scoring.calibrate import Calibrator
 from agent.scoring.config import CalibrationConfig, PolicyConfig
 from agent.scoring.observation import TileMotion, observe, thumbnail_bgr
-from agent.scoring.patch import PATCH_FRAMES, STILL_MIN_MOTION, Patch, TileModel, localized
+from agent.scoring.patch import PATCH_FRAMES, REST_MARGIN, STILL_MIN_MOTION, Patch, TileModel, localized
 from agent.scoring.policy import Guard
 from agent.stats.cpu import CpuStats
-from agent.verdict import Verdict
+from agent.verdict import Decision, Verdict
 
 Image = npt.NDArray[np.uint8]
 CAL = 200
@@ -159,6 +159,10 @@ def test_tile_model_round_trip_and_errors(images: list[Image]) -> None:
         TileModel.from_params({"median": [[0.0]], "scale": [[1.0]]})
     with pytest.raises(ValueError, match="still"):
         again.load_params({**test.params(), "still": [1.0]})
+    assert again.rest_bound == test.rest_bound and test.rest_bound is not None and test.rest_bound > REST_MARGIN
+    for bad in (None, -1.0, float("nan"), "2"):
+        with pytest.raises(ValueError, match="rest_bound"):
+            again.load_params({**test.params(), "rest_bound": bad})
     assert test.still_motion is None  # observations without images: no motion bound, diff_prev alone
 
     tm = TileMotion((4, 4))
@@ -173,3 +177,27 @@ def test_tile_model_round_trip_and_errors(images: list[Image]) -> None:
     assert np.allclose(again.still_motion, with_motion.still_motion)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="still_motion"):
         again.load_params({**with_motion.params(), "still_motion": [1.0, 2.0]})
+
+
+def _cast(image: Image) -> Image:
+    out: Image = np.clip(image.astype(np.float32) * np.array([0.6, 0.95, 1.45], np.float32), 0, 255).astype(np.uint8)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "change"),
+    [
+        ("colour cast", _cast),
+        ("15 % exposure", lambda im: (im * 0.15).astype(np.uint8)),
+        ("defocus", lambda im: cv2.GaussianBlur(im, (0, 0), 3.0)),
+    ],
+)
+def test_a_global_change_names_no_tile(
+    guard: Guard, images: list[Image], name: str, change: Callable[[Image], Image]
+) -> None:
+    """A change of the whole view moves some tiles more than others (a cast lifts a grey tile's saturation
+    most): flagged for what it is, but ``patch`` does not apply while the median tile is off its profile."""
+    verdicts = run(guard, [change(im) for im in images[CAL : CAL + 20]])
+    assert all(v.decision != Decision.PASS for v in verdicts), name
+    assert not any("patch" in v.reason_codes for v in verdicts), (name, [v.reason_codes for v in verdicts])
+    assert all("patch" not in v.scores for v in verdicts)  # not applicable, rather than a low score
