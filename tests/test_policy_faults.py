@@ -148,7 +148,14 @@ def test_end_to_end_default_synthetic_stream() -> None:
 
 
 @pytest.mark.parametrize(
-    ("reason", "only_on"), [("covered", {"covered", "dark"}), ("low_contrast", {"fog", "covered", "overexposed"})]
+    ("reason", "only_on"),
+    [
+        ("covered", {"covered", "dark"}),
+        ("low_contrast", {"fog", "covered", "overexposed"}),
+        ("blur", {"blur"}),
+        ("defocused", {"blur"}),
+        ("patch", set()),
+    ],
 )
 def test_reason_is_specific(verdicts: list[Verdict], reason: str, only_on: set[str]) -> None:
     """A blurred, noisy, glared or moved camera is not called covered (a lens in the dark is near-uniform

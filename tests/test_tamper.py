@@ -177,10 +177,11 @@ def test_tamper_tests_and_only_they_keep_their_tolerance() -> None:
 def test_module_doctests() -> None:
     import doctest  # noqa: PLC0415
 
-    from agent.scoring import tamper  # noqa: PLC0415
+    from agent.scoring import explain, tamper  # noqa: PLC0415
 
-    result = doctest.testmod(tamper)
-    assert result.attempted >= 5 and result.failed == 0
+    for module, examples in ((tamper, 4), (explain, 6)):
+        result = doctest.testmod(module)
+        assert result.attempted >= examples and result.failed == 0, module.__name__
 
 
 def _exposed(image: Image, gain: float) -> Image:

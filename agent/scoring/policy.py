@@ -14,8 +14,8 @@
 4. tamper alarms (tamper.TamperMonitor, hysteresis): a raised ``covered``/``frozen``/
    ``defocused``/``moved`` alarm keeps its reason (FLAG) on frames whose F(p_k) is up to
    ``policy.tamper.clear_alpha``; ``Guard.tamper_states`` tells when an alarm is raised or
-   cleared; ``covered`` is dropped (reason and alarm) on a frame whose calibrated view is intact
-   and which another reason explains (tamper.cover_explained_away);
+   cleared; a reason that another cause accounts for (a ``covered`` frame whose calibrated view
+   is intact, a ``blur`` that added light explains) is dropped, reason and alarm (explain.py);
 5. drift (drift.DriftMonitor): the frame goes into the sliding windows and the sequential
    alarm; ``Guard.drift_snapshot()`` gives the health-summary fields and ``Guard.drift_events()``
    the ``drift`` events.
@@ -47,10 +47,11 @@ from agent.scoring.base import Test
 from agent.scoring.config import PolicyConfig
 from agent.scoring.conformal import ConformalScorer, out_of_block_p_values
 from agent.scoring.drift import DriftEvent, DriftMonitor, DriftSnapshot
+from agent.scoring.explain import explained_away
 from agent.scoring.family import FamilyCombiner
 from agent.scoring.observation import TileMotion, observe, thumbnail_bgr
 from agent.scoring.profile import Profile
-from agent.scoring.tamper import TamperMonitor, TamperState, cover_explained_away
+from agent.scoring.tamper import TamperMonitor, TamperState
 from agent.stats.types import FrameStats
 from agent.verdict import Decision, Reason, Verdict
 
@@ -276,8 +277,8 @@ class Guard:
         self._p_family = p_family
         p_values[FAMILY_KEY] = p_family
         fam = {code: self.family.p_value(v[0]) for code, v in best.items()}
-        if cover_explained_away(fam, self._alpha_flag, self.tamper.cfg.clear_alpha):
-            fam["covered"] = 1.0  # the calibrated view is all there: dim or flat, not covered (no reason, no alarm)
+        for code in explained_away(fam, self._alpha_flag, self.tamper.cfg.clear_alpha):
+            fam[code] = 1.0  # another cause accounts for it (explain.py): no reason, no alarm
         self._tamper_states = self.tamper.update(frame.seq, fam, self._alpha_flag)
         reasons: list[Reason] = []
         for code, (p, score, test) in sorted(best.items(), key=lambda kv: kv[1][0]):

@@ -188,7 +188,7 @@ class Covered(Test):
     this score by 0.0-0.1 (and the tiles' Laplacian term by 1.9-2.9), motion and zoom blur by
     at most 0.24, the synthetic scene's strongest blur by 0.3; a hand, cap, tape or paint over
     the lens by 1.2-2.9. A 15 % exposure lowers it as much as a cover; the policy tells them apart
-    by the view (tamper.cover_explained_away).
+    by the view (explain.py).
     """
 
     name = "covered"

@@ -91,7 +91,6 @@ __all__ = [
     "TamperState",
     "block_clip",
     "block_ncc",
-    "cover_explained_away",
     "edge_map",
     "ncc",
 ]
@@ -246,30 +245,6 @@ class Moved(Test):
             raise ValueError(f"moved: thumbnail {obs.thumb.shape} does not match the reference {self._ref_edges.shape}")
         usable = block_clip(obs.stats.tiles[:, :, _CLIP]) <= TAMPER_CLIP_MAX
         return 1.0 - block_ncc(edge_map(obs.thumb), self._ref_edges, usable=usable)
-
-
-def cover_explained_away(p_family: Mapping[str, float], alpha_flag: float, clear_alpha: float) -> bool:
-    """True when a frame's ``covered`` is better explained by its other reasons (the policy drops it).
-
-    ``covered`` reads tile contrast alone, so a very dim or veiled view (a 15 % exposure at night,
-    a lens that lost most of its contrast) can fall as far below the calibrated contrast as a
-    hand over the lens. What tells them apart is the scene: a cover hides the calibrated view,
-    a dimmer exposure keeps its edges. So where ``moved`` applies and is not even near firing
-    (its family p-value above ``clear_alpha``: the reference's edges are all there) and another
-    reason fires (``dark``, ``low_contrast``, ...), the frame is not covered. With no other
-    reason, ``covered`` stays: every FLAG names a reason.
-
-    >>> cover_explained_away({"covered": 0.001, "moved": 1.0, "dark": 0.001}, 0.01, 0.1)
-    True
-    >>> cover_explained_away({"covered": 0.001, "moved": 0.002, "dark": 0.001}, 0.01, 0.1)  # the view is gone
-    False
-    >>> cover_explained_away({"covered": 0.001, "dark": 0.001}, 0.01, 0.1)  # no thumbnail: cannot tell
-    False
-    """
-    p_cover, p_moved = p_family.get("covered"), p_family.get("moved")
-    if p_cover is None or p_moved is None or p_cover > alpha_flag or p_moved <= clear_alpha:
-        return False
-    return any(p <= alpha_flag for code, p in p_family.items() if code != "covered")
 
 
 class Hysteresis:

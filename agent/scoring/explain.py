@@ -1,0 +1,58 @@
+"""Reasons explained away: a reason that another, better-evidenced cause accounts for is dropped.
+
+Each test reads one symptom, and some symptoms have more than one cause. Where a second test
+gives positive evidence *against* the reason's own cause and a reason for the real one fires,
+the policy drops the reason (from the verdict and from its tamper alarm):
+
+* ``covered`` is dropped where ``moved`` applies and its p_family is above ``clear_alpha``
+  (the calibrated view's edges are all there) and any other reason fires: a 15 % exposure or a
+  veil is as flat as a hand over the lens, but a cover hides the view;
+* ``blur`` is dropped where ``defocused`` applies and its p_family is above ``clear_alpha`` (no
+  tile lost detail) and ``glare`` or ``overexposed`` fires: light added over the view (a
+  flare's halo) raises the frame's variance and not its Laplacian energy, which lowers the
+  frame-wide ratio ``blur`` reads; ``defocused`` compares each unclipped tile's detail and is
+  not fooled by it.
+
+Without the evidence (no thumbnail for ``moved``, ``defocused`` disabled or not applicable)
+nothing is dropped. A reason is dropped only where another fires, so every FLAG still names a
+reason; dropping only removes reasons (and at most turns a FLAG into a FLAG with fewer
+reasons), so the family-wise false-alarm rate is unchanged.
+
+>>> sorted(explained_away({"covered": 0.001, "moved": 1.0, "dark": 0.001}, 0.01, 0.1))
+['covered']
+>>> sorted(explained_away({"covered": 0.001, "moved": 0.002, "dark": 0.001}, 0.01, 0.1))  # the view is gone
+[]
+>>> sorted(explained_away({"covered": 0.001, "dark": 0.001}, 0.01, 0.1))  # no thumbnail: cannot tell
+[]
+>>> sorted(explained_away({"blur": 0.001, "defocused": 1.0, "glare": 0.001}, 0.01, 0.1))
+['blur']
+>>> sorted(explained_away({"blur": 0.001, "defocused": 0.05, "glare": 0.001}, 0.01, 0.1))  # tiles lost detail too
+[]
+>>> sorted(explained_away({"blur": 0.001, "defocused": 1.0, "ood_stats": 0.001}, 0.01, 0.1))  # no light to blame
+[]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = ["explained_away"]
+
+#: reason -> (the test whose quiet rules out the reason's own cause, reasons of which one must fire; empty: any)
+_RULES: dict[str, tuple[str, frozenset[str]]] = {
+    "covered": ("moved", frozenset()),
+    "blur": ("defocused", frozenset({"glare", "overexposed"})),
+}
+
+
+def explained_away(p_family: Mapping[str, float], alpha_flag: float, clear_alpha: float) -> set[str]:
+    """The reasons of a frame to drop (module docstring); ``p_family``: reason -> F(p) of its test."""
+    out: set[str] = set()
+    for reason, (witness, causes) in _RULES.items():
+        p, p_witness = p_family.get(reason), p_family.get(witness)
+        if p is None or p_witness is None or p > alpha_flag or p_witness <= clear_alpha:
+            continue
+        others = (code for code, q in p_family.items() if q <= alpha_flag and code != reason)
+        if any(not causes or code in causes for code in others):
+            out.add(reason)
+    return out
