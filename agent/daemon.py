@@ -18,7 +18,8 @@ health summary is published, sinks are closed (flushed), exit 0. A file that end
 ``source.max_frames``) ends the run the same way. A profile that does not fit the model or the
 grid raises `ProfileError` out of `run` (exit 78 from the CLI); frames of another size than the
 profile's (a swapped camera) are BLOCKed with the reason `resolution` and the daemon keeps running;
-during start-up calibration such a change restarts the calibration on the new size.
+during start-up calibration each size is calibrated on its own frames and the first to finish is
+the profile's (pipeline.Scorer).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ logger = logging.getLogger(__name__)
 
 #: Errors that mean "the configuration is wrong": never retried (exit 78).
 FATAL_AT_START: tuple[type[GuardError], ...] = (ConfigError, ProfileError, ModelError)
-#: Start-up calibration restarted this often (frame size changes) marks the camera degraded.
+#: This many frame size changes during start-up calibration mark the camera degraded.
 CALIBRATION_RESTARTS_DEGRADED: int = 3
 
 _TICK_S = 0.25
@@ -359,7 +360,7 @@ class Daemon:
                 self.reporter.set_camera_state("degraded", mismatch)
             elif restarts >= CALIBRATION_RESTARTS_DEGRADED:  # the stream keeps changing size: it may never end
                 self.reporter.set_camera_state(
-                    "degraded", f"frame size keeps changing: start-up calibration restarted {restarts} times")
+                    "degraded", f"frame size keeps changing: {restarts} size changes during start-up calibration")
             else:
                 self.reporter.set_camera_state("online", self.phase)
 
@@ -441,7 +442,8 @@ class Daemon:
                 "was built and no frame got a decision; feed a longer clip (or source.loop), lower "
                 "calibration.frames, or set policy.profile to a profile from `edge-guard calibrate`",
                 reason, scorer.calibrated, scorer.calibration_target,
-                f" (it started over {restarts} times when the frame size changed)" if restarts else "",
+                f" for the leading frame size ({restarts} size changes: each size is calibrated on its own frames)"
+                if restarts else "",
             )
         logger.info("exiting (%s): %d frames in, %d processed, %d dropped", reason,
                     t.frames_in, t.frames_processed, t.frames_dropped)

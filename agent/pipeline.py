@@ -33,6 +33,8 @@ __all__ = ["Measured", "Measurer", "ProfileIds", "Scorer", "load_profile"]
 logger = logging.getLogger(__name__)
 #: A stream that keeps changing resolution during calibration is warned about at most this often.
 RESTART_LOG_S: float = 60.0
+#: Frame sizes calibrated side by side at most (a stream flapping between resolutions, a folder of mixed sizes).
+MAX_CALIBRATION_SIZES: int = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,13 @@ class Scorer:
     With ``profile=None`` the first ``calibration.skip`` measured frames are ignored, the next
     ``calibration.frames`` build a profile (no verdicts meanwhile), then guarding starts.
     ``on_profile`` is called with each profile that gets built (e.g. to save it).
+
+    A profile is for one frame size. When the size changes during calibration (a stream that
+    reconnected at another resolution, one that flaps between two, a folder of mixed sizes),
+    each size is calibrated on its own frames, side by side (at most ``MAX_CALIBRATION_SIZES``;
+    a new size beyond that replaces the one with the fewest frames), and the first size to
+    reach ``calibration.frames`` becomes the profile's: frames of the other sizes are then
+    BLOCKed with the reason ``resolution`` (Guard) instead of keeping calibration from ending.
     """
 
     def __init__(
@@ -137,15 +146,14 @@ class Scorer:
         self._camera_id = camera_id
         self._lock = threading.Lock()
         self._guard: Guard | None = None
-        self._calibrator: Calibrator | None = None
+        self._calibrators: dict[tuple[int, int], Calibrator] = {}  # one per frame size (class docstring)
+        self._cal_size: tuple[int, int] | None = None  # the size of the last calibration frame
         self.calibrated = 0
         self.profile: Profile | None = None
-        self._restarts = self._restarts_logged = 0  # calibration restarts on a resolution change
-        self._restart_logged: float | None = None  # monotonic time of the last restart warning
+        self._restarts = self._restarts_logged = 0  # frame size changes during calibration
+        self._restart_logged: float | None = None  # monotonic time of the last size-change warning
         if profile is not None:
             self._install(profile)
-        else:
-            self._calibrator = Calibrator(calibration, grid, camera_id=camera_id)
 
     @property
     def phase(self) -> str:
@@ -158,7 +166,7 @@ class Scorer:
 
     @property
     def calibration_restarts(self) -> int:
-        """Times start-up calibration started over because the frame size changed."""
+        """Times the frame size changed during start-up calibration."""
         return self._restarts
 
     def update(self, m: Measured) -> Verdict | None:
@@ -204,30 +212,43 @@ class Scorer:
     def _install(self, profile: Profile) -> None:
         self.profile = profile
         self._guard = Guard(profile, self._policy)
-        self._calibrator = None
+        self._calibrators.clear()
 
-    def _calibrate(self, m: Measured) -> None:
-        cal = self._calibrator
-        assert cal is not None
+    def _calibrator_for(self, m: Measured) -> Calibrator:
+        """The calibrator of the frame's size (class docstring), logging changes of size."""
         size = (m.stats.width, m.stats.height)
-        if cal.size is not None and size != cal.size:
-            # the stream switched resolution (a reconnect to another profile, a swapped camera):
-            # a profile is for one size, so calibration starts over on the new one
+        previous, self._cal_size = self._cal_size, size
+        if previous is not None and size != previous:
             self._restarts += 1
             now = time.monotonic()
             if self._restart_logged is None or now - self._restart_logged >= RESTART_LOG_S:
                 more = self._restarts - 1 - self._restarts_logged
+                sizes = ", ".join(f"{w}x{h}: {c.n}" for (w, h), c in self._calibrators.items())
                 logger.warning(
-                    "camera %s: frame %d is %dx%d but calibration began at %dx%d (%d frames): the stream "
-                    "changed resolution, calibration restarts at the new size%s",
-                    m.frame.camera_id, m.frame.seq, size[0], size[1], *cal.size, self.calibrated,
-                    f" ({more} more restarts since the last message: frames of one camera keep one size; "
+                    "camera %s: frame %d is %dx%d, the frame before %dx%d: the stream changed resolution "
+                    "during calibration; each size is calibrated on its own frames (so far %s), the first "
+                    "to reach %d frames becomes the profile's and frames of other sizes are then BLOCKed "
+                    "(reason 'resolution')%s",
+                    m.frame.camera_id, m.frame.seq, *size, *previous, sizes, self._cal_cfg.frames,
+                    f" ({more} more size changes since the last message: frames of one camera keep one size; "
                     "a folder source must not mix image sizes)" if more else "",
                 )
                 self._restart_logged, self._restarts_logged = now, self._restarts
-            cal = self._calibrator = Calibrator(self._cal_cfg, self._grid, camera_id=self._camera_id)
+        cal = self._calibrators.get(size)
+        if cal is None:
+            if len(self._calibrators) >= MAX_CALIBRATION_SIZES:
+                fewest = min(self._calibrators, key=lambda s: self._calibrators[s].n)
+                logger.warning("camera %s: more than %d frame sizes during calibration: the %dx%d calibration "
+                               "(%d frames) makes room for %dx%d", m.frame.camera_id, MAX_CALIBRATION_SIZES,
+                               *fewest, self._calibrators[fewest].n, *size)
+                del self._calibrators[fewest]
+            cal = self._calibrators[size] = Calibrator(self._cal_cfg, self._grid, camera_id=self._camera_id)
+        return cal
+
+    def _calibrate(self, m: Measured) -> None:
+        cal = self._calibrator_for(m)
         cal.update(m.stats, m.output, image=m.frame.image, squeeze=m.squeeze, live=m.frame.live)
-        self.calibrated = max(0, cal.n - self._cal_cfg.skip)
+        self.calibrated = max(max(0, c.n - self._cal_cfg.skip) for c in self._calibrators.values())
         if not cal.done:
             return
         ids = self._make_ids(m.frame)

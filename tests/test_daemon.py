@@ -278,7 +278,7 @@ def test_calibration_restarts_when_the_stream_changes_resolution(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A folder whose frames switch from 96x64 to 128x96 during start-up calibration (a stream
-    reconnecting to another resolution): calibration starts over on the new size and guards."""
+    reconnecting to another resolution): the new size is calibrated on its own frames and guarded."""
     folder = tmp_path / "frames"
     folder.mkdir()
     for i in range(150):
@@ -290,7 +290,8 @@ def test_calibration_restarts_when_the_stream_changes_resolution(
                     notifier=Notifier(None), profile_out=profile_path)
     with caplog.at_level("WARNING", logger="agent.pipeline"):
         assert _run(daemon) == 0
-    assert "is 128x96 but calibration began at 96x64 (30 frames)" in caplog.text
+    assert "frame 30 is 128x96, the frame before 96x64: the stream changed resolution" in caplog.text
+    assert "(so far 96x64: 30)" in caplog.text
     assert "during start-up calibration" not in caplog.text  # it finished: no warning at exit
     profile = Profile.load(profile_path)
     assert (profile.width, profile.height, profile.n_frames) == (128, 96, 60)
@@ -301,7 +302,8 @@ def test_calibration_restarts_when_the_stream_changes_resolution(
 
 
 def test_a_folder_of_mixed_sizes_warns_once_not_per_frame(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """Sizes alternating on every frame restart calibration every frame; one warning says so."""
+    """Sizes alternating on every frame: each size gets 15 of the 30 frames, short of 20; one warning
+    says so, and the exit says how far the leading size got."""
     folder = tmp_path / "frames"
     folder.mkdir()
     for i in range(30):
@@ -311,10 +313,10 @@ def test_a_folder_of_mixed_sizes_warns_once_not_per_frame(tmp_path: Path, caplog
                     notifier=Notifier(None))
     with caplog.at_level("WARNING", logger="agent.pipeline"):
         assert _run(daemon) == 0
-    restarts = [r.getMessage() for r in caplog.records if "calibration restarts" in r.getMessage()]
-    assert len(restarts) == 1 and "frame 1 is 96x64 but calibration began at 128x96 (1 frames)" in restarts[0]
-    assert ("during start-up calibration: 1 of the 20 calibration frames seen (it started over 29 times when "
-            "the frame size changed)") in caplog.text
+    changes = [r.getMessage() for r in caplog.records if "changed resolution" in r.getMessage()]
+    assert len(changes) == 1 and "frame 1 is 96x64, the frame before 128x96" in changes[0]
+    assert ("during start-up calibration: 15 of the 20 calibration frames seen for the leading frame size "
+            "(29 size changes: each size is calibrated on its own frames)") in caplog.text
 
 
 def test_a_stream_that_keeps_changing_size_is_degraded_while_calibrating(tmp_path: Path) -> None:
@@ -329,7 +331,31 @@ def test_a_stream_that_keeps_changing_size_is_degraded_while_calibrating(tmp_pat
                calibration={"frames": 20})
     assert _run(Daemon(cfg, notifier=Notifier(None), extra_sinks=[rec])) == 0
     reasons = [reason for state, reason in rec.status if state == "degraded"]
-    assert any(r.startswith("frame size keeps changing: start-up calibration restarted ") for r in reasons), rec.status
+    assert any(r.startswith("frame size keeps changing: ") and r.endswith(" size changes during start-up calibration")
+               for r in reasons), rec.status
+
+
+def test_a_stream_flapping_between_two_sizes_still_finishes_calibration(tmp_path: Path) -> None:
+    """Sizes alternating on every frame (a camera whose stream flaps between two profiles): each size is
+    calibrated on its own frames, the first to reach 20 becomes the profile's, and from then on the
+    frames of the other size are BLOCKed with the reason 'resolution' while those of the profile's are
+    guarded."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(80):
+        image = SyntheticScene(3, (96, 64) if i % 2 else (128, 96)).render(i)[0]
+        assert cv2.imwrite(str(folder / f"{i:04d}.png"), image)
+    profile_path = tmp_path / "profile.json"
+    daemon = Daemon(_cfg(tmp_path, source={"uri": str(folder), "max_frames": None}, calibration={"frames": 20}),
+                    notifier=Notifier(None), profile_out=profile_path)
+    assert _run(daemon) == 0
+    profile = Profile.load(profile_path)
+    assert (profile.width, profile.height, profile.n_frames) == (128, 96, 20)  # even frames: 128x96 got there first
+    p = daemon.progress()
+    assert p.frames_calibrated == 39  # 20 of 128x96 (frames 0-38) and the 19 of 96x64 in between
+    assert sum(p.decisions.values()) == 80 - 39
+    assert p.reasons["resolution"] == 21  # the odd frames 39-79
+    assert p.decisions["BLOCK"] >= 21
 
 
 def test_a_source_that_ends_during_calibration_says_nothing_was_guarded(
