@@ -8,6 +8,7 @@ import numpy.typing as npt
 import pytest
 
 from agent.frame import Frame
+from agent.scoring import explain
 from agent.scoring.base import make_test
 from agent.scoring.calibrate import DEFAULT_TESTS, Calibrator
 from agent.scoring.config import CalibrationConfig, PolicyConfig, TamperConfig
@@ -268,3 +269,40 @@ def test_a_flare_is_not_a_defocus(stream: Stream) -> None:
     blurred = [test.update(observe(s, None)).score for _, s, f in stream if f == "blur"]
     tolerance = test.default_tolerance
     assert max(flare) < max(clean) + tolerance < min(blurred) / 10, (max(flare), max(clean), min(blurred))
+
+
+def test_explaining_a_reason_away_changes_the_reasons_not_the_decisions(
+    guard: Guard, stream: Stream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dim exposures (covered explained away) get the same decisions with the rules as without them."""
+    frames = [(i, _exposed(stream[i][0], gain)) for gain in (0.1, 0.15, 0.25) for i in range(CAL, CAL + 10)]
+
+    def decide() -> list[tuple[Decision, tuple[str, ...]]]:
+        guard.reset()
+        return [(v.decision, v.reason_codes) for v in (
+            guard.update(Frame(im, "cam", i, float(i), float(i), live=True), CpuStats((4, 4)).compute(im), None)
+            for i, im in frames)]
+
+    with_rules = decide()
+    monkeypatch.setattr(explain, "_RULES", {})
+    without = decide()
+    assert [d for d, _ in with_rules] == [d for d, _ in without]
+    assert any(d == Decision.BLOCK for d, _ in without)  # the strongest ones were BLOCKed on 'covered' too
+    assert all("covered" in r for _, r in without) and not any("covered" in r for _, r in with_rules)
+
+
+def test_a_dropped_reason_keeps_its_block_on_the_frame(
+    guard: Guard, stream: Stream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mechanism, with a made-up rule: 'dark' and 'ood_stats' (both at the BLOCK level on a 40 %
+    exposure) explained away by 'covered' (only at the FLAG level there) leave 'covered' as the only
+    reason, and the frame BLOCKed as before: the evidence did not get weaker, only its name changed."""
+    monkeypatch.setattr(explain, "_RULES", {"dark": ("moved", frozenset({"covered"})),
+                                            "ood_stats": ("moved", frozenset({"covered"}))})
+    guard.reset()
+    for i in range(CAL, CAL + 5):
+        image = _exposed(stream[i][0], 0.4)
+        v = guard.update(Frame(image, "cam", i, float(i), float(i), live=True), CpuStats((4, 4)).compute(image), None)
+    assert v.p_values["dark"] <= guard.alpha_block and v.p_values["ood_stats"] <= guard.alpha_block
+    assert v.reason_codes == ("covered",)
+    assert v.reasons[0].decision == Decision.FLAG and v.decision == Decision.BLOCK

@@ -15,8 +15,8 @@ the policy drops the reason (from the verdict and from its tamper alarm):
 
 Without the evidence (no thumbnail for ``moved``, ``defocused`` disabled or not applicable)
 nothing is dropped. A reason is dropped only where another fires, so every FLAG still names a
-reason; dropping only removes reasons (and at most turns a FLAG into a FLAG with fewer
-reasons), so the family-wise false-alarm rate is unchanged.
+reason, and the decision stays what it was (a BLOCK the dropped reason carried stays on the
+frame: the evidence is as strong, only its name changed): the family-wise rates are unchanged.
 
 >>> sorted(explained_away({"covered": 0.001, "moved": 1.0, "dark": 0.001}, 0.01, 0.1))
 ['covered']

@@ -15,7 +15,8 @@
    ``defocused``/``moved`` alarm keeps its reason (FLAG) on frames whose F(p_k) is up to
    ``policy.tamper.clear_alpha``; ``Guard.tamper_states`` tells when an alarm is raised or
    cleared; a reason that another cause accounts for (a ``covered`` frame whose calibrated view
-   is intact, a ``blur`` that added light explains) is dropped, reason and alarm (explain.py);
+   is intact, a ``blur`` that added light explains) is dropped, reason and alarm, while the
+   decision stays what it was (explain.py);
 5. drift (drift.DriftMonitor): the frame goes into the sliding windows and the sequential
    alarm; ``Guard.drift_snapshot()`` gives the health-summary fields and ``Guard.drift_events()``
    the ``drift`` events.
@@ -277,7 +278,10 @@ class Guard:
         self._p_family = p_family
         p_values[FAMILY_KEY] = p_family
         fam = {code: self.family.p_value(v[0]) for code, v in best.items()}
-        for code in explained_away(fam, self._alpha_flag, self.tamper.cfg.clear_alpha):
+        dropped = explained_away(fam, self._alpha_flag, self.tamper.cfg.clear_alpha)
+        # a dropped reason's evidence stays on the frame: its BLOCK (if it had one) is the frame's
+        floor = Decision.BLOCK if any(fam[code] <= self._alpha_block for code in dropped) else Decision.PASS
+        for code in dropped:
             fam[code] = 1.0  # another cause accounts for it (explain.py): no reason, no alarm
         self._tamper_states = self.tamper.update(frame.seq, fam, self._alpha_flag)
         reasons: list[Reason] = []
@@ -294,7 +298,7 @@ class Guard:
                 if state.since_seq is not None:
                     detail["since_seq"] = state.since_seq
             reasons.append(Reason(code=code, decision=decision, score=score, p_value=p, detail=detail))
-        decision = max((r.decision for r in reasons), default=Decision.PASS)
+        decision = max(max((r.decision for r in reasons), default=Decision.PASS), floor)
         surprise = {"stats": -math.log(max(p_family, 1e-300))}
         model_p = [p_values[t.name] for t in self._tests if t.reason == "ood_model" and t.name in p_values]
         if model_p:
