@@ -49,7 +49,7 @@ tile is as close to its profile as during calibration: with r = median over tile
 max over features of |z_tf| (uncentred), not applicable (NaN) when r exceeds the
 calibration frames' largest r by more than ``REST_MARGIN`` (2 robust units). Measured: clean
 frames r <= 0.7 (synthetic street) / 1.4 (vtest held out); medians over frames: a sticker,
-glare spot or burned-in timestamp 0.24-0.95, global changes 5-36 (ImageNet-C s3 on vtest, the
+glare spot or burned-in timestamp 0.24-0.95, global changes 5-40 (ImageNet-C s3 on vtest, the
 demo's faults; the lowest single frame 2.6, a colour cast). A patch during a global change is
 not named, but the frame is flagged for the global change.
 
