@@ -12,7 +12,7 @@ from agent.scoring import explain
 from agent.scoring.base import make_test
 from agent.scoring.calibrate import DEFAULT_TESTS, Calibrator
 from agent.scoring.config import CalibrationConfig, PolicyConfig, TamperConfig
-from agent.scoring.observation import make_thumbnail, observe
+from agent.scoring.observation import clipped_tiles, make_thumbnail, observe
 from agent.scoring.policy import Guard
 from agent.scoring.tamper import TAMPER_REASONS, Hysteresis, Moved, TamperMonitor, block_ncc, edge_map, ncc
 from agent.sources.synthetic import SyntheticCamera, SyntheticScene, parse_synthetic_uri
@@ -178,9 +178,9 @@ def test_tamper_tests_and_only_they_keep_their_tolerance() -> None:
 def test_module_doctests() -> None:
     import doctest  # noqa: PLC0415
 
-    from agent.scoring import explain, tamper  # noqa: PLC0415
+    from agent.scoring import explain, observation, tamper  # noqa: PLC0415
 
-    for module, examples in ((tamper, 4), (explain, 6)):
+    for module, examples in ((tamper, 4), (explain, 6), (observation, 4)):
         result = doctest.testmod(module)
         assert result.attempted >= examples and result.failed == 0, module.__name__
 
@@ -238,6 +238,18 @@ def test_light_that_washes_out_the_view_is_not_a_move(stream: Stream) -> None:
     bump[:, 2] += (0.04 * w, 0.02 * h)
     bumped: Image = np.ascontiguousarray(cv2.warpAffine(stream[CAL][0], bump, (w, h), borderMode=cv2.BORDER_REFLECT))
     assert test.update(observe(backend.compute(bumped), None, image=bumped)).score > tolerance
+
+
+def test_blur_does_not_apply_to_a_washed_out_view(stream: Stream) -> None:
+    """An overexposure clips most tiles: the frame's Laplacian energy says nothing about focus then."""
+    spec = parse_synthetic_uri(URI.replace("covered:290:330", "overexposed:290:300"))
+    camera = SyntheticCamera(SyntheticScene(spec.seed, spec.size_wh, style=spec.style), spec.schedule)
+    backend = CpuStats((4, 4))
+    blur = make_test("blur", CalibrationConfig())
+    washed = [observe(backend.compute(im), None) for im, _, f in map(camera.render, range(290, 300))]
+    assert all(clipped_tiles(o.stats) > 0.5 and np.isnan(blur.update(o).score) for o in washed)
+    clean = observe(stream[CAL][1], None)
+    assert clipped_tiles(clean.stats) == 0.0 and np.isfinite(blur.update(clean).score)
 
 
 def test_block_ncc_needs_half_of_the_structured_blocks() -> None:

@@ -51,6 +51,7 @@ from agent.stats.types import TILE_FIELDS, FrameStats
 
 __all__ = [
     "CHROMA_ROWS",
+    "CLIPPED_TILE",
     "FEATURES",
     "FEATURE_TOLERANCE",
     "MOTION_LAG",
@@ -59,6 +60,7 @@ __all__ = [
     "Observation",
     "TileMotion",
     "chroma_energy",
+    "clipped_tiles",
     "feature_vector",
     "make_thumbnail",
     "model_scores",
@@ -72,6 +74,9 @@ U8 = npt.NDArray[np.uint8]
 
 #: Columns of the luma thumbnail kept per frame (rows follow the aspect ratio, at least 8).
 THUMB_WIDTH: int = 64
+#: A tile with a larger share of clipped pixels lost its detail and edges to the light: ``defocused``
+#: and ``moved`` leave it out, ``blur`` does not apply where most tiles are such (``clipped_tiles``).
+CLIPPED_TILE: float = 0.1
 #: TileMotion compares the colour thumbnail with the one this many frames earlier.
 MOTION_LAG: int = 5
 #: chroma_energy samples about this many rows of the frame (every k-th row, k >= 1).
@@ -160,6 +165,19 @@ def thumbnail_bgr(image: U8, width: int = THUMB_WIDTH) -> U8:
     h, w = image.shape[:2]
     rows = max(8, round(width * h / max(w, 1)))
     return np.ascontiguousarray(cv2.resize(image, (width, rows), interpolation=cv2.INTER_AREA), dtype=np.uint8)
+
+
+def clipped_tiles(stats: FrameStats) -> float:
+    """Share of the tiles (those with statistics) more than ``CLIPPED_TILE`` clipped (0 when none has any).
+
+    >>> import numpy as np
+    >>> tiles = np.zeros((2, 2, len(TILE_FIELDS))); tiles[0, :, TILE_FIELDS.index("clip_frac")] = 0.5
+    >>> clipped_tiles(FrameStats(8, 8, *[0.0] * 11, hist=np.zeros(32, np.int64), tiles=tiles))
+    0.5
+    """
+    clip = stats.tiles[:, :, TILE_FIELDS.index("clip_frac")]
+    known = ~np.isnan(clip)
+    return float(np.count_nonzero(clip[known] > CLIPPED_TILE)) / max(1, int(known.sum()))
 
 
 def make_thumbnail(image: U8, width: int = THUMB_WIDTH, *, small: U8 | None = None) -> U8:

@@ -28,7 +28,7 @@ import numpy as np
 
 from agent.scoring.base import Params, Test, register
 from agent.scoring.config import CalibrationConfig
-from agent.scoring.observation import FEATURES, Observation
+from agent.scoring.observation import FEATURES, Observation, clipped_tiles
 from agent.scoring.robust import RobustGaussian, fit_robust_gaussian
 
 __all__ = [
@@ -86,12 +86,18 @@ class Glare(Test):
 
 @register
 class Blur(Test):
-    """Laplacian energy low relative to contrast: score 2 log(1 + contrast) - log(1 + blur)."""
+    """Laplacian energy low relative to contrast: score 2 log(1 + contrast) - log(1 + blur).
+
+    Not applicable where more than half of the tiles are clipped (observation.clipped_tiles): a
+    washed-out view says nothing about focus, and ``glare``/``overexposed`` say what it is.
+    """
 
     name = "blur"
     default_tolerance = 0.1
 
     def compute(self, obs: Observation) -> float:
+        if clipped_tiles(obs.stats) > 0.5:
+            return math.nan
         return -float(obs.features[_I["sharpness"]])
 
 

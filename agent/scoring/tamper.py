@@ -16,7 +16,7 @@ evidence is the smaller of the two drops,
 
 (the second is the drop of log(20/12 + blur_t); c_t the tile's calibrated median contrast,
 s_t its floored robust scale of sharpness: patch.TileModel). Tiles more than
-``TAMPER_CLIP_MAX`` (10 %) clipped lost their detail to the light and are left out. The
+``CLIPPED_TILE`` (10 %) clipped lost their detail to the light and are left out. The
 score is the median of e_t over the tiles left (not applicable with fewer than half of
 them): at least half of the view lost detail. A person walking past changes one or two
 tiles, a defocused lens all of them (ImageNet-C defocus s1-s5 on vtest: 30-42 either way;
@@ -37,7 +37,7 @@ over the blocks where the reference has structure (edge sd above 1/8 of the medi
 sd; all blocks if fewer than 4 qualify). The score is 1 - median over those blocks of NCC:
 invariant to exposure gain and offset, near 0 for the calibrated view even when a bus
 hides a few blocks, near 1 for another view (every block changed). Blocks more than
-``TAMPER_CLIP_MAX`` (10 %) clipped (the stats tiles' ``clip_frac``, area-weighted onto the
+``CLIPPED_TILE`` (10 %) clipped (the stats tiles' ``clip_frac``, area-weighted onto the
 blocks) lost their edges to the light, not to a move, and are left out: a flare or an
 overexposure is ``glare``/``overexposed``, not ``moved`` (the synthetic flare scored 0.31
 before, 0.05 after; ImageNet-C brightness s5 on vtest 0.15, 0.09; a 4 %/2° bump 0.52 either
@@ -78,7 +78,7 @@ import numpy.typing as npt
 
 from agent.scoring.base import Params, Test, register
 from agent.scoring.config import CalibrationConfig, TamperConfig
-from agent.scoring.observation import U8, Observation
+from agent.scoring.observation import CLIPPED_TILE, U8, Observation
 from agent.scoring.patch import ROUNDING_VAR, TILE_FEATURES, TileTest
 from agent.stats.types import TILE_FIELDS
 
@@ -101,8 +101,6 @@ F32 = npt.NDArray[np.float32]
 TAMPER_REASONS: tuple[str, ...] = ("covered", "frozen", "defocused", "moved")
 #: Blocks (rows, cols) of the thumbnail compared one by one by ``moved``.
 MOVED_BLOCKS: tuple[int, int] = (4, 4)
-#: A tile (``defocused``) or block (``moved``) with a larger share of clipped pixels is left out.
-TAMPER_CLIP_MAX: float = 0.1
 _SHARP = TILE_FEATURES.index("sharpness")
 _LOG_CONTRAST = TILE_FEATURES.index("log_contrast")
 _CLIP = TILE_FIELDS.index("clip_frac")
@@ -124,7 +122,7 @@ class Defocused(TileTest):
         calibrated = np.maximum(np.exp(model.median[:, _LOG_CONTRAST]) - 2.0, 0.0)  # median of log(2 + c) -> c
         variance_rise = np.log(ROUNDING_VAR + contrast**2) - np.log(ROUNDING_VAR + calibrated**2)
         e = np.minimum(ratio, ratio - variance_rise) / model.scale[:, _SHARP]
-        usable = (obs.stats.tiles[:, :, _CLIP].ravel() <= TAMPER_CLIP_MAX) & ~np.isnan(e)
+        usable = (obs.stats.tiles[:, :, _CLIP].ravel() <= CLIPPED_TILE) & ~np.isnan(e)
         if not usable.any() or 2 * int(usable.sum()) < int((~np.isnan(e)).sum()):
             return math.nan  # most of the view is clipped (or no tile has statistics): glare, not focus
         return float(np.median(e[usable]))
@@ -243,7 +241,7 @@ class Moved(Test):
             return math.nan
         if obs.thumb.shape != self._ref_edges.shape:
             raise ValueError(f"moved: thumbnail {obs.thumb.shape} does not match the reference {self._ref_edges.shape}")
-        usable = block_clip(obs.stats.tiles[:, :, _CLIP]) <= TAMPER_CLIP_MAX
+        usable = block_clip(obs.stats.tiles[:, :, _CLIP]) <= CLIPPED_TILE
         return 1.0 - block_ncc(edge_map(obs.thumb), self._ref_edges, usable=usable)
 
 
