@@ -40,6 +40,7 @@ class CalibrationResult:
     frames_used: int
     seconds: float
     source: str
+    size_changes: int = 0  # times the frame size changed while calibrating (pipeline.Scorer)
 
     def summary(self) -> str:
         """A few lines for the terminal."""
@@ -48,8 +49,19 @@ class CalibrationResult:
             f"profile {self.profile.profile_id} written to {self.out}\n"
             f"  {self.frames_used} calibration frames ({self.frames_read} read) from {self.source} "
             f"in {self.seconds:.1f} s ({fps:.1f} frames/s)\n"
+            f"{self._sizes()}"
             f"{self._states()}"
             f"  use it with:  policy:\n                  profile: {self.out}"
+        )
+
+    def _sizes(self) -> str:
+        if not self.size_changes:
+            return ""
+        p = self.profile
+        return (
+            f"  the frame size changed {self.size_changes} times while calibrating: the profile is for "
+            f"{p.width}x{p.height} (the first size to reach {p.n_frames} frames), and frames of other sizes "
+            "are BLOCKed with reason 'resolution' when guarded\n"
         )
 
     def _states(self) -> str:
@@ -125,4 +137,5 @@ def calibrate_from_config(cfg: GuardConfig, out: Path, progress: bool = True) ->
     profile = scorer.profile
     out.parent.mkdir(parents=True, exist_ok=True)
     profile.save(out)
-    return CalibrationResult(profile, out, read, scorer.calibrated, time.monotonic() - t_start, cfg.source.uri)
+    return CalibrationResult(profile, out, read, scorer.calibrated, time.monotonic() - t_start, cfg.source.uri,
+                             scorer.calibration_restarts)

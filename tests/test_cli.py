@@ -197,6 +197,24 @@ def test_calibrate_then_run_then_mismatched_profile(tmp_path: Path) -> None:
     assert verdicts and {(v["decision"], v["reasons"][0]["code"]) for v in verdicts} == {("BLOCK", "resolution")}
 
 
+def test_calibrate_on_a_source_that_flaps_between_two_sizes(tmp_path: Path) -> None:
+    """Each size is calibrated on its own frames; the summary says which one the profile is for."""
+    folder = tmp_path / "flap"
+    folder.mkdir()
+    for i in range(60):
+        image = SyntheticScene(3, (96, 64) if i % 2 else (128, 96)).render(i)[0]
+        assert cv2.imwrite(str(folder / f"{i:04d}.png"), image)
+    profile = tmp_path / "p.json"
+    proc = _cli("calibrate", "--config", str(_config(tmp_path, uri=str(folder), frames=60)), "--frames", "20",
+                "--out", str(profile), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(profile.read_text())
+    assert (data["width"], data["height"], data["n_frames"]) == (128, 96, 20)
+    assert "20 calibration frames (39 read)" in proc.stdout
+    assert ("the frame size changed 38 times while calibrating: the profile is for 128x96 (the first size to "
+            "reach 20 frames), and frames of other sizes are BLOCKed with reason 'resolution'") in proc.stdout
+
+
 def test_calibrate_on_too_short_a_source(tmp_path: Path) -> None:
     proc = _cli("calibrate", "--config", str(_config(tmp_path, frames=30)), "--out", str(tmp_path / "p.json"),
                 "--no-progress")
