@@ -21,8 +21,8 @@ from agent.stats.cpu import CpuStats
 from agent.stats.types import FrameStats
 
 __all__ = [
-    "clip_frame_index", "damaged_clip", "exact_tolerances", "find_nvcc", "read_jsonl", "synthetic_frames",
-    "synthetic_stats", "wait_until", "write_squeezenet_config",
+    "clip_frame_index", "damaged_clip", "exact_tolerances", "find_nvcc", "flapping", "read_jsonl", "scene_folder",
+    "synthetic_frames", "synthetic_stats", "wait_until", "write_squeezenet_config",
 ]
 
 
@@ -87,6 +87,19 @@ def synthetic_frames(uri: str) -> list[npt.NDArray[np.uint8]]:
         raise ValueError(f"{uri} has no frame count: add frames=N")
     camera = SyntheticCamera(SyntheticScene(spec.seed, spec.size_wh, style=spec.style), spec.schedule)
     return [camera.render(i)[0] for i in range(total)]
+
+
+def scene_folder(folder: Path, sizes: list[tuple[int, int]]) -> Path:
+    """``folder`` (created) with frame i of the synthetic street (seed 3) at ``sizes[i]`` as ``{i:04d}.png``."""
+    folder.mkdir(parents=True)
+    for i, size in enumerate(sizes):
+        assert cv2.imwrite(str(folder / f"{i:04d}.png"), SyntheticScene(3, size).render(i)[0])
+    return folder
+
+
+def flapping(n: int) -> list[tuple[int, int]]:
+    """``n`` frame sizes alternating 128x96 (even frames) and 96x64 (odd): a stream flapping between two."""
+    return [(96, 64) if i % 2 else (128, 96) for i in range(n)]
 
 
 def synthetic_stats(uri: str, grid: tuple[int, int] = (4, 4)) -> list[FrameStats]:

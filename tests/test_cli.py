@@ -12,6 +12,7 @@ from pathlib import Path
 
 import cv2
 import pytest
+from helpers import flapping, scene_folder
 
 from agent import REPO_ROOT, __version__, exitcodes
 from agent.cli import build_parser, main
@@ -199,11 +200,7 @@ def test_calibrate_then_run_then_mismatched_profile(tmp_path: Path) -> None:
 
 def test_calibrate_on_a_source_that_flaps_between_two_sizes(tmp_path: Path) -> None:
     """Each size is calibrated on its own frames; the summary says which one the profile is for."""
-    folder = tmp_path / "flap"
-    folder.mkdir()
-    for i in range(60):
-        image = SyntheticScene(3, (96, 64) if i % 2 else (128, 96)).render(i)[0]
-        assert cv2.imwrite(str(folder / f"{i:04d}.png"), image)
+    folder = scene_folder(tmp_path / "flap", flapping(60))
     profile = tmp_path / "p.json"
     proc = _cli("calibrate", "--config", str(_config(tmp_path, uri=str(folder), frames=60)), "--frames", "20",
                 "--out", str(profile), "--no-progress")

@@ -11,9 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cv2
 import pytest
-from helpers import damaged_clip, read_jsonl
+from helpers import damaged_clip, flapping, read_jsonl, scene_folder
 
 from agent.config import GuardConfig, load_config
 from agent.daemon import Daemon
@@ -26,7 +25,6 @@ from agent.sdnotify import Notifier
 from agent.sinks.base import CameraState
 from agent.sources.config import SourceConfig
 from agent.sources.opencv_source import OpenCVSource
-from agent.sources.synthetic_scene import SyntheticScene
 from agent.verdict import Decision, Verdict
 
 # 240 frames: 100 calibrate, then clean, a dark window, clean. Small frames keep it fast.
@@ -279,12 +277,7 @@ def test_calibration_restarts_when_the_stream_changes_resolution(
 ) -> None:
     """A folder whose frames switch from 96x64 to 128x96 during start-up calibration (a stream
     reconnecting to another resolution): the new size is calibrated on its own frames and guarded."""
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for i in range(150):
-        size = (96, 64) if i < 30 else (128, 96)
-        image = SyntheticScene(3, size).render(i)[0]
-        assert cv2.imwrite(str(folder / f"{i:04d}.png"), image)
+    folder = scene_folder(tmp_path / "frames", [(96, 64)] * 30 + [(128, 96)] * 120)
     profile_path = tmp_path / "profile.json"
     daemon = Daemon(_cfg(tmp_path, source={"uri": str(folder), "max_frames": None}, calibration={"frames": 60}),
                     notifier=Notifier(None), profile_out=profile_path)
@@ -304,11 +297,7 @@ def test_calibration_restarts_when_the_stream_changes_resolution(
 def test_a_folder_of_mixed_sizes_warns_once_not_per_frame(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Sizes alternating on every frame: each size gets 15 of the 30 frames, short of 20; one warning
     says so, and the exit says how far the leading size got."""
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for i in range(30):
-        image = SyntheticScene(3, (96, 64) if i % 2 else (128, 96)).render(i)[0]
-        assert cv2.imwrite(str(folder / f"{i:04d}.png"), image)
+    folder = scene_folder(tmp_path / "frames", flapping(30))
     daemon = Daemon(_cfg(tmp_path, source={"uri": str(folder), "max_frames": None}, calibration={"frames": 20}),
                     notifier=Notifier(None))
     with caplog.at_level("WARNING", logger="agent.pipeline"):
@@ -321,11 +310,7 @@ def test_a_folder_of_mixed_sizes_warns_once_not_per_frame(tmp_path: Path, caplog
 
 def test_a_stream_that_keeps_changing_size_is_degraded_while_calibrating(tmp_path: Path) -> None:
     """Paced at 20 fps (1.5 s), so the supervisor sees it: calibration cannot end, the status says why."""
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for i in range(30):
-        image = SyntheticScene(3, (96, 64) if i % 2 else (128, 96)).render(i)[0]
-        assert cv2.imwrite(str(folder / f"{i:04d}.png"), image)
+    folder = scene_folder(tmp_path / "frames", flapping(30))
     rec = Recorder()
     cfg = _cfg(tmp_path, source={"uri": str(folder), "max_frames": None, "realtime": True, "fps": 20},
                calibration={"frames": 20})
@@ -340,11 +325,7 @@ def test_a_stream_flapping_between_two_sizes_still_finishes_calibration(tmp_path
     calibrated on its own frames, the first to reach 20 becomes the profile's, and from then on the
     frames of the other size are BLOCKed with the reason 'resolution' while those of the profile's are
     guarded."""
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for i in range(80):
-        image = SyntheticScene(3, (96, 64) if i % 2 else (128, 96)).render(i)[0]
-        assert cv2.imwrite(str(folder / f"{i:04d}.png"), image)
+    folder = scene_folder(tmp_path / "frames", flapping(80))
     profile_path = tmp_path / "profile.json"
     daemon = Daemon(_cfg(tmp_path, source={"uri": str(folder), "max_frames": None}, calibration={"frames": 20}),
                     notifier=Notifier(None), profile_out=profile_path)
@@ -362,10 +343,7 @@ def test_a_source_that_ends_during_calibration_says_nothing_was_guarded(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A clip shorter than the start-up calibration: a clean exit, but not a silent one."""
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for i in range(12):
-        assert cv2.imwrite(str(folder / f"{i:04d}.png"), SyntheticScene(3, (96, 64)).render(i)[0])
+    folder = scene_folder(tmp_path / "frames", [(96, 64)] * 12)
     daemon = Daemon(_cfg(tmp_path, source={"uri": str(folder), "max_frames": None}, calibration={"frames": 40}),
                     notifier=Notifier(None))
     with caplog.at_level("WARNING", logger="agent.daemon"):
