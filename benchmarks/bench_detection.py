@@ -83,8 +83,9 @@ U8 = npt.NDArray[np.uint8]
 DATA = Path(os.environ.get("EDGE_GUARD_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 MEAN = (104.0, 117.0, 123.0)
 PRE = PreprocessConfig(size=(224, 224), mean=MEAN)
+#: The severity whose reason codes the report lists per corruption type.
+REASON_SEVERITY = 3
 #: Sections a run can leave out (--skip); the clean held-out split always runs: the others use its profile.
-REASON_SEVERITY = 3  # the severity whose reason codes the report lists per corruption type
 SECTIONS = ("controls", "corruptions", "adversarial", "events", "drift", "cost")
 #: Test material besides the video, relative to --data, and what each is for. A section whose
 #: material is missing is left out with a note (your own --video needs none of it).
