@@ -138,4 +138,4 @@ def calibrate_from_config(cfg: GuardConfig, out: Path, progress: bool = True) ->
     out.parent.mkdir(parents=True, exist_ok=True)
     profile.save(out)
     return CalibrationResult(profile, out, read, scorer.calibrated, time.monotonic() - t_start, cfg.source.uri,
-                             scorer.calibration_restarts)
+                             scorer.calibration_size_changes)

@@ -66,7 +66,7 @@ logger = logging.getLogger(__name__)
 #: Errors that mean "the configuration is wrong": never retried (exit 78).
 FATAL_AT_START: tuple[type[GuardError], ...] = (ConfigError, ProfileError, ModelError)
 #: This many frame size changes during start-up calibration mark the camera degraded.
-CALIBRATION_RESTARTS_DEGRADED: int = 3
+CALIBRATION_SIZE_CHANGES_DEGRADED: int = 3
 
 _TICK_S = 0.25
 _STATUS_EVERY_S = 5.0
@@ -355,12 +355,12 @@ class Daemon:
         elif w.first_done.is_set():
             scorer = self.scorer
             mismatch = scorer.size_mismatch if scorer is not None else None
-            restarts = scorer.calibration_restarts if scorer is not None and scorer.phase == "calibrating" else 0
+            changes = scorer.calibration_size_changes if scorer is not None and scorer.phase == "calibrating" else 0
             if mismatch is not None:  # a swapped camera: every frame is BLOCKed with reason 'resolution'
                 self.reporter.set_camera_state("degraded", mismatch)
-            elif restarts >= CALIBRATION_RESTARTS_DEGRADED:  # the stream keeps changing size: it may never end
+            elif changes >= CALIBRATION_SIZE_CHANGES_DEGRADED:  # the stream keeps changing size: it may never end
                 self.reporter.set_camera_state(
-                    "degraded", f"frame size keeps changing: {restarts} size changes during start-up calibration")
+                    "degraded", f"frame size keeps changing: {changes} size changes during start-up calibration")
             else:
                 self.reporter.set_camera_state("online", self.phase)
 
@@ -436,14 +436,14 @@ class Daemon:
             logger.info("stopped during start-up calibration (%d of %d frames): no profile was built",
                         scorer.calibrated, scorer.calibration_target)
         elif scorer is not None and scorer.phase == "calibrating" and t.frames_processed:
-            restarts = scorer.calibration_restarts
+            changes = scorer.calibration_size_changes
             logger.warning(
                 "exiting (%s) during start-up calibration: %d of the %d calibration frames seen%s, so no profile "
                 "was built and no frame got a decision; feed a longer clip (or source.loop), lower "
                 "calibration.frames, or set policy.profile to a profile from `edge-guard calibrate`",
                 reason, scorer.calibrated, scorer.calibration_target,
-                f" for the leading frame size ({restarts} size changes: each size is calibrated on its own frames)"
-                if restarts else "",
+                f" for the leading frame size ({changes} size changes: each size is calibrated on its own frames)"
+                if changes else "",
             )
         logger.info("exiting (%s): %d frames in, %d processed, %d dropped", reason,
                     t.frames_in, t.frames_processed, t.frames_dropped)

@@ -32,7 +32,7 @@ __all__ = ["Measured", "Measurer", "ProfileIds", "Scorer", "load_profile"]
 
 logger = logging.getLogger(__name__)
 #: A stream that keeps changing resolution during calibration is warned about at most this often.
-RESTART_LOG_S: float = 60.0
+SIZE_CHANGE_LOG_S: float = 60.0
 #: Frame sizes calibrated side by side at most (a stream flapping between resolutions, a folder of mixed sizes).
 MAX_CALIBRATION_SIZES: int = 4
 
@@ -150,8 +150,8 @@ class Scorer:
         self._cal_size: tuple[int, int] | None = None  # the size of the last calibration frame
         self.calibrated = 0
         self.profile: Profile | None = None
-        self._restarts = self._restarts_logged = 0  # frame size changes during calibration
-        self._restart_logged: float | None = None  # monotonic time of the last size-change warning
+        self._size_changes = self._size_changes_logged = 0  # frame size changes during calibration
+        self._size_change_logged_at: float | None = None  # monotonic time of the last size-change warning
         if profile is not None:
             self._install(profile)
 
@@ -165,9 +165,9 @@ class Scorer:
         return self._cal_cfg.frames
 
     @property
-    def calibration_restarts(self) -> int:
+    def calibration_size_changes(self) -> int:
         """Times the frame size changed during start-up calibration."""
-        return self._restarts
+        return self._size_changes
 
     def update(self, m: Measured) -> Verdict | None:
         """Consume one measured frame; a Verdict when guarding, None while calibrating."""
@@ -219,10 +219,10 @@ class Scorer:
         size = (m.stats.width, m.stats.height)
         previous, self._cal_size = self._cal_size, size
         if previous is not None and size != previous:
-            self._restarts += 1
+            self._size_changes += 1
             now = time.monotonic()
-            if self._restart_logged is None or now - self._restart_logged >= RESTART_LOG_S:
-                more = self._restarts - 1 - self._restarts_logged
+            if self._size_change_logged_at is None or now - self._size_change_logged_at >= SIZE_CHANGE_LOG_S:
+                more = self._size_changes - 1 - self._size_changes_logged
                 sizes = ", ".join(f"{w}x{h}: {c.n}" for (w, h), c in self._calibrators.items())
                 logger.warning(
                     "camera %s: frame %d is %dx%d, the frame before %dx%d: the stream changed resolution "
@@ -233,7 +233,7 @@ class Scorer:
                     f" ({more} more size changes since the last message: frames of one camera keep one size; "
                     "a folder source must not mix image sizes)" if more else "",
                 )
-                self._restart_logged, self._restarts_logged = now, self._restarts
+                self._size_change_logged_at, self._size_changes_logged = now, self._size_changes
         cal = self._calibrators.get(size)
         if cal is None:
             if len(self._calibrators) >= MAX_CALIBRATION_SIZES:

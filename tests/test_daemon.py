@@ -272,7 +272,7 @@ def test_profile_from_file_and_mismatch(tmp_path: Path) -> None:
         Daemon(other_grid, notifier=Notifier(None)).start()
 
 
-def test_calibration_restarts_when_the_stream_changes_resolution(
+def test_calibration_follows_the_stream_to_a_new_resolution(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A folder whose frames switch from 96x64 to 128x96 during start-up calibration (a stream

@@ -188,12 +188,12 @@ def test_token_bucket_refills_at_its_rate() -> None:
         TokenBucket(-1.0, 1.0)
 
 
-def test_calibration_restart_warnings_are_throttled(
+def test_calibration_size_change_warnings_are_throttled(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A stream changing size on every frame: the warning comes at most once per RESTART_LOG_S and
+    """A stream changing size on every frame: the warning comes at most once per SIZE_CHANGE_LOG_S and
     counts the size changes it did not report; each size keeps its own calibration frames."""
-    clock = iter([1.0, 2.0, 3.0, 1.0 + pipeline.RESTART_LOG_S + 0.5])
+    clock = iter([1.0, 2.0, 3.0, 1.0 + pipeline.SIZE_CHANGE_LOG_S + 0.5])
     monkeypatch.setattr(pipeline, "time", SimpleNamespace(monotonic=lambda: next(clock),
                                                           perf_counter=time.perf_counter))
     scorer = pipeline.Scorer(None, PolicyConfig(), CalibrationConfig(frames=20), (4, 4),
@@ -206,7 +206,7 @@ def test_calibration_restart_warnings_are_throttled(
             frame = Frame(image, "cam", seq, float(seq), float(seq), live=True)
             assert scorer.update(pipeline.Measured(frame, backend.compute(image), None, {})) is None
     warned = [r.getMessage() for r in caplog.records]
-    assert scorer.calibration_restarts == 4 and len(warned) == 2
+    assert scorer.calibration_size_changes == 4 and len(warned) == 2
     assert "frame 1 is 64x48, the frame before 96x64" in warned[0] and "(so far 96x64: 1)" in warned[0]
     assert "more size changes" not in warned[0]
     assert "frame 4 is 96x64" in warned[1] and "(so far 96x64: 2, 64x48: 2)" in warned[1]

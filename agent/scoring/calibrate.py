@@ -170,11 +170,6 @@ class Calibrator:
         return len(self._kept)
 
     @property
-    def size(self) -> tuple[int, int] | None:
-        """(width, height) of the frames calibrated so far (None before the first)."""
-        return self._size
-
-    @property
     def done(self) -> bool:
         """True once ``skip + frames`` frames were given: call ``build()``."""
         return self._used >= self.cfg.frames
