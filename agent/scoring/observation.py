@@ -60,6 +60,7 @@ __all__ = [
     "Observation",
     "TileMotion",
     "chroma_energy",
+    "clipped_mask",
     "clipped_tiles",
     "feature_vector",
     "make_thumbnail",
@@ -109,6 +110,7 @@ assert len(FEATURE_TOLERANCE) == len(FEATURES)
 _C = TILE_FIELDS.index("contrast")
 _L = TILE_FIELDS.index("blur")
 _B = TILE_FIELDS.index("brightness")
+_CLIP = TILE_FIELDS.index("clip_frac")
 MOTION_OFFSET: float = 0.1
 
 
@@ -167,6 +169,12 @@ def thumbnail_bgr(image: U8, width: int = THUMB_WIDTH) -> U8:
     return np.ascontiguousarray(cv2.resize(image, (width, rows), interpolation=cv2.INTER_AREA), dtype=np.uint8)
 
 
+def clipped_mask(stats: FrameStats) -> npt.NDArray[np.bool_]:
+    """(rows * cols,) True for the tiles more than ``CLIPPED_TILE`` clipped (False for empty tiles)."""
+    clip = stats.tiles[:, :, _CLIP].ravel()
+    return np.asarray(clip > CLIPPED_TILE)  # NaN compares False
+
+
 def clipped_tiles(stats: FrameStats) -> float:
     """Share of the tiles (those with statistics) more than ``CLIPPED_TILE`` clipped (0 when none has any).
 
@@ -175,9 +183,8 @@ def clipped_tiles(stats: FrameStats) -> float:
     >>> clipped_tiles(FrameStats(8, 8, *[0.0] * 11, hist=np.zeros(32, np.int64), tiles=tiles))
     0.5
     """
-    clip = stats.tiles[:, :, TILE_FIELDS.index("clip_frac")]
-    known = ~np.isnan(clip)
-    return float(np.count_nonzero(clip[known] > CLIPPED_TILE)) / max(1, int(known.sum()))
+    known = int(np.count_nonzero(~np.isnan(stats.tiles[:, :, _CLIP])))
+    return float(np.count_nonzero(clipped_mask(stats))) / max(1, known)
 
 
 def make_thumbnail(image: U8, width: int = THUMB_WIDTH, *, small: U8 | None = None) -> U8:

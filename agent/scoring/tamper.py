@@ -78,7 +78,7 @@ import numpy.typing as npt
 
 from agent.scoring.base import Params, Test, register
 from agent.scoring.config import CalibrationConfig, TamperConfig
-from agent.scoring.observation import CLIPPED_TILE, U8, Observation
+from agent.scoring.observation import CLIPPED_TILE, U8, Observation, clipped_mask
 from agent.scoring.patch import ROUNDING_VAR, TILE_FEATURES, TileTest
 from agent.stats.types import TILE_FIELDS
 
@@ -122,7 +122,7 @@ class Defocused(TileTest):
         calibrated = np.maximum(np.exp(model.median[:, _LOG_CONTRAST]) - 2.0, 0.0)  # median of log(2 + c) -> c
         variance_rise = np.log(ROUNDING_VAR + contrast**2) - np.log(ROUNDING_VAR + calibrated**2)
         e = np.minimum(ratio, ratio - variance_rise) / model.scale[:, _SHARP]
-        usable = (obs.stats.tiles[:, :, _CLIP].ravel() <= CLIPPED_TILE) & ~np.isnan(e)
+        usable = ~clipped_mask(obs.stats) & ~np.isnan(e)
         if not usable.any() or 2 * int(usable.sum()) < int((~np.isnan(e)).sum()):
             return math.nan  # most of the view is clipped (or no tile has statistics): glare, not focus
         return float(np.median(e[usable]))
@@ -170,8 +170,10 @@ def block_clip(tile_clip: FloatArray, grid: tuple[int, int] = MOVED_BLOCKS) -> F
     [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]
     """
     t = np.nan_to_num(np.asarray(tile_clip, dtype=np.float64))
-    if t.shape == grid or not t.any():  # the usual cases: the same grid, or nothing clipped
-        return np.asarray(t.ravel() if t.shape == grid else np.zeros(grid[0] * grid[1]), dtype=np.float64)
+    if t.shape == grid:  # the usual case: the stats grid is the blocks' grid
+        return t.ravel()
+    if not t.any():
+        return np.zeros(grid[0] * grid[1])
     out = _overlap(t.shape[0], grid[0]) @ t @ _overlap(t.shape[1], grid[1]).T
     return np.asarray(out.ravel(), dtype=np.float64)
 
