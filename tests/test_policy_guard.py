@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import math
 
+import cv2
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from agent.errors import ConfigError, ProfileError
@@ -246,3 +248,35 @@ def test_small_n_for_alpha_is_logged(clean: Data, caplog: pytest.LogCaptureFixtu
     messages = [r.getMessage() for r in caplog.records]
     assert any("alpha_block=0.001" in m and "extrapolated tail" in m for m in messages), messages
     assert not any("alpha_flag=0.05 is below" in m for m in messages)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (8, 8), (32, 24)])
+def test_frames_smaller_than_the_tile_grids_are_guarded_without_warnings(size: tuple[int, int]) -> None:
+    """Tiles a frame is too small to measure are NaN in every frame (all-NaN calibration columns):
+    calibrating and guarding go through without NumPy's 'All-NaN slice' warnings (errors under
+    pytest's filterwarnings), and a darkened frame is still caught."""
+    spec = parse_synthetic_uri("synthetic://clean?size=128x72&seed=4&frames=160")
+    camera = SyntheticCamera(SyntheticScene(spec.seed, spec.size_wh), spec.schedule)
+    shrink = cv2.INTER_AREA
+    images: list[npt.NDArray[np.uint8]] = [
+        np.asarray(cv2.resize(camera.render(i)[0], size, interpolation=shrink), dtype=np.uint8) for i in range(140)
+    ]
+    backend = CpuStats((4, 4))
+    cal = Calibrator(CalibrationConfig(frames=120), (4, 4))
+    for im in images[:120]:
+        cal.update(backend.compute(im), None, image=im, live=True)
+    guard = Guard(cal.build(model_sha256=None))
+    clean = [guard.update(frame(im, i, live=True), backend.compute(im), None) for i, im in enumerate(images[120:])]
+    dark = (images[-1] // 6).astype(np.uint8)
+    v = guard.update(frame(dark, 99, live=True), backend.compute(dark), None)
+    assert [c.decision for c in clean] == [Decision.PASS] * len(clean)
+    assert v.decision == Decision.BLOCK and "dark" in v.reason_codes
+
+
+def test_nanstats_doctests() -> None:
+    import doctest  # noqa: PLC0415
+
+    from agent.scoring import nanstats  # noqa: PLC0415
+
+    result = doctest.testmod(nanstats)
+    assert result.attempted == 3 and result.failed == 0

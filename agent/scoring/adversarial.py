@@ -62,6 +62,7 @@ from agent.model.config import PreprocessConfig
 from agent.model.types import ModelOutput, ModelRunner
 from agent.scoring.base import Params, Test, register
 from agent.scoring.config import CalibrationConfig, SqueezeConfig
+from agent.scoring.nanstats import nan_median
 from agent.scoring.observation import Observation, chroma_energy
 
 __all__ = [
@@ -194,7 +195,7 @@ class AdversarialHF(Test):
 
     def fit(self, observations: Sequence[Observation]) -> None:
         rows = [_log_floor(o.chroma) for o in observations if o.chroma is not None]
-        self.median = np.nan_to_num(np.nanmedian(np.stack(rows), axis=0)) if len(rows) >= 2 else None
+        self.median = np.nan_to_num(nan_median(np.stack(rows))) if len(rows) >= 2 else None
 
     def params(self) -> Params:
         return {} if self.median is None else {"median": self.median.tolist()}

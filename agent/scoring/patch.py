@@ -94,6 +94,7 @@ import numpy.typing as npt
 
 from agent.scoring.base import Params, Test, register
 from agent.scoring.config import CalibrationConfig
+from agent.scoring.nanstats import nan_median, nan_quantile
 from agent.scoring.observation import Observation
 from agent.stats.types import TILE_FIELDS, FrameStats
 
@@ -156,9 +157,7 @@ def tile_features(stats: FrameStats) -> FloatArray:
 
 def localized(d: FloatArray, scale: FloatArray) -> FloatArray:
     """|d_tf - median over tiles of d_tf| / scale_tf for (T, F) deviations (NaN-aware)."""
-    with np.errstate(all="ignore"):
-        shift = np.nanmedian(d, axis=0) if not np.isnan(d).all() else np.zeros(d.shape[1])
-    out: FloatArray = np.abs(d - shift) / scale
+    out: FloatArray = np.abs(d - nan_median(d)) / scale
     return out
 
 
@@ -167,9 +166,8 @@ def rest_of_view(d: FloatArray, scale: FloatArray) -> float:
     z = np.abs(d) / scale
     if not np.isnan(z).any():  # the usual case, without the NaN-aware reductions' cost
         return float(np.median(z.max(axis=1)))
-    with np.errstate(all="ignore"):
-        worst = np.nanmax(z, axis=1) if not np.isnan(z).all() else np.zeros(1)
-        return float(np.nanmedian(worst)) if not np.isnan(worst).all() else 0.0
+    typical = float(nan_median(np.fmax.reduce(z, axis=1)))  # fmax: NaN only where a tile has no number
+    return 0.0 if math.isnan(typical) else typical
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,12 +184,8 @@ class TileModel:
         if not observations:
             return None
         x = np.stack([tile_features(o.stats) for o in observations])  # (n, T, F)
-        with np.errstate(all="ignore"):
-            if np.isnan(x).all():
-                med, spread = np.zeros(x.shape[1:]), np.zeros(x.shape[1:])
-            else:
-                lo, med, hi = np.nanquantile(x, [SPREAD_Q, 0.5, 1.0 - SPREAD_Q], axis=0)
-                spread = (hi - lo) / _SPREAD_TO_SD
+        lo, med, hi = nan_quantile(x, [SPREAD_Q, 0.5, 1.0 - SPREAD_Q])
+        spread = (hi - lo) / _SPREAD_TO_SD
         med = np.where(np.isnan(med), 0.0, med)
         spread = np.where(np.isnan(spread), 0.0, spread)
         # Content that moved through the busier tiles may move through any tile later: each
@@ -353,19 +347,14 @@ class Patch(TileTest):
 
 def _still_bound(d: FloatArray, floor: float) -> FloatArray:
     """Per column of (n, T) values: median + max(STILL_MADS * MAD, STILL_SHARE * median, floor)."""
-    if np.isnan(d).all():
-        med = mad = np.zeros(d.shape[1])
-    else:
-        with np.errstate(all="ignore"):
-            med = np.nan_to_num(np.nanmedian(d, axis=0))
-            mad = np.nan_to_num(1.4826 * np.nanmedian(np.abs(d - med), axis=0))
+    med = np.nan_to_num(nan_median(d))
+    mad = np.nan_to_num(1.4826 * nan_median(np.abs(d - med)))
     out: FloatArray = med + np.maximum(np.maximum(STILL_MADS * mad, STILL_SHARE * med), floor)
     return out
 
 
 def _quiet_bound(m: FloatArray) -> FloatArray:
     """Per column of (n, T) motion values: STILL_MOTION_FACTOR * quiet quantile + STILL_MIN_MOTION."""
-    with np.errstate(all="ignore"):
-        quiet = np.zeros(m.shape[1]) if np.isnan(m).all() else np.nan_to_num(np.nanquantile(m, STILL_QUIET_Q, axis=0))
+    quiet = np.nan_to_num(nan_quantile(m, STILL_QUIET_Q))
     out: FloatArray = STILL_MOTION_FACTOR * quiet + STILL_MIN_MOTION
     return out

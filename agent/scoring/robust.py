@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from agent.scoring.nanstats import nan_median
+
 __all__ = ["RobustGaussian", "chi2_quantile", "fit_robust_gaussian"]
 
 FloatArray = npt.NDArray[np.float64]
@@ -129,7 +131,7 @@ def fit_robust_gaussian(
         raise ValueError(f"support must be in [0.5, 1], but got {support}")
     if shrinkage is not None and not 0.0 <= shrinkage <= 1.0:
         raise ValueError(f"shrinkage must be in [0, 1], but got {shrinkage}")
-    med = np.nanmedian(data, axis=0)
+    med = nan_median(data)
     med = np.where(np.isnan(med), 0.0, med)
     data = np.where(np.isnan(data), med, data)
     mad = _MAD_TO_SD * np.median(np.abs(data - med), axis=0)
