@@ -20,6 +20,7 @@ from agent.frame import Frame
 from agent.sdnotify import Notifier
 from agent.sinks.base import NullSink
 from agent.verdict import Verdict
+from agent.workers import Item, Workers
 
 pytestmark = pytest.mark.integration
 
@@ -41,8 +42,22 @@ class FirstFrameSink(NullSink):
 
 @pytest.mark.parametrize("batch_size", [1, 16], ids=["one-by-one", "gap-inside-a-batch"])
 def test_first_frame_after_a_reconnect_has_no_previous_frame(
-    late_http_server: tuple[int, Callable[[], None]], test_data: Path, tmp_path: Path, batch_size: int
+    late_http_server: tuple[int, Callable[[], None]], test_data: Path, tmp_path: Path, batch_size: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """With batch_size 16 the worker is held until the camera has delivered every frame, so the
+    queue holds both reconnections and the batches it takes ([64, 80) and [128, 144)) each
+    contain one: the worker must split them there."""
+    batches: list[list[int]] = []  # the connection epoch of each frame of each batch the worker took
+    process = Workers._process
+
+    def held_process(self: Workers, items: list[Item]) -> None:
+        if not batches:
+            wait_until(lambda: self.source.frames_read >= FRAMES, 30, "the camera to deliver every frame")
+        batches.append([epoch for _, _, epoch in items])
+        process(self, items)
+
+    monkeypatch.setattr(Workers, "_process", held_process)
     port, start = late_http_server
     start()
     cap = cv2.VideoCapture(str(test_data / "videos" / "opencv_tree.avi"))
@@ -78,6 +93,8 @@ def test_first_frame_after_a_reconnect_has_no_previous_frame(
     assert restarts == [68, 136]  # the stream ended after each pass and the camera reconnected
     no_prev = [seq for seq, diff, _ in rows if math.isnan(diff)]
     assert no_prev == restarts  # reset exactly there: every other frame is compared with its predecessor
+    mixed = [b for b in batches if len(set(b)) > 1]
+    assert len(mixed) == (2 if batch_size > 1 else 0), batches  # the reconnections fell inside batches
 
 
 
