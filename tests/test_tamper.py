@@ -7,6 +7,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from agent.corruptions import corrupt
 from agent.frame import Frame
 from agent.scoring import explain
 from agent.scoring.base import make_test
@@ -14,7 +15,16 @@ from agent.scoring.calibrate import DEFAULT_TESTS, Calibrator
 from agent.scoring.config import CalibrationConfig, PolicyConfig, TamperConfig
 from agent.scoring.observation import clipped_tiles, make_thumbnail, observe
 from agent.scoring.policy import Guard
-from agent.scoring.tamper import TAMPER_REASONS, Hysteresis, Moved, TamperMonitor, block_ncc, edge_map, ncc
+from agent.scoring.tamper import (
+    TAMPER_REASONS,
+    Hysteresis,
+    Moved,
+    TamperMonitor,
+    block_ncc,
+    edge_map,
+    flat_mask,
+    ncc,
+)
 from agent.sources.synthetic import SyntheticCamera, SyntheticScene, parse_synthetic_uri
 from agent.stats.cpu import CpuStats
 from agent.stats.types import FrameStats
@@ -250,6 +260,45 @@ def test_blur_does_not_apply_to_a_washed_out_view(stream: Stream) -> None:
     assert all(clipped_tiles(o.stats) > 0.5 and np.isnan(blur.update(o).score) for o in washed)
     clean = observe(stream[CAL][1], None)
     assert clipped_tiles(clean.stats) == 0.0 and np.isfinite(blur.update(clean).score)
+
+
+def test_an_occluder_hides_the_view_it_does_not_move_it(stream: Stream) -> None:
+    """Flat rectangles over 20-30 % of the view (corruption ``occlusion`` s3-s4) wipe the edges of the
+    blocks they straddle: compared whole, those blocks made ``moved`` fire. What they hide is left
+    out, so they score like the calibrated view; a cover (most of the view gone) is compared whole
+    and still scores high."""
+    backend = CpuStats((4, 4))
+    test = Moved()
+    test.fit([observe(s, None, image=im) for im, s, _ in stream[:CAL]])
+    assert test._ref_edges is not None
+    tolerance = Moved.default_tolerance
+    for severity in (3, 4):
+        scores, whole = [], []
+        for k, (image, _, _) in enumerate(stream[CAL : CAL + 40 : 4]):
+            occluded = corrupt(image, "occlusion", severity, seed=k)
+            obs = observe(backend.compute(occluded), None, image=occluded)
+            assert obs.thumb is not None
+            scores.append(test.update(obs).score)
+            whole.append(1.0 - block_ncc(edge_map(obs.thumb), test._ref_edges))
+        assert max(scores) < tolerance < float(np.median(whole)), (severity, scores, whole)
+    covered = [test.update(observe(s, None, image=im)).score for im, s, f in stream[290:330] if f == "covered"]
+    assert len(covered) == 40 and min(covered) > 0.5
+
+
+def test_block_ncc_leaves_hidden_pixels_out_unless_most_blocks_are_hidden() -> None:
+    rng = np.random.default_rng(2)
+    ref = rng.random((32, 64)).astype(np.float32)
+    frame = ref.copy()
+    hidden = np.zeros(ref.shape, dtype=bool)
+    for x in (0, 16, 32, 48):  # bars over a quarter of every 8 x 16 block
+        frame[:, x : x + 4], hidden[:, x : x + 4] = 0.0, True
+    assert block_ncc(frame, ref) < 0.9  # compared whole, no block matches
+    assert block_ncc(frame, ref, hidden=hidden) == pytest.approx(1.0)  # what is seen matches
+    frame[:, :44], hidden[:, :44] = 0.0, True  # 12 of 16 blocks more than half hidden: compared whole
+    assert block_ncc(frame, ref, hidden=hidden) == block_ncc(frame, ref) < 0.9
+    texture = (rng.random((36, 64)) * 200).astype(np.uint8)
+    assert flat_mask(np.full((36, 64), 90, np.uint8)).all()
+    assert not flat_mask(texture).any() and not flat_mask((texture * 0.15).astype(np.uint8)).any()  # dim is not flat
 
 
 def test_block_ncc_needs_half_of_the_structured_blocks() -> None:
