@@ -40,6 +40,7 @@ REASON_CODES: tuple[str, ...] = (
     "patch",
     "defocused",
     "moved",
+    "occluded",
     "drift",
     "resolution",
 )

@@ -57,8 +57,8 @@ def test_profile_contents(profile: Profile) -> None:
     assert len(q) == len(QUANTILE_LEVELS) and q == sorted(q)  # type: ignore[type-var]
     assert profile.tiles.fields == list(TILE_FIELDS) and len(profile.tiles.median) == 4
     assert profile.robust.location and len(profile.robust.scatter) == len(profile.robust.location)
-    # no images: no thumbnail (moved) and no chroma energy (adversarial_hf)
-    assert profile.test_names() == [t for t in DEFAULT_TESTS if t not in ("moved", "adversarial_hf")]
+    # no images: no thumbnail (moved, occluded) and no chroma energy (adversarial_hf)
+    assert profile.test_names() == [t for t in DEFAULT_TESTS if t not in ("moved", "occluded", "adversarial_hf")]
     for t in profile.tests:
         assert len(t.calibration_scores) == profile.n_cal
     assert profile.model is None

@@ -49,7 +49,7 @@ import numpy.typing as npt
 
 from agent.errors import ProfileError
 from agent.model.types import ModelOutput
-from agent.scoring import adversarial, ood, patch, rules, tamper  # noqa: F401  (registers the tests)
+from agent.scoring import adversarial, ood, patch, rules, tamper, view  # noqa: F401  (registers the tests)
 from agent.scoring.base import Test, make_test
 from agent.scoring.config import ALL_TESTS, CalibrationConfig
 from agent.scoring.ess import EffectiveFrames, effective_frames, frames_needed
@@ -89,6 +89,7 @@ DEFAULT_TESTS: tuple[str, ...] = (
     "adversarial_hf",
     "defocused",
     "moved",
+    "occluded",
 )
 #: Tests added when the calibration frames have what they need: model outputs (classifier or
 #: detector) or squeezing distances. A test that never applies is left out of the profile.

@@ -99,7 +99,7 @@ class CalibrationConfig(StrictModel):
         "calibration holds the 1/alpha_flag independent scene states that alpha_flag needs and its last third, "
         "guarded against the rest, confirms the level. Otherwise (the calibrator warns) they stay and keep the "
         "rate at most alpha. Tolerances named in `tolerances` always apply, and so do the tamper tests' (covered, "
-        "frozen, defocused, moved: the smallest event each names).",
+        "frozen, defocused, moved, occluded: the smallest event each names).",
     )
     squeeze: SqueezeConfig = Field(default_factory=SqueezeConfig, description="Feature squeezing (adversarial).")
     glare_floor: float = Field(
@@ -122,8 +122,8 @@ class CalibrationConfig(StrictModel):
 
 class TamperConfig(StrictModel):
     raise_frames: int = Field(
-        3, ge=1, le=1000, description="Consecutive frames a tamper test (covered, frozen, defocused, moved) must "
-        "fire on before the tamper alarm is raised (3 frames = 0.12 s at 25 fps).",
+        3, ge=1, le=1000, description="Consecutive frames a tamper test (covered, frozen, defocused, moved, "
+        "occluded) must fire on before the tamper alarm is raised (3 frames = 0.12 s at 25 fps).",
     )
     clear_frames: int = Field(
         3, ge=1, le=1000, description="Consecutive clean-looking frames that clear a raised tamper alarm.",

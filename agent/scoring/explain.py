@@ -8,10 +8,16 @@ the policy drops the reason (from the verdict and from its tamper alarm):
   (the calibrated view's edges are all there) and any other reason fires: a 15 % exposure or a
   veil is as flat as a hand over the lens, but a cover hides the view;
 * ``blur`` is dropped where ``defocused`` applies and its p_family is above ``clear_alpha`` (no
-  tile lost detail) and ``glare`` or ``overexposed`` fires: light added over the view (a
-  flare's halo) raises the frame's variance and not its Laplacian energy, which lowers the
-  frame-wide ratio ``blur`` reads; ``defocused`` compares each unclipped tile's detail and is
-  not fooled by it.
+  tile lost detail) and ``glare``, ``overexposed`` or ``occluded`` fires: light added over the
+  view (a flare's halo) raises the frame's variance and not its Laplacian energy, and a flat
+  occluder replaces detail with nothing, which both lower the frame-wide ratio ``blur`` reads;
+  ``defocused`` compares each unclipped tile's detail (its median tile) and is not fooled.
+
+A reason is also dropped where another makes it meaningless (``_SUPERSEDED``): ``occluded``
+(part of the calibrated view hidden, the rest intact) where ``covered`` (all of it hidden),
+``moved`` (the view is elsewhere: pixel positions no longer correspond) or ``defocused`` (every
+tile lost detail: a blur or a starved encoder flattens texture everywhere, as ImageNet-C JPEG
+s3-s5 does) fires.
 
 Without the evidence (no thumbnail for ``moved``, ``defocused`` disabled or not applicable)
 nothing is dropped. A reason is dropped only where another fires, so every FLAG still names a
@@ -30,6 +36,10 @@ frame: the evidence is as strong, only its name changed): the family-wise rates 
 []
 >>> sorted(explained_away({"blur": 0.001, "defocused": 1.0, "ood_stats": 0.001}, 0.01, 0.1))  # no light to blame
 []
+>>> sorted(explained_away({"blur": 0.001, "defocused": 1.0, "occluded": 0.001}, 0.01, 0.1))  # a sticker
+['blur']
+>>> sorted(explained_away({"occluded": 0.001, "covered": 0.001, "moved": 0.001}, 0.01, 0.1))  # a hand
+['occluded']
 """
 
 from __future__ import annotations
@@ -41,8 +51,10 @@ __all__ = ["explained_away"]
 #: reason -> (the test whose quiet rules out the reason's own cause, reasons of which one must fire; empty: any)
 _RULES: dict[str, tuple[str, frozenset[str]]] = {
     "covered": ("moved", frozenset()),
-    "blur": ("defocused", frozenset({"glare", "overexposed"})),
+    "blur": ("defocused", frozenset({"glare", "overexposed", "occluded"})),
 }
+#: reason -> the reasons that make it meaningless where they fire (the reason is dropped then)
+_SUPERSEDED: dict[str, tuple[str, ...]] = {"occluded": ("covered", "moved", "defocused")}
 
 
 def explained_away(p_family: Mapping[str, float], alpha_flag: float, clear_alpha: float) -> set[str]:
@@ -54,5 +66,12 @@ def explained_away(p_family: Mapping[str, float], alpha_flag: float, clear_alpha
             continue
         others = (code for code, q in p_family.items() if q <= alpha_flag and code != reason)
         if any(not causes or code in causes for code in others):
+            out.add(reason)
+    for reason, overriding in _SUPERSEDED.items():
+        p = p_family.get(reason)
+        if p is None or p > alpha_flag:
+            continue
+        # the overriding reason stays on the frame to name the event (unless itself explained away)
+        if any(p_family.get(code, 1.0) <= alpha_flag and code not in out for code in overriding):
             out.add(reason)
     return out

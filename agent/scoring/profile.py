@@ -30,7 +30,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.errors import ProfileError
-from agent.scoring import adversarial, ood, patch, rules, tamper  # noqa: F401  (importing registers the tests)
+from agent.scoring import adversarial, ood, patch, rules, tamper, view  # noqa: F401  (importing registers the tests)
 from agent.scoring.base import Test, make_test
 from agent.scoring.config import CalibrationConfig
 from agent.stats.finish import STATS_VERSION
