@@ -322,6 +322,14 @@ def test_block_ncc_leaves_hidden_pixels_out_unless_most_blocks_are_hidden() -> N
         frame[:, x : x + 4], hidden[:, x : x + 4] = 0.0, True
     assert block_ncc(frame, ref) < 0.9  # compared whole, no block matches
     assert block_ncc(frame, ref, hidden=hidden) == pytest.approx(1.0)  # what is seen matches
+    # what is seen is compared block by block, as ncc() would on the seen pixels of each 8 x 16 block
+    noisy = (ref + rng.normal(0.0, 0.5, ref.shape)).astype(np.float32)
+    corners = [(r, c) for r in range(0, 32, 8) for c in range(0, 64, 16)]
+    by_hand = []
+    for r, c in corners:
+        seen = ~hidden[r : r + 8, c : c + 16]
+        by_hand.append(ncc(noisy[r : r + 8, c : c + 16][seen], ref[r : r + 8, c : c + 16][seen]))
+    assert block_ncc(noisy, ref, hidden=hidden) == pytest.approx(float(np.median(by_hand)))
     frame[:, :44], hidden[:, :44] = 0.0, True  # 12 of 16 blocks more than half hidden: compared whole
     assert block_ncc(frame, ref, hidden=hidden) == block_ncc(frame, ref) < 0.9
     thumb = (rng.random((36, 64)) * 200).astype(np.uint8)
