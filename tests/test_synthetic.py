@@ -114,7 +114,7 @@ def test_default_scenario_schedule() -> None:
     sched = spec.schedule
     assert [w.fault for w in sched] == list(FAULT_NAMES)
     assert [(w.start, w.end) for w in sched] == [(400 + 100 * k, 450 + 100 * k) for k in range(len(FAULT_NAMES))]
-    assert sched.total_frames == 1400  # 56 s at 25 fps
+    assert sched.total_frames == 1500  # 60 s at 25 fps
     assert sched.frames_by_fault() == dict.fromkeys(FAULT_NAMES, 50)
     assert (sched.fault_at(399), sched.fault_at(400), sched.fault_at(449), sched.fault_at(450)) == (
         None, "blur", "blur", None,

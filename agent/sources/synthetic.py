@@ -7,7 +7,7 @@ schedule (``SyntheticCamera``), delivered as a live source. Scenarios:
 - ``default``: the demo. ``clean_s`` seconds clean (default 16 s: calibration), then
   every fault of ``FAULT_NAMES`` in turn for ``fault_s`` seconds (default 2), each
   followed by ``gap_s`` seconds clean (default 2), then the stream ends
-  (56 s of frames with the defaults).
+  (60 s of frames with the defaults).
 - ``custom``: ``faults=blur:50:100,dark:120:160`` (fault:start_frame:end_frame, end
   exclusive); clean elsewhere; forever unless ``frames=N``.
 

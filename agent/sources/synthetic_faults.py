@@ -15,6 +15,7 @@ is applied at the stage of the imaging chain where it happens in a camera:
 | `noise`        | Gaussian sensor noise sigma 18 instead of 2                                  |
 | `frozen`       | the last frame before the freeze repeated bit-identically                    |
 | `covered`      | near-uniform dark brown frame (luma ~35) with smooth shading and some noise |
+| `sticker`      | a dark grey patch with soft edges over 6 % of the view (a sticker or dirt on the lens) |
 | `fog`          | a veil of scattered light: 45 % of each pixel is light grey airlight (a fogged lens, morning fog) |
 | `color_cast`   | channel gains B x0.6, G x0.95, R x1.45 (white-balance failure)               |
 | `scene_change` | the camera now sees another place: the other scene style, another seed      |
@@ -44,6 +45,8 @@ _NOISE_SIGMA = 18.0
 _COVER_BGR = (22.0, 32.0, 45.0)
 _FOG_SHARE, _FOG_AIRLIGHT_BGR = 0.45, (212.0, 208.0, 204.0)
 _SCENE_CHANGE_SEED = 7777
+#: The sticker: (x0, x1, y0, y1) as fractions of the frame (over the buildings), colour, edge blur / width.
+_STICKER_BOX, _STICKER_BGR, _STICKER_SOFT = (0.62, 0.86, 0.16, 0.42), (48.0, 44.0, 40.0), 0.006
 
 
 def _flare(w: int, h: int) -> Image:
@@ -74,6 +77,14 @@ def _cover(w: int, h: int, seed: int) -> Image:
     return out
 
 
+def _sticker(w: int, h: int) -> npt.NDArray[np.float32]:
+    """(h, w, 1) coverage of an out-of-focus sticker on the lens: 1 inside, soft edges."""
+    x0, x1, y0, y1 = _STICKER_BOX
+    mask = np.zeros((h, w), np.float32)
+    mask[round(y0 * h) : round(y1 * h), round(x0 * w) : round(x1 * w)] = 1.0
+    return np.asarray(cv2.GaussianBlur(mask, (0, 0), _STICKER_SOFT * w), dtype=np.float32)[:, :, None]
+
+
 class SyntheticCamera:
     """Frames of ``scene`` with the faults of ``schedule`` injected; random access by index."""
 
@@ -85,6 +96,7 @@ class SyntheticCamera:
         self._flare: Image | None = None
         self._cover: Image | None = None
         self._airlight: Image | None = None
+        self._sticker: npt.NDArray[np.float32] | None = None
         self._last: tuple[int, Image, str] | None = None  # last delivered frame, for freezes
 
     def _alt_scene(self) -> SyntheticScene:
@@ -114,6 +126,11 @@ class SyntheticCamera:
             image, label = self._cover.copy(), scene.label(index)
         else:
             image, label = scene.draw(index)
+        if fault == "sticker":
+            if self._sticker is None:
+                self._sticker = _sticker(w, h)
+            patch = np.array(_STICKER_BGR, np.float32)
+            image[:] = np.clip(image * (1.0 - self._sticker) + patch * self._sticker + 0.5, 0, 255).astype(np.uint8)
         if fault == "blur":
             sigma = _BLUR_SIGMA_640 * w / 640.0
             cv2.GaussianBlur(image, (0, 0), sigma, dst=image)

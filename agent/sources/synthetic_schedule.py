@@ -25,6 +25,7 @@ FAULT_NAMES: tuple[str, ...] = (
     "noise",
     "frozen",
     "covered",
+    "sticker",
     "fog",
     "color_cast",
     "scene_change",
