@@ -16,7 +16,7 @@ from agent.scoring.config import CalibrationConfig, PolicyConfig, TamperConfig
 from agent.scoring.observation import clipped_tiles, make_thumbnail, observe
 from agent.scoring.policy import Guard
 from agent.scoring.tamper import TAMPER_REASONS, Hysteresis, TamperMonitor
-from agent.scoring.view import Moved, block_ncc, edge_map, hidden_mask, ncc, texture
+from agent.scoring.view import Moved, ViewReference, block_ncc, edge_map, hidden_mask, ncc
 from agent.sources.synthetic import SyntheticCamera, SyntheticScene, parse_synthetic_uri
 from agent.stats.cpu import CpuStats
 from agent.stats.types import FrameStats
@@ -332,11 +332,21 @@ def test_block_ncc_leaves_hidden_pixels_out_unless_most_blocks_are_hidden() -> N
     assert block_ncc(noisy, ref, hidden=hidden) == pytest.approx(float(np.median(by_hand)))
     frame[:, :44], hidden[:, :44] = 0.0, True  # 12 of 16 blocks more than half hidden: compared whole
     assert block_ncc(frame, ref, hidden=hidden) == block_ncc(frame, ref) < 0.9
-    thumb = (rng.random((36, 64)) * 200).astype(np.uint8)
-    ref = texture(thumb)
-    dim, washed, stuck = (thumb * 0.15).astype(np.uint8), thumb.copy(), thumb.copy()
-    washed[:, :16], stuck[:, :16] = 255, 40  # a quarter of the view clipped by light / under a flat sticker
-    assert not hidden_mask(dim, ref).any() and not hidden_mask(washed, ref).any()
+
+
+def test_hidden_pixels_are_flat_where_light_should_show_texture() -> None:
+    """A flat sticker hides what is under it; light taken away (a dim exposure, a dark half of the
+    view) or added until it clips hides nothing: the texture each pixel should show scales with the
+    light it gets now."""
+    rng = np.random.default_rng(3)
+    thumb = (30 + rng.random((36, 64)) * 170).astype(np.uint8)
+    ref = ViewReference.of(thumb)
+    stuck, washed, dusk = thumb.copy(), thumb.copy(), thumb.astype(np.float32)
+    stuck[:, :16], washed[:, :16] = 40, 255  # a quarter of the view under a flat sticker / clipped by light
+    dusk[:, :32] = dusk[:, :32] * 0.05 + rng.normal(0.0, 0.2, (36, 32))  # the left half in the dark, and noise
+    dim = (thumb * 0.15).astype(np.uint8)
+    for lit in (dim, washed, np.clip(dusk + 0.5, 0, 255).astype(np.uint8)):
+        assert not hidden_mask(lit, ref).any()
     assert hidden_mask(stuck, ref)[:, :15].all() and not hidden_mask(stuck, ref)[:, 17:].any()
 
 
