@@ -75,11 +75,12 @@ def test_own_footage_without_the_test_material_runs_what_it_can(tmp_path: Path) 
     }
     for key in ("stationary_control", "sequential_control", "adversarial", "drift", "cost_ms"):
         assert key not in report
-    # What needs only the video was measured: every corruption cell, the camera bump, the clean split.
+    # What needs only the video was measured: every corruption cell, the camera bump and the sticker,
+    # the clean split.
     assert len(report["corruptions"]["cells"]) == 15
     assert all(len(row) == 5 for row in report["corruptions"]["cells"].values())
-    assert list(report["events"]) == ["camera_bump"]
-    assert report["events"]["camera_bump"]["event_frames"] == 100
+    assert list(report["events"]) == ["camera_bump", "sticker_5pct"]
+    assert report["events"]["camera_bump"]["event_frames"] == report["events"]["sticker_5pct"]["event_frames"] == 100
     assert report["clean"]["held_out_frames"] == 230
     verdicts = {t["target"].strip(): t["pass"] for t in report["targets"]}
     assert len(verdicts) == 11
