@@ -334,6 +334,23 @@ def test_block_ncc_leaves_hidden_pixels_out_unless_most_blocks_are_hidden() -> N
     assert block_ncc(frame, ref, hidden=hidden) == block_ncc(frame, ref) < 0.9
 
 
+def test_block_ncc_spreads_rows_that_do_not_divide_into_the_blocks() -> None:
+    """A 640x272 camera's thumbnail is 64 x 27: its 4 block rows span 6, 7, 7 and 7 rows (none left out),
+    each block compared as ncc() compares it, with and without hidden pixels."""
+    rng = np.random.default_rng(4)
+    ref = rng.random((27, 64)).astype(np.float32)
+    frame = (ref + rng.normal(0.0, 0.7, ref.shape)).astype(np.float32)
+    hidden = np.zeros(ref.shape, dtype=bool)
+    hidden[20:, :6] = True  # 6 of the 16 columns of the bottom-left block: less than half of it
+    ys, xs = [0, 6, 13, 20, 27], [0, 16, 32, 48, 64]
+    spans = [(ys[i], ys[i + 1], xs[j], xs[j + 1]) for i in range(4) for j in range(4)]
+    whole = [ncc(frame[y0:y1, x0:x1], ref[y0:y1, x0:x1]) for y0, y1, x0, x1 in spans]
+    seen = [ncc(frame[y0:y1, x0:x1][~hidden[y0:y1, x0:x1]], ref[y0:y1, x0:x1][~hidden[y0:y1, x0:x1]])
+            for y0, y1, x0, x1 in spans]
+    assert block_ncc(frame, ref) == pytest.approx(float(np.median(whole)))
+    assert block_ncc(frame, ref, hidden=hidden) == pytest.approx(float(np.median(seen)))
+
+
 def test_hidden_pixels_are_flat_where_light_should_show_texture() -> None:
     """A flat sticker hides what is under it; light taken away (a dim exposure, a dark half of the
     view) or added until it clips hides nothing: the texture each pixel should show scales with the

@@ -37,8 +37,8 @@ of the view hidden, the typical texture is the occluder's: nothing counts as hid
 
 **moved** (the scene no longer matches the reference). The thumbnails become edge maps
 E = G_1 * |grad T| (Sobel magnitude, then a Gaussian of 1 thumbnail pixel so a one-pixel
-jitter does not count), cut into a 4 x 4 grid of equal blocks (``EdgeBlocks``: the last rows or
-columns that do not fill one are left out) and compared block by block with
+jitter does not count), cut into a 4 x 4 grid of blocks (``EdgeBlocks``; a 64 x 27 thumbnail's
+block rows span 6, 7, 7 and 7 rows) and compared block by block with
 
     NCC(a, b) = sum (a - mean a)(b - mean b) / (n sd(a) sd(b))     (0 when a or b is flat)
 
@@ -214,23 +214,43 @@ def block_clip(tile_clip: FloatArray, grid: tuple[int, int] = MOVED_BLOCKS) -> F
 
 
 class EdgeBlocks:
-    """An edge map cut into ``grid`` equal blocks (the last rows and columns that do not fill a block
-    are left out), flattened to rows of a (blocks, pixels) array, with the blocks that have structure."""
+    """An edge map cut into a ``grid`` of blocks (row i spans rows i*h//R to (i+1)*h//R, columns
+    alike), gathered into rows of a (blocks, pixels) array padded to the largest block (``valid``
+    marks the real pixels), with the blocks that have structure (``keep``)."""
 
     def __init__(self, edges: F32, grid: tuple[int, int] = MOVED_BLOCKS) -> None:
         h, w = edges.shape
-        self.grid = (max(1, min(grid[0], h)), max(1, min(grid[1], w)))
+        rows, cols = max(1, min(grid[0], h)), max(1, min(grid[1], w))
+        self.grid = (rows, cols)
+        ys = [i * h // rows for i in range(rows + 1)]
+        xs = [j * w // cols for j in range(cols + 1)]
+        spans = [(ys[i], ys[i + 1], xs[j], xs[j + 1]) for i in range(rows) for j in range(cols)]
+        size = max((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in spans)
+        self._index = np.zeros((len(spans), size), dtype=np.intp)  # flat pixel indices, 0 where padded
+        valid = np.zeros((len(spans), size), dtype=bool)
+        for k, (y0, y1, x0, x1) in enumerate(spans):
+            flat = (np.arange(y0, y1)[:, None] * w + np.arange(x0, x1)[None, :]).ravel()
+            self._index[k, : flat.size], valid[k, : flat.size] = flat, True
+        self.valid: F32 | None = None if valid.all() else valid.astype(np.float32)  # None: equal blocks
         self.rows = self.split(edges)
-        sd = self.rows.std(axis=1)
+        sd = np.sqrt(_weighted_var(self.rows, self.valid))
         keep = np.flatnonzero(sd > np.median(sd) / 8.0)
         self.keep = keep if keep.size >= 4 else np.arange(self.rows.shape[0])
 
     def split(self, a: npt.NDArray[np.float32] | Mask) -> F32:
-        """(blocks, pixels) float32 rows of an array shaped like the edge map, block by block (row-major)."""
-        rows, cols = self.grid
-        bh, bw = a.shape[0] // rows, a.shape[1] // cols
-        blocks = a[: rows * bh, : cols * bw].reshape(rows, bh, cols, bw).swapaxes(1, 2)
-        return np.ascontiguousarray(blocks.reshape(rows * cols, bh * bw), dtype=np.float32)
+        """(blocks, pixels) float32 rows of an array shaped like the edge map (padding: its first pixel)."""
+        return np.asarray(a.ravel()[self._index], dtype=np.float32)
+
+
+def _weighted_var(x: F32, weights: F32 | None) -> FloatArray:
+    """Variance of each row of ``x`` over the pixels of weight 1 (all: None)."""
+    v = x.astype(np.float64)
+    if weights is None:
+        return np.asarray(v.var(axis=1), dtype=np.float64)
+    wt = weights.astype(np.float64)
+    n = wt.sum(axis=1)
+    mean = (wt * v).sum(axis=1) / n
+    return np.asarray((wt * (v - mean[:, None]) ** 2).sum(axis=1) / n, dtype=np.float64)
 
 
 def ncc(a: F32, b: F32) -> float:
@@ -277,11 +297,15 @@ def block_ncc(
     frame = blocks.split(frame_edges)
     if hidden is not None and hidden.any():  # nothing hidden (the usual case): the blocks are compared whole
         seen = 1.0 - blocks.split(hidden)
-        visible = keep[seen[keep].mean(axis=1) >= 0.5]
+        if blocks.valid is not None:
+            seen *= blocks.valid
+        pixels = float(seen.shape[1]) if blocks.valid is None else blocks.valid[keep].sum(axis=1)
+        visible = keep[seen[keep].sum(axis=1) >= 0.5 * pixels]
         if visible.size >= enough:
             return float(np.median(_ncc_rows(frame[visible], blocks.rows[visible], seen[visible])))
         # most of the view is "hidden": gone (a hand) or changed (a zoom smooths what was texture)
-    return float(np.median(_ncc_rows(frame[keep], blocks.rows[keep])))
+    valid = None if blocks.valid is None else blocks.valid[keep]
+    return float(np.median(_ncc_rows(frame[keep], blocks.rows[keep], valid)))
 
 
 class ViewTest(Test):
