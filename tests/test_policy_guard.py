@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -22,7 +24,7 @@ from agent.scoring.profile import Profile
 from agent.sources.synthetic import SyntheticCamera, SyntheticScene, parse_synthetic_uri
 from agent.stats.cpu import CpuStats
 from agent.stats.types import FrameStats
-from agent.verdict import Decision
+from agent.verdict import REASON_CODES, Decision
 
 N_CLASSES = 10
 Data = list[tuple[np.ndarray, FrameStats]]
@@ -280,3 +282,11 @@ def test_nanstats_doctests() -> None:
 
     result = doctest.testmod(nanstats)
     assert result.attempted == 3 and result.failed == 0
+
+
+def test_every_reason_code_has_a_row_in_the_on_site_table(repo_root: Path) -> None:
+    """docs/deploy.md tells field engineers what each reason asks of them: one row per code, no stale ones."""
+    deploy = (repo_root / "docs" / "deploy.md").read_text(encoding="utf-8")
+    section = deploy.split("### What each reason asks of you on site", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([a-z_]+)`", section, flags=re.MULTILINE)
+    assert sorted(rows) == sorted(REASON_CODES)
