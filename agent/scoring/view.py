@@ -29,10 +29,10 @@ account for those (explain.py).
 ``REF_DETAIL``; not applicable where fewer than ``MIN_DETAIL`` = 5 % of them are). Tolerance
 0.01 (1 % of the view: the smallest occluder it names). ``Reason.detail``: ``hidden_share`` and
 the hidden pixels' centre (``center_x``, ``center_y``, 0..1 of the frame). With the defaults on
-vtest it names 21 of 25 frames with a 5 % rectangle (``patch`` 11, the family 11 before; the
-4 missed are the darkest), and the rectangles' ``blur`` is explained away. Over three quarters
-of the view hidden, the typical texture is the occluder's: nothing counts as hidden and
-``covered`` (three quarters of the tiles flat) names it. explain.py drops ``occluded`` where
+vtest it names 21 of 25 frames with a 5 % rectangle (the 4 missed are the darkest), and 24 are
+flagged (16 before: ``patch`` and ``ood_stats`` 11 each); the rectangles' ``blur`` is explained
+away. Over three quarters of the view hidden, the typical texture is the occluder's: nothing
+counts as hidden and ``covered`` (three quarters of the tiles flat) names it. explain.py drops ``occluded`` where
 ``covered``, ``moved`` or ``defocused`` fires. ~0.05 ms.
 
 **moved** (the scene no longer matches the reference). The thumbnails become edge maps
