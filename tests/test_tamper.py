@@ -222,7 +222,7 @@ def test_light_that_washes_out_the_view_is_not_a_move(stream: Stream) -> None:
     backend = CpuStats((4, 4))
     test = Moved()
     test.fit([observe(s, None, image=im) for im, s, _ in stream[:CAL]])
-    assert test._ref_edges is not None
+    assert test._ref_blocks is not None
     scores: dict[str, list[float]] = {"glare": [], "overexposed": []}
     unmasked: dict[str, list[float]] = {"glare": [], "overexposed": []}
     for i in range(290, 330):
@@ -231,7 +231,7 @@ def test_light_that_washes_out_the_view_is_not_a_move(stream: Stream) -> None:
         obs = observe(backend.compute(image), None, image=image)
         scores[fault].append(test.update(obs).score)
         assert obs.thumb is not None
-        unmasked[fault].append(1.0 - block_ncc(edge_map(obs.thumb), test._ref_edges))
+        unmasked[fault].append(1.0 - block_ncc(edge_map(obs.thumb), test._ref_blocks))
     tolerance = Moved.default_tolerance
     assert max(scores["glare"]) < tolerance < float(np.median(unmasked["glare"])), (scores, unmasked)
     clean_max = max(test.update(observe(s, None, image=im)).score for im, s, _ in stream[CAL : CAL + 40])
@@ -263,7 +263,7 @@ def test_an_occluder_hides_the_view_it_does_not_move_it(stream: Stream) -> None:
     backend = CpuStats((4, 4))
     test = Moved()
     test.fit([observe(s, None, image=im) for im, s, _ in stream[:CAL]])
-    assert test._ref_edges is not None
+    assert test._ref_blocks is not None
     tolerance = Moved.default_tolerance
     for severity in (3, 4):
         scores, whole = [], []
@@ -272,7 +272,7 @@ def test_an_occluder_hides_the_view_it_does_not_move_it(stream: Stream) -> None:
             obs = observe(backend.compute(occluded), None, image=occluded)
             assert obs.thumb is not None
             scores.append(test.update(obs).score)
-            whole.append(1.0 - block_ncc(edge_map(obs.thumb), test._ref_edges))
+            whole.append(1.0 - block_ncc(edge_map(obs.thumb), test._ref_blocks))
         assert max(scores) < tolerance < float(np.median(whole)), (severity, scores, whole)
     covered = [test.update(observe(s, None, image=im)).score for im, s, f in stream[290:330] if f == "covered"]
     assert len(covered) == 40 and min(covered) > 0.5

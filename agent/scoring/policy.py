@@ -12,11 +12,12 @@
    are the tests with F(p_k) <= alpha_flag (each BLOCK when F(p_k) <= alpha_block), sorted by
    p-value, so every FLAG/BLOCK names at least one reason;
 4. tamper alarms (tamper.TamperMonitor, hysteresis): a raised ``covered``/``frozen``/
-   ``defocused``/``moved`` alarm keeps its reason (FLAG) on frames whose F(p_k) is up to
-   ``policy.tamper.clear_alpha``; ``Guard.tamper_states`` tells when an alarm is raised or
+   ``defocused``/``moved``/``occluded`` alarm keeps its reason (FLAG) on frames whose F(p_k) is
+   up to ``policy.tamper.clear_alpha``; ``Guard.tamper_states`` tells when an alarm is raised or
    cleared; a reason that another cause accounts for (a ``covered`` frame whose calibrated view
-   is intact, a ``blur`` that added light explains) is dropped, reason and alarm, while the
-   decision stays what it was (explain.py);
+   is intact, a ``blur`` that added light or an occluder explains, an ``occluded`` frame that is
+   covered, moved or defocused) is dropped, reason and alarm, while the decision stays what it
+   was (explain.py);
 5. drift (drift.DriftMonitor): the frame goes into the sliding windows and the sequential
    alarm; ``Guard.drift_snapshot()`` gives the health-summary fields and ``Guard.drift_events()``
    the ``drift`` events.

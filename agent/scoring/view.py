@@ -154,16 +154,18 @@ def _local_mean(thumb: U8) -> F32:
 
 @dataclass(frozen=True, slots=True)
 class ViewReference:
-    """What ``hidden_mask`` needs of the reference thumbnail: its texture, typical level and local light."""
+    """What ``hidden_mask`` needs of the reference thumbnail: its texture, typical level and local light,
+    and how many of its pixels have measurable texture (>= ``REF_DETAIL``: what ``occluded`` counts)."""
 
     texture: F32
     level: float
     light: F32
+    measurable: int
 
     @classmethod
     def of(cls, reference: U8) -> ViewReference:
         t = texture(reference)
-        return cls(t, typical(t), _local_mean(reference))
+        return cls(t, typical(t), _local_mean(reference), int(np.count_nonzero(t >= REF_DETAIL)))
 
 
 def hidden_mask(thumb: U8, ref: ViewReference) -> Mask:
@@ -317,23 +319,20 @@ class ViewTest(Test):
     def __init__(self, cfg: CalibrationConfig | None = None) -> None:
         super().__init__(cfg)
         self.reference: U8 | None = None
-        self._ref_edges: F32 | None = None
-        self._ref_blocks: EdgeBlocks | None = None
         self._ref_view: ViewReference | None = None
 
     def fit(self, observations: Sequence[Observation]) -> None:
         thumbs = [o.thumb for o in observations if o.thumb is not None]
         if not thumbs:
-            self.reference = self._ref_edges = self._ref_blocks = self._ref_view = None
+            self._set(None)
             return
         median = np.median(np.stack(thumbs), axis=0)  # (rows, cols) the static background
         self._set(np.asarray(np.round(median), dtype=np.uint8))
 
-    def _set(self, reference: U8) -> None:
+    def _set(self, reference: U8 | None) -> None:
+        """Keep ``reference`` and what is derived from it (None: no reference)."""
         self.reference = reference
-        self._ref_edges = edge_map(reference)
-        self._ref_blocks = EdgeBlocks(self._ref_edges)
-        self._ref_view = ViewReference.of(reference)
+        self._ref_view = None if reference is None else ViewReference.of(reference)
 
     def params(self) -> Params:
         return {} if self.reference is None else {"reference": self.reference.tolist()}
@@ -367,6 +366,14 @@ class Moved(ViewTest):
     keeps_tolerance = True  # a tamper reason: the tolerance is the smallest event it names
     default_resolution = 0.05
 
+    def __init__(self, cfg: CalibrationConfig | None = None) -> None:
+        super().__init__(cfg)
+        self._ref_blocks: EdgeBlocks | None = None
+
+    def _set(self, reference: U8 | None) -> None:
+        super()._set(reference)
+        self._ref_blocks = None if reference is None else EdgeBlocks(edge_map(reference))
+
     def compute(self, obs: Observation) -> float:
         thumb = self._thumb(obs)
         if thumb is None or self._ref_blocks is None or self._ref_view is None:
@@ -397,11 +404,11 @@ class Occluded(ViewTest):
         thumb = self._thumb(obs)
         if thumb is None or self._ref_view is None:
             return math.nan
-        measurable = int((self._ref_view.texture >= REF_DETAIL).sum())
-        if measurable < MIN_DETAIL * self._ref_view.texture.size:
+        ref = self._ref_view
+        if ref.measurable < MIN_DETAIL * ref.texture.size:
             return math.nan  # a flat reference: nothing to hide
-        hidden = hidden_mask(thumb, self._ref_view)
-        share = float(hidden.sum()) / measurable
+        hidden = hidden_mask(thumb, ref)
+        share = float(hidden.sum()) / ref.measurable
         if share > 0.0:
             ys, xs = np.nonzero(hidden)
             rows, cols = hidden.shape
