@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
+from agent import exitcodes
 from agent.cli import main
+from agent.errors import ConfigError
 from agent.fieldtools import healthreport, report
 from agent.fieldtools.healthreport import build_reports, load_summaries
 from agent.health import HealthSummary
@@ -89,15 +91,18 @@ def test_bad_lines_counted_and_quoted_mqtt_payloads_read_gaps_and_restarts(tmp_p
     cam1, cam2 = build_reports(loaded.summaries, bucket_s=3600)
     assert (cam1.camera_id, cam1.seq_gaps, cam1.restarts) == ("cam1", 2, 1) and cam2.camera_id == "cam2"
     assert [r.camera_id for r in build_reports(loaded.summaries, camera="cam2")] == ["cam2"]
+    with pytest.raises(ConfigError, match=r"no health summaries of camera 'cam3' \(--camera\); these hold: cam1, cam2"):
+        build_reports(loaded.summaries, camera="cam3")
 
 
 def test_cli_errors_and_bucket_parsing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["report", str(tmp_path / "missing.jsonl")]) == 1
+    # what the user named is wrong: fix the command, running it again will not help (exit 78, as stress and demo)
+    assert main(["report", str(tmp_path / "missing.jsonl")]) == exitcodes.CONFIG
     assert "does not exist" in capsys.readouterr().err
-    assert main(["report", str(tmp_path)]) == 1  # a folder without health*.jsonl
+    assert main(["report", str(tmp_path)]) == exitcodes.CONFIG  # a folder without health*.jsonl
     assert "no health*.jsonl under" in capsys.readouterr().err
     _write(tmp_path / "health.jsonl", ["garbage"])
-    assert main(["report", str(tmp_path)]) == 1
+    assert main(["report", str(tmp_path)]) == exitcodes.CONFIG
     assert "no health summaries in" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["report", str(tmp_path), "--bucket", "1 week"])
@@ -136,7 +141,7 @@ def test_report_on_files_that_hold_no_summary_says_what_it_read(
 ) -> None:
     wrong = tmp_path / "verdicts.jsonl"  # the file sink's other file, a common mix-up
     wrong.write_text('{"camera_id": "c", "seq": 3, "decision": "FLAG"}\n')
-    assert main(["report", str(wrong)]) == 1
+    assert main(["report", str(wrong)]) == exitcodes.CONFIG
     err = capsys.readouterr().err
     assert f"report: no health summaries in {wrong}: 1 line(s), none a health summary" in err
     assert f"{wrong}:1: " in err  # why that line is not one

@@ -30,7 +30,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.errors import GuardError
+from agent.errors import ConfigError
 from agent.health import HealthSummary
 
 __all__ = ["Bucket", "CameraReport", "LoadResult", "auto_bucket_s", "build_reports", "load_summaries"]
@@ -68,9 +68,9 @@ def load_summaries(paths: Iterable[Path]) -> LoadResult:
         elif p.is_file():
             files.append(p)
         else:
-            raise GuardError(f"report: {p} does not exist")
+            raise ConfigError(f"report: {p} does not exist (name health.jsonl files or folders that hold them)")
     if not files:
-        raise GuardError(f"report: no health*.jsonl under {', '.join(str(p) for p in paths)}")
+        raise ConfigError(f"report: no health*.jsonl under {', '.join(str(p) for p in paths)}")
     out = LoadResult()
     for f in files:
         with f.open(encoding="utf-8", errors="replace") as fh:
@@ -260,7 +260,10 @@ def build_reports(summaries: Sequence[HealthSummary], bucket_s: int | None = Non
     """Bucket ``summaries`` per camera (``bucket_s`` seconds; None: ``auto_bucket_s``)."""
     chosen = [s for s in summaries if camera is None or s.camera_id == camera]
     if not chosen:
-        raise GuardError(f"report: no health summaries of camera {camera!r}" if camera else "report: no summaries")
+        if camera is None:
+            raise ConfigError("report: no summaries")
+        found = ", ".join(sorted({s.camera_id for s in summaries}))
+        raise ConfigError(f"report: no health summaries of camera {camera!r} (--camera); these hold: {found}")
     length = bucket_s if bucket_s is not None else auto_bucket_s(chosen)
     per_camera: dict[str, list[HealthSummary]] = defaultdict(list)
     for s in sorted(chosen, key=lambda s: (s.window_end_ts, s.seq)):

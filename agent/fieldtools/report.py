@@ -15,7 +15,7 @@ import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.errors import GuardError
+from agent.errors import ConfigError
 from agent.fieldtools.healthreport import Bucket, CameraReport, build_reports, load_summaries
 from agent.fieldtools.plots import timeline_png
 from agent.fsutil import check_output, write_atomic
@@ -125,7 +125,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     skipped = sum(loaded.bad_lines.values())
     if not loaded.summaries:
         why = "".join(f"\n  {q}" for q in loaded.quoted)
-        raise GuardError(f"report: no health summaries in {', '.join(map(str, args.paths))}: {skipped} line(s), none "
+        raise ConfigError(f"report: no health summaries in {', '.join(map(str, args.paths))}: {skipped} line(s), none "
                          f"a health summary (a health.jsonl of the file sink, or stored MQTT health messages){why}")
     reports = build_reports(loaded.summaries, args.bucket or None, args.camera)
     print(f"edge-guard report: {len(loaded.summaries)} health summaries, {len(reports)} camera(s)"
