@@ -18,8 +18,11 @@ from agent.model.factory import effective_preprocess, load_warm_model
 from agent.pipeline import Measurer, ProfileIds, Scorer
 from agent.scoring.adversarial import make_squeezer
 from agent.scoring.base import TEST_REGISTRY
+from agent.scoring.config import PolicyConfig
 from agent.scoring.ess import EffectiveFrames
 from agent.scoring.forward import ForwardCheck
+from agent.scoring.limits import format_limits, guard_limits
+from agent.scoring.policy import Guard
 from agent.scoring.profile import Profile
 from agent.sources.factory import open_source
 from agent.sources.oneshot import GiveUpReader
@@ -41,6 +44,7 @@ class CalibrationResult:
     seconds: float
     source: str
     size_changes: int = 0  # times the frame size changed while calibrating (pipeline.Scorer)
+    policy: PolicyConfig | None = None  # the guard's policy: its alpha_flag sets the limits the summary shows
 
     def summary(self) -> str:
         """A few lines for the terminal."""
@@ -51,6 +55,7 @@ class CalibrationResult:
             f"in {self.seconds:.1f} s ({fps:.1f} frames/s)\n"
             f"{self._sizes()}"
             f"{self._states()}"
+            f"{self._limits()}"
             f"  use it with:  policy:\n                  profile: {self.out}"
         )
 
@@ -90,6 +95,13 @@ class CalibrationResult:
                 "resolve policy.alpha_flag and their last third confirms it)"
             )
         return f"  kept {ess.describe()}\n  {mode}\n"
+
+
+    def _limits(self) -> str:
+        if self.policy is None:
+            return ""
+        guard = Guard(self.profile, self.policy)
+        return format_limits(guard_limits(guard), guard.alpha_flag, guard.family.level(guard.alpha_flag)) + "\n"
 
 
 def calibrate_from_config(cfg: GuardConfig, out: Path, progress: bool = True) -> CalibrationResult:
@@ -138,4 +150,4 @@ def calibrate_from_config(cfg: GuardConfig, out: Path, progress: bool = True) ->
     out.parent.mkdir(parents=True, exist_ok=True)
     profile.save(out)
     return CalibrationResult(profile, out, read, scorer.calibrated, time.monotonic() - t_start, cfg.source.uri,
-                             scorer.calibration_size_changes)
+                             scorer.calibration_size_changes, cfg.policy)

@@ -173,6 +173,9 @@ def test_calibrate_then_run_then_mismatched_profile(tmp_path: Path) -> None:
     assert ("exact conformal p-values" in proc.stdout) == dropped
     assert dropped or f"physical tolerances of {widened} tests" in proc.stdout
     assert "60/60 frames" in proc.stderr  # the progress bar (plain lines when not a TTY)
+    # what each test flags on its own, in the statistics' units (tests/test_limits.py checks the values)
+    assert "what each test FLAGs on its own at policy.alpha_flag=0.01" in proc.stdout
+    assert any(ln.split()[:4] == ["dark", "mean", "luma", "below"] for ln in proc.stdout.splitlines()), proc.stdout
     assert (data["width"], data["height"], data["n_frames"]) == (96, 64, 60)
 
     guarded = _config(tmp_path, f"policy:\n  profile: {profile}\n")

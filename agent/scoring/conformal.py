@@ -168,6 +168,11 @@ class ConformalScorer:
         self._p_floor = 1.0 / (self.n + 1)
 
     @property
+    def min_score(self) -> float:
+        """Smallest calibration score plus the tolerance (at or below it p = 1)."""
+        return self._list[0]
+
+    @property
     def max_score(self) -> float:
         """Largest calibration score plus the tolerance (beyond it p < 2/(n+1))."""
         return self._list[-1]
