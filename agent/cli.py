@@ -26,6 +26,9 @@ from agent.demo import run_demo
 from agent.errors import BackendUnavailable, ConfigError, GuardError, ModelError, ProfileError
 from agent.fsutil import check_output
 from agent.logsetup import LEVELS, configure_logging
+from agent.scoring.limits import format_limits, guard_limits
+from agent.scoring.policy import Guard
+from agent.scoring.profile import Profile
 
 __all__ = ["OPTIONAL_COMMANDS", "build_parser", "main"]
 
@@ -99,20 +102,29 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"INVALID: {exc}", file=sys.stdout)
         return exitcodes.CONFIG
-    problems = referenced_file_errors(cfg) or model_and_profile_errors(cfg)
+    profile: list[Profile] = []
+    problems = referenced_file_errors(cfg) or model_and_profile_errors(cfg, profile)
     if problems:
         print(f"INVALID: {len(problems)} config error(s) in {args.file}:")
         for line in problems:
             print(f"  - {line}")
         return exitcodes.CONFIG
     print(f"OK: {config_summary(cfg)}")
+    if profile:  # what this policy flags with that profile (the policy may differ from calibration's)
+        try:
+            guard = Guard(profile[0], cfg.policy)
+        except ConfigError as exc:  # policy.disabled_reasons leaves no test of the profile
+            print(f"INVALID: {exc}")
+            return exitcodes.CONFIG
+        print(format_limits(guard_limits(guard), guard.alpha_flag, guard.family.level(guard.alpha_flag)))
     return exitcodes.OK
 
 
-def model_and_profile_errors(cfg: GuardConfig) -> list[str]:
+def model_and_profile_errors(cfg: GuardConfig, loaded: list[Profile] | None = None) -> list[str]:
     """What ``run`` would refuse at start about the model and the profile: the model is opened
     with ONNX Runtime on the CPU (an ONNX file, its input size and outputs as declared, the labels);
-    the profile is loaded and matched with that model (its file's sha256) and the tile grid.
+    the profile is loaded and matched with that model (its file's sha256) and the tile grid, and
+    appended to ``loaded`` when it matches.
     TensorRT engines are not built here, and a ``runtime: tensorrt`` model (which may use plugin
     ops ONNX Runtime lacks) or an install without onnxruntime is only matched by its sha256."""
     from agent.model.factory import effective_model_config, load_model  # noqa: PLC0415
@@ -137,9 +149,11 @@ def model_and_profile_errors(cfg: GuardConfig) -> list[str]:
     if cfg.policy.profile is None:
         return []
     try:
-        load_profile(cfg.policy.profile, sha, cfg.stats.grid)
+        profile = load_profile(cfg.policy.profile, sha, cfg.stats.grid)
     except ProfileError as exc:
         return [f"policy.profile: {exc}"]
+    if loaded is not None:
+        loaded.append(profile)
     return []
 
 

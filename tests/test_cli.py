@@ -19,6 +19,7 @@ from agent.cli import build_parser, main
 from agent.scoring.tamper import TAMPER_REASONS
 from agent.sources.synthetic_scene import SyntheticScene
 from agent.term import LiveView, ProgressBar, format_table
+from agent.verdict import REASON_CODES
 
 PY = sys.executable
 SYNTH = "synthetic://custom?faults=dark:80:100&size=96x64"
@@ -123,6 +124,21 @@ def test_check_config_opens_the_model_and_the_profile(tmp_path: Path, capsys: py
     assert "  - policy.profile: " in out and "grid" in out
     cfg = _write(tmp_path / "c.yaml", f"policy:\n  profile: {profile}\n")
     assert main(["check-config", str(cfg)]) == exitcodes.OK
+    capsys.readouterr()
+    # and what that policy flags with that profile: a looser alpha_flag flags smaller changes
+    dark = {}
+    for alpha in (0.01, 0.05):
+        cfg = _write(tmp_path / "c.yaml", f"policy:\n  profile: {profile}\n  alpha_flag: {alpha}\n")
+        assert main(["check-config", str(cfg)]) == exitcodes.OK
+        out = capsys.readouterr().out
+        assert f"what each test FLAGs on its own at policy.alpha_flag={alpha}" in out
+        (line,) = [ln.split() for ln in out.splitlines() if ln.split()[:4] == ["dark", "mean", "luma", "below"]]
+        dark[alpha] = float(line[4])
+    assert dark[0.05] >= dark[0.01]
+    every = json.dumps([c for c in REASON_CODES if c != "resolution"])  # all a profile can have, disabled
+    cfg = _write(tmp_path / "c.yaml", f"policy:\n  profile: {profile}\n  disabled_reasons: {every}\n")
+    assert main(["check-config", str(cfg)]) == exitcodes.CONFIG
+    assert "disables every test of profile" in capsys.readouterr().out
 
 
 def test_run_bad_config_exits_78_without_traceback(tmp_path: Path) -> None:
