@@ -178,6 +178,7 @@ class Daemon:
                         self.cfg.calibration.frames, self.cfg.calibration.skip)
         self.scorer = Scorer(profile, self.cfg.policy, self.cfg.calibration, self.stats.grid,
                              self._profile_ids, on_profile=self._saved_profile, camera_id=self.camera_id)
+        self._log_limits()
 
     def init_sinks(self) -> None:
         if self.cfg.mqtt is None:
@@ -268,6 +269,7 @@ class Daemon:
         self.scorer.set_alphas(alpha_flag, alpha_block)
         self.cfg.policy = self.cfg.policy.model_copy(update={"alpha_flag": alpha_flag, "alpha_block": alpha_block})
         logger.info("alphas set: flag=%g block=%g", alpha_flag, alpha_block)
+        self._log_limits()
 
     def reload_profile(self) -> str:
         """Re-read policy.profile and guard with it; returns the new profile id.
@@ -285,6 +287,7 @@ class Daemon:
         profile = load_profile(path, self._model_sha(), self.stats.grid, size)
         self.scorer.swap_profile(profile)
         logger.info("profile %s reloaded from %s", profile.profile_id, path)
+        self._log_limits()
         return profile.profile_id
 
     def ping(self) -> dict[str, Any]:
@@ -488,3 +491,14 @@ class Daemon:
         if self._profile_out is not None:
             profile.save(self._profile_out)
             logger.info("start-up profile %s saved to %s", profile.profile_id, self._profile_out)
+        self._log_limits()
+
+    def _log_limits(self) -> None:
+        """Log what the guard now flags, in the statistics' units (at start, after start-up
+        calibration, a profile reload or new alphas): the journal keeps what the service tolerates."""
+        scorer = self.scorer
+        if scorer is None or scorer.profile is None:
+            return  # still calibrating
+        table = scorer.limits()
+        if table is not None:
+            logger.info("guarding with profile %s:\n%s", scorer.profile.profile_id, table)

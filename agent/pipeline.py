@@ -23,6 +23,7 @@ from agent.scoring.adversarial import FeatureSqueezer
 from agent.scoring.calibrate import Calibrator
 from agent.scoring.config import CalibrationConfig, PolicyConfig
 from agent.scoring.drift import DriftEvent, DriftSnapshot
+from agent.scoring.limits import format_limits, guard_limits
 from agent.scoring.policy import Guard
 from agent.scoring.profile import Profile
 from agent.stats.types import FrameStats, StatsBackend
@@ -196,6 +197,14 @@ class Scorer:
         """Sequential drift alarms raised/cleared since the last call, to publish as ``drift`` events."""
         guard = self._guard
         return [] if guard is None else guard.drift_events()
+
+    def limits(self) -> str | None:
+        """What each test flags on its own under the current profile and alphas (limits.py; None
+        while calibrating), as the table ``edge-guard calibrate`` prints."""
+        guard = self._guard
+        if guard is None:
+            return None
+        return format_limits(guard_limits(guard), guard.alpha_flag, guard.family.level(guard.alpha_flag))
 
     def set_alphas(self, alpha_flag: float, alpha_block: float) -> None:
         """Change the policy's FLAG/BLOCK rates (also applies to a profile built later)."""

@@ -197,6 +197,8 @@ def test_calibrate_then_run_then_mismatched_profile(tmp_path: Path) -> None:
     guarded = _config(tmp_path, f"policy:\n  profile: {profile}\n")
     proc = _cli("run", "--config", str(guarded))
     assert proc.returncode == 0, proc.stderr
+    # the journal keeps what the service flags: the limits table, logged once the profile is loaded
+    assert f"guarding with profile {data['profile_id']}:" in proc.stderr and "mean luma below" in proc.stderr
     verdicts = [json.loads(ln) for ln in (tmp_path / "out" / "verdicts.jsonl").read_text().splitlines()]
     assert sum(v.get("fault") == "dark" for v in verdicts) >= 18  # 20 dark frames
 

@@ -241,10 +241,14 @@ def test_stalled_worker_degrades_camera_status(tmp_path: Path) -> None:
     assert ("online", "guarding") in states[stalled:], f"no recovery after the stall: {states}"
 
 
-def test_profile_from_file_and_mismatch(tmp_path: Path) -> None:
+def test_profile_from_file_and_mismatch(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     profile_path = tmp_path / "profile.json"
     first = Daemon(_cfg(tmp_path, source={"max_frames": 110}), notifier=Notifier(None), profile_out=profile_path)
-    assert _run(first) == 0 and profile_path.is_file()
+    with caplog.at_level("INFO", logger="agent.daemon"):
+        assert _run(first) == 0 and profile_path.is_file()
+    # once start-up calibration ends, the journal gets what the guard now flags (limits.py)
+    (logged,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("guarding with profile")]
+    assert Profile.load(profile_path).profile_id in logged and "mean luma below" in logged
 
     # the saved profile guards a new run without calibrating
     again = Daemon(_cfg(tmp_path, policy={"profile": str(profile_path)}), notifier=Notifier(None))
