@@ -47,6 +47,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,7 @@ from agent.model.onnx_runner import OnnxRunner
 from agent.scoring.adversarial import FeatureSqueezer
 from agent.scoring.config import ALL_TESTS
 from agent.scoring.ess import effective_frames
+from agent.scoring.limits import guard_limits
 from agent.scoring.observation import feature_vector, observe
 from agent.stats.cpu import CpuStats
 from agent.verdict import Decision
@@ -204,6 +206,12 @@ def clean_held_out(vt: list[U8], n_cal: int, alpha: float) -> tuple[dict[str, An
     # How many independent scene states each part holds: the resolution of a realised rate.
     floor = profile.calibration.glare_floor
     held = effective_frames(np.stack([feature_vector(v.stats, floor) for v in verdicts]))
+    # what the calibrated guard flags on its own, in the statistics' units (limits.py)
+    out["limits"] = {
+        "level": main.guard.family.level(alpha),
+        "tests": [{k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in asdict(lim).items()}
+                  for lim in guard_limits(main.guard)],  # JSON: null for a limit never reached, or no range
+    }
     out["calibration_states"] = profile.effective_frames
     out["held_out_states"] = held.effective
     out["held_out_autocorrelation_frames"] = held.autocorrelation
@@ -638,6 +646,11 @@ def _print_clean(r: dict[str, Any], alpha: float) -> None:
           f"held-out {c['held_out_frames']} ≈ {c['held_out_states']:.0f} (correlated over "
           f"{c['held_out_autocorrelation_frames']:.0f} frames): {c['held_out_states'] * alpha:.2f} false-alarm "
           f"episodes expected at alpha {alpha:g}; telling alpha +- 50 % apart takes ≈ {need} states")
+    lim = c["limits"]
+    shown = [t for t in lim["tests"] if t["test"] in _LIMITS_SHOWN]
+    print(f"  each test flags on its own (its p-value <= {lim['level']:.3g}) where (the rest: detection.json):")
+    for t in shown:
+        print(f"    {t['test']:15s} {_limit(t)}")
     if "stationary_control" not in r:
         return
     s = r["stationary_control"]
@@ -652,6 +665,16 @@ def _print_clean(r: dict[str, Any], alpha: float) -> None:
           f"{q['test_frames']} frames guarded "
           f"(≈ {q['test_states']:.0f} states):")
     print("    " + ", ".join(f"alpha {a}: {v:.4f} ({q['runs'][a]} runs)" for a, v in q["fpr"].items()))
+
+
+#: The limits the clean section prints (the rest are in the JSON): those in a statistic's own units.
+_LIMITS_SHOWN = ("dark", "overexposed", "noise", "low_saturation", "covered")
+
+
+def _limit(t: dict[str, Any]) -> str:
+    value = "never" if t["value"] is None else f"{t['value']:.3g}"
+    seen = "" if t["low"] is None else f" (calibration {t['low']:.3g} .. {t['high']:.3g})"
+    return f"{t['quantity']} {t['side']} {value}{seen}"
 
 
 def _print_drift(r: dict[str, Any]) -> None:
