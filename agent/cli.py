@@ -258,9 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
                edge-guard calibrate --config cam1.yaml --frames 600 --out cam1-profile.json
                edge-guard calibrate --config cam1.yaml --source clean-recording.mp4
 
-             Point it at footage of the camera in normal conditions (no faults). Then set
-             policy.profile to the written file. The profile records the model's sha256, the
-             frame size and the tile grid; using it with another model or camera is an error.
+             Point it at footage of the camera in normal conditions (no faults), minutes of its
+             usual variety (light, traffic), not seconds. Then set policy.profile to the written
+             file. The profile records the model's sha256, the frame size and the tile grid; using
+             it with another model or camera is an error.
+
+             The summary says how many independent scene states the frames held, and what each
+             test will flag on its own in the statistics' units ("dark: mean luma below 106",
+             beside the calibration's 118 .. 124): if the camera's day goes beyond a limit,
+             calibrate on footage that shows it. check-config prints the same table later.
              """)
     p.add_argument("--config", type=Path, required=True, help="YAML config file")
     p.add_argument("--frames", type=int, default=None, help="frames to use (default calibration.frames)")
