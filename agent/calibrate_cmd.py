@@ -21,7 +21,7 @@ from agent.scoring.base import TEST_REGISTRY
 from agent.scoring.config import PolicyConfig
 from agent.scoring.ess import EffectiveFrames
 from agent.scoring.forward import ForwardCheck
-from agent.scoring.limits import format_limits, guard_limits
+from agent.scoring.limits import GuardLimits
 from agent.scoring.policy import Guard
 from agent.scoring.profile import Profile
 from agent.sources.factory import open_source
@@ -100,8 +100,7 @@ class CalibrationResult:
     def _limits(self) -> str:
         if self.policy is None:
             return ""
-        guard = Guard(self.profile, self.policy)
-        return format_limits(guard_limits(guard), guard.alpha_flag, guard.family.level(guard.alpha_flag)) + "\n"
+        return GuardLimits.of(Guard(self.profile, self.policy)).table() + "\n"
 
 
 def calibrate_from_config(cfg: GuardConfig, out: Path, progress: bool = True) -> CalibrationResult:

@@ -26,7 +26,7 @@ from agent.demo import run_demo
 from agent.errors import BackendUnavailable, ConfigError, GuardError, ModelError, ProfileError
 from agent.fsutil import check_output
 from agent.logsetup import LEVELS, configure_logging
-from agent.scoring.limits import format_limits, guard_limits
+from agent.scoring.limits import GuardLimits
 from agent.scoring.policy import Guard
 from agent.scoring.profile import Profile
 
@@ -116,7 +116,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         except ConfigError as exc:  # policy.disabled_reasons leaves no test of the profile
             print(f"INVALID: {exc}")
             return exitcodes.CONFIG
-        print(format_limits(guard_limits(guard), guard.alpha_flag, guard.family.level(guard.alpha_flag)))
+        print(GuardLimits.of(guard).table())
     return exitcodes.OK
 
 

@@ -496,9 +496,6 @@ class Daemon:
     def _log_limits(self) -> None:
         """Log what the guard now flags, in the statistics' units (at start, after start-up
         calibration, a profile reload or new alphas): the journal keeps what the service tolerates."""
-        scorer = self.scorer
-        if scorer is None or scorer.profile is None:
-            return  # still calibrating
-        table = scorer.limits()
-        if table is not None:
-            logger.info("guarding with profile %s:\n%s", scorer.profile.profile_id, table)
+        limits = None if self.scorer is None else self.scorer.limits()
+        if limits is not None:  # None: still calibrating
+            logger.info("guarding with profile %s:\n%s", limits.profile_id, limits.table())

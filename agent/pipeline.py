@@ -23,7 +23,7 @@ from agent.scoring.adversarial import FeatureSqueezer
 from agent.scoring.calibrate import Calibrator
 from agent.scoring.config import CalibrationConfig, PolicyConfig
 from agent.scoring.drift import DriftEvent, DriftSnapshot
-from agent.scoring.limits import format_limits, guard_limits
+from agent.scoring.limits import GuardLimits
 from agent.scoring.policy import Guard
 from agent.scoring.profile import Profile
 from agent.stats.types import FrameStats, StatsBackend
@@ -198,13 +198,11 @@ class Scorer:
         guard = self._guard
         return [] if guard is None else guard.drift_events()
 
-    def limits(self) -> str | None:
+    def limits(self) -> GuardLimits | None:
         """What each test flags on its own under the current profile and alphas (limits.py; None
-        while calibrating), as the table ``edge-guard calibrate`` prints."""
+        while calibrating)."""
         guard = self._guard
-        if guard is None:
-            return None
-        return format_limits(guard_limits(guard), guard.alpha_flag, guard.family.level(guard.alpha_flag))
+        return None if guard is None else GuardLimits.of(guard)
 
     def set_alphas(self, alpha_flag: float, alpha_block: float) -> None:
         """Change the policy's FLAG/BLOCK rates (also applies to a profile built later)."""

@@ -47,7 +47,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +76,7 @@ from agent.model.onnx_runner import OnnxRunner
 from agent.scoring.adversarial import FeatureSqueezer
 from agent.scoring.config import ALL_TESTS
 from agent.scoring.ess import effective_frames
-from agent.scoring.limits import guard_limits
+from agent.scoring.limits import GuardLimits
 from agent.scoring.observation import feature_vector, observe
 from agent.stats.cpu import CpuStats
 from agent.verdict import Decision
@@ -207,11 +206,7 @@ def clean_held_out(vt: list[U8], n_cal: int, alpha: float) -> tuple[dict[str, An
     floor = profile.calibration.glare_floor
     held = effective_frames(np.stack([feature_vector(v.stats, floor) for v in verdicts]))
     # what the calibrated guard flags on its own, in the statistics' units (limits.py)
-    out["limits"] = {
-        "level": main.guard.family.level(alpha),
-        "tests": [{k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in asdict(lim).items()}
-                  for lim in guard_limits(main.guard)],  # JSON: null for a limit never reached, or no range
-    }
+    out["limits"] = GuardLimits.of(main.guard).as_dict()  # JSON: null for a limit never reached, or no range
     out["calibration_states"] = profile.effective_frames
     out["held_out_states"] = held.effective
     out["held_out_autocorrelation_frames"] = held.autocorrelation
@@ -647,7 +642,7 @@ def _print_clean(r: dict[str, Any], alpha: float) -> None:
           f"{c['held_out_autocorrelation_frames']:.0f} frames): {c['held_out_states'] * alpha:.2f} false-alarm "
           f"episodes expected at alpha {alpha:g}; telling alpha +- 50 % apart takes ≈ {need} states")
     lim = c["limits"]
-    shown = [t for t in lim["tests"] if t["test"] in _LIMITS_SHOWN]
+    shown = [t for t in lim["limits"] if t["test"] in _LIMITS_SHOWN]
     print(f"  each test flags on its own (its p-value <= {lim['level']:.3g}) where (the rest: detection.json):")
     for t in shown:
         print(f"    {t['test']:15s} {_limit(t)}")

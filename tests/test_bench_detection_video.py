@@ -83,7 +83,7 @@ def test_own_footage_without_the_test_material_runs_what_it_can(tmp_path: Path) 
     assert report["events"]["camera_bump"]["event_frames"] == report["events"]["sticker_5pct"]["event_frames"] == 100
     assert report["clean"]["held_out_frames"] == 230
     # the calibrated guard's limits, in the statistics' units (limits.py), printed and in the JSON
-    dark = next(t for t in report["clean"]["limits"]["tests"] if t["test"] == "dark")
+    dark = next(t for t in report["clean"]["limits"]["limits"] if t["test"] == "dark")
     assert dark["quantity"] == "mean luma" and dark["side"] == "below" and dark["value"] < dark["low"]
     assert f"    dark            mean luma below {dark['value']:.3g} (calibration" in text
     verdicts = {t["target"].strip(): t["pass"] for t in report["targets"]}

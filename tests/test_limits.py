@@ -4,6 +4,7 @@ is what the guard flags."""
 from __future__ import annotations
 
 import doctest
+import json
 import math
 
 import numpy as np
@@ -16,7 +17,7 @@ from agent.scoring import limits
 from agent.scoring.calibrate import Calibrator
 from agent.scoring.config import CalibrationConfig, PolicyConfig
 from agent.scoring.conformal import ConformalScorer
-from agent.scoring.limits import Limit, format_limits, guard_limits, score_limit
+from agent.scoring.limits import GuardLimits, Limit, guard_limits, score_limit
 from agent.scoring.policy import Guard
 from agent.stats.cpu import CpuStats
 
@@ -82,13 +83,15 @@ def test_dark_and_overexposed_fire_exactly_beyond_their_limits(scene: list[Image
 def test_every_test_has_a_limit_beyond_its_calibration_and_the_table_lists_them(guard: Guard) -> None:
     found = guard_limits(guard)
     assert [lim.test for lim in found] == [t.name for t in guard.tests]
-    for lim in found:
-        if math.isnan(lim.median) or math.isinf(lim.value):
-            continue
-        # a limit is never inside what calibration saw (p <= level < 1/(n+1)-ish needs the tail)
-        assert (lim.value >= lim.high) if lim.side == "above" else (lim.value <= lim.low), lim
-    level = guard.family.level(0.01)
-    text = format_limits(found, 0.01, level)
+    for lim in found:  # the typical calibration frame (p about 1/2) is far inside every limit
+        if not (math.isnan(lim.median) or math.isinf(lim.value)):
+            assert (lim.value > lim.median) if lim.side == "above" else (lim.value < lim.median), lim
+    report = GuardLimits.of(guard)
+    assert report.limits == tuple(found) and report.level == guard.family.level(0.01)
+    doc = json.loads(json.dumps(report.as_dict(), allow_nan=False))  # strict JSON: null, never NaN
+    assert doc["profile_id"] == guard.profile.profile_id and len(doc["limits"]) == len(found)
+    assert doc["limits"][0].keys() == {"reason", "test", "quantity", "side", "value", "low", "median", "high"}
+    text = report.table()
     lines = text.splitlines()
     assert lines[0].startswith("  what each test FLAGs on its own at policy.alpha_flag=0.01")
     assert len(lines) == 2 + len(found)

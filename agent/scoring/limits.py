@@ -29,9 +29,9 @@ inf
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 import numpy as np
 
@@ -39,7 +39,7 @@ from agent.scoring.base import Test
 from agent.scoring.conformal import ConformalScorer
 from agent.scoring.policy import Guard
 
-__all__ = ["Limit", "format_limits", "guard_limits", "score_limit"]
+__all__ = ["GuardLimits", "Limit", "guard_limits", "score_limit"]
 
 Side = Literal["below", "above"]
 
@@ -165,11 +165,33 @@ def guard_limits(guard: Guard, alpha: float | None = None) -> list[Limit]:
     return out
 
 
-def format_limits(limits: Sequence[Limit], alpha: float, level: float, indent: str = "  ") -> str:
-    """The table ``edge-guard calibrate`` prints under its summary."""
-    rows = [("reason", "fires on its own where", "calibration: min .. max (median)")]
-    rows += [(lim.label, lim.condition(), lim.calibration_range()) for lim in limits]
-    w0, w1 = (max(len(r[i]) for r in rows) for i in (0, 1))
-    head = (f"{indent}what each test FLAGs on its own at policy.alpha_flag={alpha:g} (its p-value <= {level:.3g}; "
-            "ood_stats may flag a mix of smaller changes first):")
-    return "\n".join([head, *(f"{indent}  {a:<{w0}}  {b:<{w1}}  {c}".rstrip() for a, b, c in rows)])
+@dataclass(frozen=True, slots=True)
+class GuardLimits:
+    """Every test's limit of one guard at its ``alpha_flag`` (per-test ``level``), for the profile ``profile_id``."""
+
+    profile_id: str
+    alpha_flag: float
+    level: float
+    limits: tuple[Limit, ...]
+
+    @classmethod
+    def of(cls, guard: Guard) -> GuardLimits:
+        level = guard.family.level(guard.alpha_flag)
+        return cls(guard.profile.profile_id, guard.alpha_flag, level, tuple(guard_limits(guard)))
+
+    def table(self, indent: str = "  ") -> str:
+        """The table ``edge-guard calibrate`` prints under its summary (and the daemon logs)."""
+        rows = [("reason", "fires on its own where", "calibration: min .. max (median)")]
+        rows += [(lim.label, lim.condition(), lim.calibration_range()) for lim in self.limits]
+        w0, w1 = (max(len(r[i]) for r in rows) for i in (0, 1))
+        head = (f"{indent}what each test FLAGs on its own at policy.alpha_flag={self.alpha_flag:g} (its p-value <= "
+                f"{self.level:.3g}; ood_stats may flag a mix of smaller changes first):")
+        return "\n".join([head, *(f"{indent}  {a:<{w0}}  {b:<{w1}}  {c}".rstrip() for a, b, c in rows)])
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly (null where a limit is never reached or the calibration has no range)."""
+        def finite(v: object) -> object:
+            return None if isinstance(v, float) and not math.isfinite(v) else v
+
+        return {"profile_id": self.profile_id, "alpha_flag": self.alpha_flag, "level": self.level,
+                "limits": [{k: finite(v) for k, v in asdict(lim).items()} for lim in self.limits]}
