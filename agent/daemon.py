@@ -290,6 +290,15 @@ class Daemon:
         self._log_limits()
         return profile.profile_id
 
+    def limits(self) -> dict[str, Any]:
+        """What each test flags on its own (``cmd/limits``; limits.GuardLimits); ValueError while calibrating."""
+        limits = None if self.scorer is None else self.scorer.limits()
+        if limits is None:
+            done = 0 if self.scorer is None else self.scorer.calibrated
+            raise ValueError(f"the guard is still calibrating ({done} of {self.cfg.calibration.frames} frames): "
+                             "no limits yet")
+        return limits.as_dict()
+
     def ping(self) -> dict[str, Any]:
         """Liveness and identity for ``cmd/ping``."""
         p = self.progress()

@@ -249,6 +249,10 @@ def test_profile_from_file_and_mismatch(tmp_path: Path, caplog: pytest.LogCaptur
     # once start-up calibration ends, the journal gets what the guard now flags (limits.py)
     (logged,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("guarding with profile")]
     assert Profile.load(profile_path).profile_id in logged and "mean luma below" in logged
+    # and cmd/limits gets them as JSON; before a profile there is none to give
+    assert first.limits()["profile_id"] == Profile.load(profile_path).profile_id
+    with pytest.raises(ValueError, match=r"still calibrating \(0 of 100 frames\)"):
+        Daemon(_cfg(tmp_path), notifier=Notifier(None)).limits()
 
     # the saved profile guards a new run without calibrating
     again = Daemon(_cfg(tmp_path, policy={"profile": str(profile_path)}), notifier=Notifier(None))

@@ -74,7 +74,8 @@ def test_daemon_over_mqtt(broker: Mosquitto, tmp_path: Path) -> None:
         _command(broker, "set-thresholds", {"id": "t1", "args": {"alpha_flag": 0.02, "alpha_block": 0.002}})
         _command(broker, "snapshot", {"id": "s1"})
         _command(broker, "reload-profile", {"id": "r1"})
-        msgs = col.wait_for(lambda ms: sum(m.topic.endswith("/response") for m in ms) >= 4, 15)
+        _command(broker, "limits", {"id": "l1"})
+        msgs = col.wait_for(lambda ms: sum(m.topic.endswith("/response") for m in ms) >= 5, 15)
     finally:
         daemon.stop()
         runner.join(30)
@@ -94,6 +95,11 @@ def test_daemon_over_mqtt(broker: Mosquitto, tmp_path: Path) -> None:
     # calibrated at start-up: there is no profile file to reload, and the agent says so
     assert responses[b"reload-profile"]["status"] == "error"
     assert "no policy.profile is configured" in responses[b"reload-profile"]["reason"]
+    # what the start-up profile flags on each test (limits.py), at the alphas of the moment
+    limits = responses[b"limits"]
+    assert limits["status"] == "ok" and limits["result"]["alpha_flag"] in (0.01, 0.02)
+    dark = next(lim for lim in limits["result"]["limits"] if lim["test"] == "dark")
+    assert dark["quantity"] == "mean luma" and dark["side"] == "below" and dark["value"] < dark["median"]
 
     camera = [(b["state"], b["reason"]) for b in _of_type(msgs, "camera_status")]
     assert camera[0][0] == "online" and camera[-1] == ("offline", "stopped")

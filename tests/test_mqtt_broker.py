@@ -31,7 +31,7 @@ from agent.scoring.drift import DriftEvent
 from agent.sinks.mqtt.config import MqttConfig
 from agent.sinks.mqtt.identity import AgentIdentity
 from agent.sinks.mqtt.loadgen import FakeTarget, synthetic
-from agent.sinks.mqtt.schemas import PAYLOAD_TYPES, FrameProperties
+from agent.sinks.mqtt.schemas import PAYLOAD_TYPES, FrameProperties, LimitsResult
 from agent.sinks.mqtt.sink import MqttSink
 from agent.verdict import Decision, Reason
 
@@ -91,13 +91,14 @@ def test_round_trip_of_every_topic_and_schema(broker: Mosquitto, tmp_path: Path)
         "set-thresholds": {"id": "t1", "args": {"alpha_flag": 0.02, "alpha_block": 0.002}},
         "reload-profile": {"id": "r1"},
         "snapshot": {"id": "s1"},
+        "limits": {"id": "l1"},
     }
     for name, body in cmds.items():
         publish_cmd(broker, name, json.dumps(body).encode(), f"corr-{name}".encode())
     publish_cmd(broker, "ping", b"\x00\x01 not json", b"corr-bad")
 
     def done(ms: list[Received]) -> bool:
-        return sum(m.topic.endswith("/response") for m in ms) >= 5 and any("snapshot-" in m.topic for m in ms)
+        return sum(m.topic.endswith("/response") for m in ms) >= 6 and any("snapshot-" in m.topic for m in ms)
 
     col.wait_for(done, 15)
     sink.close()
@@ -136,9 +137,11 @@ def test_round_trip_of_every_topic_and_schema(broker: Mosquitto, tmp_path: Path)
     responses = {m.correlation: m.json() for m in msgs if m.topic.endswith("/response")}
     assert {k: v["status"] for k, v in responses.items()} == {
         b"corr-ping": "ok", b"corr-set-thresholds": "ok", b"corr-reload-profile": "ok", b"corr-snapshot": "ok",
-        b"corr-bad": "rejected",
+        b"corr-limits": "ok", b"corr-bad": "rejected",
     }
     assert responses[b"corr-bad"]["reason"].startswith("rejected: ")
+    limits = LimitsResult.model_validate(responses[b"corr-limits"]["result"])
+    assert limits.limits[0].quantity == "mean luma" and limits.alpha_flag in (0.01, 0.02)
     assert target.alphas == (0.02, 0.002) and responses[b"corr-reload-profile"]["result"]["profile_id"] == "profile-1"
     assert kinds["command_response"][-1]["profile_id"] == "profile-1", "a reload updates the identity"
     # Frames: raw JPEG, content type, user properties linking them to the event; snapshot; reference.

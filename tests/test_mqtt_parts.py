@@ -299,6 +299,8 @@ def run_cmd(name: str, payload: Any, *, key: bytes | None = None, require: bool 
         ("ping", {"id": "a b"}, "rejected", "invalid request"),
         ("ping", {"id": 5}, "rejected", "invalid request"),
         ("ping", b"{" * 9000, "rejected", "exceeds"),
+        ("limits", {"id": "11"}, "ok", None),
+        ("limits", {"id": "12", "args": {"alpha_flag": 0.1}}, "rejected", "Extra inputs"),
     ],
 )
 def test_command_rejections(name: str, payload: Any, status: str, why: str | None) -> None:
@@ -343,12 +345,25 @@ class FailingTarget(FakeTarget):
     def reload_profile(self) -> str:
         raise ProfileError("profile made for another model")
 
+    def limits(self) -> dict[str, object]:
+        raise ValueError("the guard is still calibrating (12 of 300 frames): no limits yet")
+
+
+class MisshapenTarget(FakeTarget):
+    def limits(self) -> dict[str, object]:
+        return {"profile_id": "p", "alpha_flag": 0.01, "level": 0.001, "limits": [{"reason": "dark"}]}
+
 
 def test_command_target_failures_are_answered() -> None:
     assert run_cmd("ping", {"id": "1"}, target=None) == ("rejected", "rejected: agent not ready: no pipeline "
                                                          "attached yet")
     status, reason = run_cmd("reload-profile", {"id": "2"}, target=FailingTarget())
     assert status == "error" and reason == "error: profile made for another model"
+    # limits: not yet (the request was fine, the agent is not ready), or the agent's own bug
+    not_yet = run_cmd("limits", {"id": "3"}, target=FailingTarget())
+    assert not_yet == ("rejected", "rejected: the guard is still calibrating (12 of 300 frames): no limits yet")
+    status, reason = run_cmd("limits", {"id": "4"}, target=MisshapenTarget())
+    assert status == "error" and str(reason).startswith("error: limits do not fit their schema: ")
 
 
 def test_strict_request_schema() -> None:

@@ -28,7 +28,15 @@ from pydantic import BaseModel, ValidationError
 from agent.errors import ConfigError, ProfileError
 from agent.frame import Frame
 from agent.sinks.mqtt.config import CommandsConfig
-from agent.sinks.mqtt.schemas import CommandRequest, PingArgs, ReloadProfileArgs, SetThresholdsArgs, SnapshotArgs
+from agent.sinks.mqtt.schemas import (
+    CommandRequest,
+    LimitsArgs,
+    LimitsResult,
+    PingArgs,
+    ReloadProfileArgs,
+    SetThresholdsArgs,
+    SnapshotArgs,
+)
 from agent.sinks.mqtt.topics import COMMAND_NAMES
 
 __all__ = [
@@ -48,6 +56,7 @@ _ARGS: dict[str, type[BaseModel]] = {
     "set-thresholds": SetThresholdsArgs,
     "reload-profile": ReloadProfileArgs,
     "ping": PingArgs,
+    "limits": LimitsArgs,
 }
 
 
@@ -68,6 +77,10 @@ class CommandTarget(Protocol):
 
     def ping(self) -> dict[str, object]:
         """Liveness details (frames processed, uptime, ...)."""
+        ...
+
+    def limits(self) -> dict[str, object]:
+        """What each test flags on its own (``LimitsResult``); ValueError while still calibrating."""
         ...
 
 
@@ -206,6 +219,13 @@ class CommandProcessor:
                 return CommandOutcome("ok", rid, None, {"alpha_flag": args.alpha_flag, "alpha_block": args.alpha_block})
             if name == "reload-profile":
                 return CommandOutcome("ok", rid, None, {"profile_id": target.reload_profile()})
+            if name == "limits":
+                limits = target.limits()  # ValueError while the guard is still calibrating: rejected
+                try:
+                    result = LimitsResult.model_validate(limits).model_dump(mode="json")
+                except ValidationError as exc:  # the agent's own bug, not the request's
+                    return CommandOutcome("error", rid, f"error: limits do not fit their schema: {_errors(exc)}")
+                return CommandOutcome("ok", rid, None, result)
             assert isinstance(args, SnapshotArgs)
             now = time.monotonic()
             if now - self._last_snapshot < self.snapshot_interval_s:

@@ -101,6 +101,13 @@ class FakeTarget:
     def ping(self) -> dict[str, object]:
         return {"frames_processed": self.frames}
 
+    def limits(self) -> dict[str, object]:
+        """One limit, shaped as the daemon's (limits.GuardLimits.as_dict)."""
+        dark = {"reason": "dark", "test": "dark", "quantity": "mean luma", "side": "below", "value": 106.0,
+                "low": 118.0, "median": 119.0, "high": 124.0}
+        return {"profile_id": f"profile-{self.reloads}", "alpha_flag": self.alphas[0], "level": 0.001,
+                "limits": [dark]}
+
 
 class LoadGen:
     """Feeds ``sink`` from one thread: ``cameras`` x ``fps`` verdicts, a fault stretch of

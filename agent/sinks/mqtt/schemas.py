@@ -26,6 +26,9 @@ __all__ = [
     "FrameProperties",
     "HealthMessage",
     "IdentityModel",
+    "LimitEntry",
+    "LimitsArgs",
+    "LimitsResult",
     "NodeStatusMessage",
     "Payload",
     "PingArgs",
@@ -276,6 +279,32 @@ class PingArgs(_Model):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class LimitsArgs(_Model):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class LimitEntry(_Model):
+    """One test's limit: it fires on its own where ``quantity`` is ``side`` ``value`` (docs/detection.md, "Limits")."""
+
+    reason: str = Field(description="The reason code the test gives.")
+    test: str = Field(description="The test (e.g. adversarial_hf for the reason adversarial).")
+    quantity: str = Field(description="What the limit is in: a statistic's units ('mean luma') or the score's.")
+    side: Literal["below", "above"]
+    value: float | None = Field(description="The limit; null where no frame reaches the per-test level.")
+    low: float | None = Field(description="The calibration frames' smallest value (null: the test never applied).")
+    median: float | None = Field(description="The calibration frames' median value.")
+    high: float | None = Field(description="The calibration frames' largest value.")
+
+
+class LimitsResult(_Model):
+    """The ``result`` of an ``ok`` response to ``cmd/limits``: what each test flags on its own."""
+
+    profile_id: str
+    alpha_flag: float = Field(description="The policy's FLAG rate the limits are for.")
+    level: float = Field(description="The per-test p-value at or below which a test flags (family-wise level).")
+    limits: list[LimitEntry]
+
+
 class CommandResponse(Payload):
     """``<node>/cmd/<name>/response``; carries the request's MQTT 5 correlation data."""
 
@@ -313,4 +342,6 @@ def schema_catalog() -> dict[str, type[BaseModel]]:
         "cmd-set-thresholds-args": SetThresholdsArgs,
         "cmd-reload-profile-args": ReloadProfileArgs,
         "cmd-ping-args": PingArgs,
+        "cmd-limits-args": LimitsArgs,
+        "cmd-limits-result": LimitsResult,
     }

@@ -23,7 +23,7 @@ from agent.errors import ConfigError
 __all__ = ["COMMAND_NAMES", "RESERVED_CAMERA_IDS", "ParsedTopic", "Topics", "acl_example"]
 
 #: Commands the agent answers (cmd/<name>).
-COMMAND_NAMES: tuple[str, ...] = ("snapshot", "set-thresholds", "reload-profile", "ping")
+COMMAND_NAMES: tuple[str, ...] = ("snapshot", "set-thresholds", "reload-profile", "ping", "limits")
 #: Camera ids that would collide with node-level topics.
 RESERVED_CAMERA_IDS: frozenset[str] = frozenset({"status", "cmd"})
 _LEVEL = re.compile(r"^[A-Za-z0-9_.-]+$")
