@@ -33,6 +33,7 @@ __all__ = ["CalibrationResult", "calibrate_from_config"]
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True, slots=True)
 class CalibrationResult:
     """What `calibrate_from_config` did."""
@@ -95,7 +96,6 @@ class CalibrationResult:
                 "resolve policy.alpha_flag and their last third confirms it)"
             )
         return f"  kept {ess.describe()}\n  {mode}\n"
-
 
     def _limits(self) -> str:
         if self.policy is None:

@@ -110,7 +110,6 @@ class CalibrationConfig(StrictModel):
         "the glare score is log(1 + clip_frac / glare_floor). Sets the score's scale, not a threshold.",
     )
 
-
     @field_validator("tolerances")
     @classmethod
     def _check_tolerances(cls, tol: dict[str, float]) -> dict[str, float]:
