@@ -18,11 +18,9 @@ from agent.model.factory import effective_preprocess, load_warm_model
 from agent.pipeline import Measurer, ProfileIds, Scorer
 from agent.scoring.adversarial import make_squeezer
 from agent.scoring.base import TEST_REGISTRY
-from agent.scoring.config import PolicyConfig
 from agent.scoring.ess import EffectiveFrames
 from agent.scoring.forward import ForwardCheck
 from agent.scoring.limits import GuardLimits
-from agent.scoring.policy import Guard
 from agent.scoring.profile import Profile
 from agent.sources.factory import open_source
 from agent.sources.oneshot import GiveUpReader
@@ -45,7 +43,7 @@ class CalibrationResult:
     seconds: float
     source: str
     size_changes: int = 0  # times the frame size changed while calibrating (pipeline.Scorer)
-    policy: PolicyConfig | None = None  # the guard's policy: its alpha_flag sets the limits the summary shows
+    limits: GuardLimits | None = None  # what the built profile's guard flags on its own (the summary's table)
 
     def summary(self) -> str:
         """A few lines for the terminal."""
@@ -98,9 +96,7 @@ class CalibrationResult:
         return f"  kept {ess.describe()}\n  {mode}\n"
 
     def _limits(self) -> str:
-        if self.policy is None:
-            return ""
-        return GuardLimits.of(Guard(self.profile, self.policy)).table() + "\n"
+        return "" if self.limits is None else self.limits.table() + "\n"
 
 
 def calibrate_from_config(cfg: GuardConfig, out: Path, progress: bool = True) -> CalibrationResult:
@@ -149,4 +145,4 @@ def calibrate_from_config(cfg: GuardConfig, out: Path, progress: bool = True) ->
     out.parent.mkdir(parents=True, exist_ok=True)
     profile.save(out)
     return CalibrationResult(profile, out, read, scorer.calibrated, time.monotonic() - t_start, cfg.source.uri,
-                             scorer.calibration_size_changes, cfg.policy)
+                             scorer.calibration_size_changes, scorer.limits())

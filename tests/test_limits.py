@@ -61,7 +61,7 @@ def guard(scene: list[Image]) -> Guard:
 def test_dark_and_overexposed_fire_exactly_beyond_their_limits(scene: list[Image], guard: Guard) -> None:
     """One held-out frame at 61 exposures: ``dark`` is among its reasons exactly where its mean luma
     is below the dark limit, ``overexposed`` exactly where it is above the overexposed one."""
-    by_test = {lim.test: lim for lim in guard_limits(guard)}
+    by_test = {lim.test: lim for lim in guard_limits(guard, guard.family.level(guard.alpha_flag))}
     dark, bright = by_test["dark"], by_test["overexposed"]
     assert (dark.side, bright.side, dark.quantity) == ("below", "above", "mean luma")
     assert dark.value < dark.low <= dark.median <= dark.high < bright.value  # the limits lie outside calibration
@@ -81,7 +81,7 @@ def test_dark_and_overexposed_fire_exactly_beyond_their_limits(scene: list[Image
 
 
 def test_every_test_has_a_limit_beyond_its_calibration_and_the_table_lists_them(guard: Guard) -> None:
-    found = guard_limits(guard)
+    found = guard_limits(guard, guard.family.level(0.01))
     assert [lim.test for lim in found] == [t.name for t in guard.tests]
     for lim in found:  # the typical calibration frame (p about 1/2) is far inside every limit
         if not (math.isnan(lim.median) or math.isinf(lim.value)):

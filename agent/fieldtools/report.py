@@ -126,7 +126,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not loaded.summaries:
         why = "".join(f"\n  {q}" for q in loaded.quoted)
         raise ConfigError(f"report: no health summaries in {', '.join(map(str, args.paths))}: {skipped} line(s), none "
-                         f"a health summary (a health.jsonl of the file sink, or stored MQTT health messages){why}")
+                          f"a health summary (a health.jsonl of the file sink, or stored MQTT health messages){why}")
     reports = build_reports(loaded.summaries, args.bucket or None, args.camera)
     print(f"edge-guard report: {len(loaded.summaries)} health summaries, {len(reports)} camera(s)"
           + (f"; {skipped} line(s) skipped (not health summaries):" if skipped else ""))

@@ -142,9 +142,8 @@ def _reading(test: Test) -> _Reading:
     return name, "above", lambda s, m, f: s
 
 
-def guard_limits(guard: Guard, alpha: float | None = None) -> list[Limit]:
-    """Every test's limit at the guard's ``alpha_flag`` (or ``alpha``), in the guard's test order."""
-    level = guard.family.level(guard.alpha_flag if alpha is None else alpha)
+def guard_limits(guard: Guard, level: float) -> list[Limit]:
+    """Every test's limit at the per-test ``level`` (``guard.family.level(alpha)``), in the guard's test order."""
     floor = guard.profile.calibration.glare_floor
     recorded = {t.name: t.calibration_scores for t in guard.profile.tests}
     out: list[Limit] = []
@@ -177,7 +176,7 @@ class GuardLimits:
     @classmethod
     def of(cls, guard: Guard) -> GuardLimits:
         level = guard.family.level(guard.alpha_flag)
-        return cls(guard.profile.profile_id, guard.alpha_flag, level, tuple(guard_limits(guard)))
+        return cls(guard.profile.profile_id, guard.alpha_flag, level, tuple(guard_limits(guard, level)))
 
     def table(self, indent: str = "  ") -> str:
         """The table ``edge-guard calibrate`` prints under its summary (and the daemon logs)."""
