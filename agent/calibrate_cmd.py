@@ -74,12 +74,12 @@ class CalibrationResult:
             return ""
         ess = EffectiveFrames(p.n_kept, p.autocorrelation_frames, p.effective_frames)
         widened = sum(t.tolerance > 0 for t in p.tests)
-        # the tamper tests keep their tolerance however well the calibration resolves alpha
+        # the tamper tests and warped keep their tolerance however well the calibration resolves alpha
         kept = sorted(t.name for t in p.tests if t.tolerance > 0 and TEST_REGISTRY[t.name].keeps_tolerance)
         fc = p.forward_check
-        if widened == len(kept):  # only the tamper tests' tolerances left: the others were dropped
+        if widened == len(kept):  # only those tolerances left: the others were dropped
             mode = "exact conformal p-values " + (
-                f"(no tolerances but the tamper tests' {', '.join(kept)}: the smallest event each names)"
+                f"(no tolerances but those of {', '.join(kept)}: the smallest event each names)"
                 if kept else "(no tolerances)"
             )
         elif fc is not None and not fc.passed:

@@ -41,6 +41,7 @@ REASON_CODES: tuple[str, ...] = (
     "defocused",
     "moved",
     "occluded",
+    "warped",
     "drift",
     "resolution",
 )

@@ -285,7 +285,7 @@ def sequential_control(n_cal: int, stride: int, n_test: int, alphas: tuple[float
     return {
         "calibration_frames": n_cal, "stride": stride, "test_frames": n_test,
         "calibration_states": profile.effective_frames, "test_states": held.effective,
-        # exact: every tolerance the calibration may drop was dropped (the tamper tests keep theirs)
+        # exact: every tolerance the calibration may drop was dropped (the tamper tests and warped keep theirs)
         "exact": all(test.tolerance == 0 for test in profile.tests if not TEST_REGISTRY[test.name].keeps_tolerance),
         "fpr": {str(a): float(np.mean(f)) for a, f in flagged.items()},
         "runs": {str(a): count_runs(f) for a, f in flagged.items()},
@@ -656,7 +656,7 @@ def _print_clean(r: dict[str, Any], alpha: float) -> None:
     q = r["sequential_control"]
     print(f"  sequential control: the synthetic scene in time order, calibrated on {q['calibration_frames']} frames "
           f"at stride {q['stride']} (≈ {q['calibration_states']:.0f} states, "
-          f"{'exact p-values but for the tamper tests' if q['exact'] else 'tolerances kept'}), "
+          f"{'exact p-values but for the tamper tests and warped' if q['exact'] else 'tolerances kept'}), "
           f"{q['test_frames']} frames guarded "
           f"(≈ {q['test_states']:.0f} states):")
     print("    " + ", ".join(f"alpha {a}: {v:.4f} ({q['runs'][a]} runs)" for a, v in q["fpr"].items()))

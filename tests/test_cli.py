@@ -183,8 +183,8 @@ def test_calibrate_then_run_then_mismatched_profile(tmp_path: Path) -> None:
     data = json.loads(profile.read_text())
     assert proc.stdout.startswith(f"profile {data['profile_id']} written to {profile}")
     assert "60 calibration frames (60 read)" in proc.stdout
-    # the tamper tests' tolerances stay (Test.keeps_tolerance)
-    dropped = all(t["tolerance"] == 0 for t in data["tests"] if t["name"] not in TAMPER_REASONS)
+    # the tamper tests' and warped's tolerances stay (Test.keeps_tolerance)
+    dropped = all(t["tolerance"] == 0 for t in data["tests"] if t["name"] not in {*TAMPER_REASONS, "warped"})
     widened = sum(t["tolerance"] > 0 for t in data["tests"])
     assert ("exact conformal p-values" in proc.stdout) == dropped
     assert dropped or f"physical tolerances of {widened} tests" in proc.stdout

@@ -57,8 +57,9 @@ def test_profile_contents(profile: Profile) -> None:
     assert len(q) == len(QUANTILE_LEVELS) and q == sorted(q)  # type: ignore[type-var]
     assert profile.tiles.fields == list(TILE_FIELDS) and len(profile.tiles.median) == 4
     assert profile.robust.location and len(profile.robust.scatter) == len(profile.robust.location)
-    # no images: no thumbnail (moved, occluded) and no chroma energy (adversarial_hf)
-    assert profile.test_names() == [t for t in DEFAULT_TESTS if t not in ("moved", "occluded", "adversarial_hf")]
+    # no images: no thumbnail (moved, occluded), no chroma energy (adversarial_hf), no detail image (warped)
+    imageless = ("moved", "occluded", "adversarial_hf", "warped")
+    assert profile.test_names() == [t for t in DEFAULT_TESTS if t not in imageless]
     for t in profile.tests:
         assert len(t.calibration_scores) == profile.n_cal
     assert profile.model is None
@@ -207,8 +208,9 @@ def test_default_tolerances_dropped_when_calibration_resolves_alpha(
     tol, expected = _tolerances(exact), exact_tolerances(exact)
     assert tol.pop("blur") == 0.3  # named in calibration.tolerances: kept as given
     assert tol == {k: v for k, v in expected.items() if k != "blur"}
-    # the tamper tests keep their default: the smallest change the reason names
-    assert {k for k, v in tol.items() if v > 0} == {"covered", "frozen", "defocused"}  # (no images: no moved)
+    # the tamper tests keep their default: the smallest change the reason names (no images: no
+    # moved, no warped)
+    assert {k for k, v in tol.items() if v > 0} == {"covered", "frozen", "defocused"}
     assert {t.name: t.tolerance for t in Guard(exact).tests} == _tolerances(exact)
     # Without alpha_flag, or with exact_when_resolved off, every default stays.
     off = Calibrator(CalibrationConfig(frames=160, exact_when_resolved=False), (4, 4))
@@ -245,7 +247,7 @@ def test_an_exact_profile_still_needs_a_physical_cover(stats: list[FrameStats]) 
 
 
 def test_dropped_tolerances_score_like_tolerances_configured_0(stats: list[FrameStats]) -> None:
-    """'Exact' means what tolerances 0 configured mean (for all but the tamper tests, which keep
+    """'Exact' means what tolerances 0 configured mean (for all but the tamper tests and warped, which keep
     their default): the rebuilt tests get the tail-scale floor of a zero tolerance too (not the
     dropped tolerance's), so both profiles give the same p-values, also beyond every calibration
     score where the tail is extrapolated."""

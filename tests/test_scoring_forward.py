@@ -126,7 +126,7 @@ def test_a_window_that_darkens_keeps_the_tolerances(
     steady = _build(shuffled)
     assert _tolerances(steady) == exact_tolerances(steady)  # stationary: exact (tamper tolerances kept)
     said = CalibrationResult(steady, tmp_path / "s.json", 160, 160, 1.0, "steady.mp4").summary()
-    assert "exact conformal p-values (no tolerances but the tamper tests' covered, defocused, frozen" in said
+    assert "exact conformal p-values (no tolerances but those of covered, defocused, frozen" in said
     assert steady.forward_check is not None and steady.forward_check.passed
     dusk = [
         dataclasses.replace(s, brightness=s.brightness * (1 - 0.2 * max(0, i - 80) / 80))

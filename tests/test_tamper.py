@@ -170,11 +170,11 @@ def test_edge_map_shape_and_thumbnail() -> None:
     assert edges.shape == thumb.shape and float(edges[18, 32]) < float(edges.max()) / 10  # flat inside
 
 
-def test_tamper_tests_and_only_they_keep_their_tolerance() -> None:
-    """A calibration that resolves alpha drops the default tolerances, but a tamper reason's is the
-    smallest event it names (Test.keeps_tolerance): these four keep it, no other test does."""
+def test_tamper_tests_and_warped_and_only_they_keep_their_tolerance() -> None:
+    """A calibration that resolves alpha drops the default tolerances, but a tamper reason's (and
+    ``warped``'s) is the smallest event it names (Test.keeps_tolerance): these keep it, no other test does."""
     tests = [make_test(name, CalibrationConfig()) for name in DEFAULT_TESTS]
-    assert {t.name for t in tests if t.keeps_tolerance} == set(TAMPER_REASONS)
+    assert {t.name for t in tests if t.keeps_tolerance} == {*TAMPER_REASONS, "warped"}
     assert all(t.default_tolerance > 0 for t in tests if t.keeps_tolerance)
 
 

@@ -83,8 +83,9 @@ class Test:
     #: True when the test reads image-derived parts of the Observation (thumbnail, chroma).
     needs_image: ClassVar[bool] = False
     #: True when the default tolerance is part of what the reason means, so calibration keeps it
-    #: even where it resolves alpha and drops the others (the tamper reasons: a crowd that hides a
-    #: few more blocks than calibration saw is not a moved camera, a dimmer evening not a cover).
+    #: even where it resolves alpha and drops the others (the tamper reasons and ``warped``: a crowd
+    #: that hides a few more blocks than calibration saw is not a moved camera, a dimmer evening not
+    #: a cover, a pixel of wind jitter not a warp).
     keeps_tolerance: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -24,7 +24,7 @@ frames are left out of the profile.
 **Tolerances.** Each test's physical tolerance (conformal.py) is recorded in the profile. When
 ``build`` is given ``alpha_flag`` and the kept frames hold the 1/alpha_flag independent scene
 states that level needs (ess.py; the case where no correlation warning is logged), the default
-tolerances are recorded as 0 (but those of the tamper tests, ``Test.keeps_tolerance``: the
+tolerances are recorded as 0 (but those of the event tests, ``Test.keeps_tolerance``: the
 smallest change the reason names): the calibration then resolves alpha by itself and the p-values
 are exact conformal ones, unless the window's last third, guarded with exact p-values against
 the rest, flags implausibly often for a stationary scene (forward.py: the scene changed along
@@ -49,7 +49,7 @@ import numpy.typing as npt
 
 from agent.errors import ProfileError
 from agent.model.types import ModelOutput
-from agent.scoring import adversarial, ood, patch, rules, tamper, view  # noqa: F401  (registers the tests)
+from agent.scoring import adversarial, ood, patch, rules, tamper, view, warp  # noqa: F401  (registers the tests)
 from agent.scoring.base import Test, make_test
 from agent.scoring.config import ALL_TESTS, CalibrationConfig
 from agent.scoring.ess import EffectiveFrames, effective_frames, frames_needed
@@ -90,6 +90,7 @@ DEFAULT_TESTS: tuple[str, ...] = (
     "defocused",
     "moved",
     "occluded",
+    "warped",
 )
 #: Tests added when the calibration frames have what they need: model outputs (classifier or
 #: detector) or squeezing distances. A test that never applies is left out of the profile.
@@ -297,8 +298,8 @@ class Calibrator:
         if exact:
             logger.info(
                 "calibration: %s resolve alpha_flag=%g: default tolerances dropped, p-values are exact "
-                "conformal ones (calibration.exact_when_resolved; the tamper tests keep theirs: the smallest "
-                "change they name)", ess.describe(), alpha_flag,
+                "conformal ones (calibration.exact_when_resolved; the tamper tests and warped keep theirs: the "
+                "smallest change they name)", ess.describe(), alpha_flag,
             )
         logger.info(
             "profile %s: %d frames kept (cross-fitted in blocks of %d; %s), tests %s",
@@ -338,7 +339,7 @@ class Calibrator:
     def _drops_tolerance(self, test: Test) -> bool:
         """True when a calibration that resolves alpha records this test's tolerance as 0: a default
         (not set in ``calibration.tolerances``, by name or by '*') that is not part of the reason's
-        meaning (``Test.keeps_tolerance``: the tamper tests)."""
+        meaning (``Test.keeps_tolerance``: the tamper tests and ``warped``)."""
         named = test.name in self.cfg.tolerances or ALL_TESTS in self.cfg.tolerances
         return not named and not test.keeps_tolerance
 

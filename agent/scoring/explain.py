@@ -17,7 +17,13 @@ A reason is also dropped where another makes it meaningless (``_SUPERSEDED``): `
 (part of the calibrated view hidden, the rest intact) where ``covered`` (all of it hidden),
 ``moved`` (the view is elsewhere: pixel positions no longer correspond) or ``defocused`` (every
 tile lost detail: a blur or a starved encoder flattens texture everywhere, as ImageNet-C JPEG
-s3-s5 does) fires.
+s3-s5 does) fires; ``warped`` (the view's fine structure displaced place by place, warp.py)
+where ``covered``, ``moved``, ``occluded`` or ``defocused`` fires (a view hidden, elsewhere or
+blurred as a whole fails the structure comparison too, and is better named by those) or
+``low_contrast``, ``overexposed``, ``glare`` or ``noise`` does: fewer code values per unit of
+structure (a flattened or washed-out view, ImageNet-C ``contrast``, ``brightness``, ``fog``) or
+added noise (``snow``, sensor gain) leave part of each block's variance unexplained without
+anything having moved.
 
 Without the evidence (no thumbnail for ``moved``, ``defocused`` disabled or not applicable)
 nothing is dropped. A reason is dropped only where another fires, so every FLAG still names a
@@ -40,6 +46,10 @@ frame: the evidence is as strong, only its name changed): the family-wise rates 
 ['blur']
 >>> sorted(explained_away({"occluded": 0.001, "covered": 0.001, "moved": 0.001}, 0.01, 0.1))  # a hand
 ['occluded']
+>>> sorted(explained_away({"warped": 0.001, "moved": 0.001}, 0.01, 0.1))  # a camera turned away
+['warped']
+>>> sorted(explained_away({"warped": 0.001, "low_contrast": 0.002}, 0.01, 0.1))  # fog: fewer code values
+['warped']
 """
 
 from __future__ import annotations
@@ -54,7 +64,10 @@ _RULES: dict[str, tuple[str, frozenset[str]]] = {
     "blur": ("defocused", frozenset({"glare", "overexposed", "occluded"})),
 }
 #: reason -> the reasons that make it meaningless where they fire (the reason is dropped then)
-_SUPERSEDED: dict[str, tuple[str, ...]] = {"occluded": ("covered", "moved", "defocused")}
+_SUPERSEDED: dict[str, tuple[str, ...]] = {
+    "occluded": ("covered", "moved", "defocused"),
+    "warped": ("covered", "moved", "occluded", "defocused", "low_contrast", "overexposed", "glare", "noise"),
+}
 
 
 def explained_away(p_family: Mapping[str, float], alpha_flag: float, clear_alpha: float) -> set[str]:

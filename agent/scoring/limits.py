@@ -118,6 +118,7 @@ _READINGS: dict[str, _Reading] = {
     "low_contrast": ("contrast for the light, % of median", "below", lambda s, m, f: 100.0 * math.exp(m - s)),
     "adversarial_hf": ("chroma noise floor, x median", "above", lambda s, m, f: math.exp(s)),
     "occluded": ("hidden % of the view", "above", lambda s, m, f: 100.0 * s),
+    "warped": ("unexplained % of the structure", "above", lambda s, m, f: 100.0 * s),
 }
 #: What the other tests' scores are (docs/detection.md, "Limits", defines each).
 _SCORE_NAMES: dict[str, str] = {

@@ -30,7 +30,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.errors import ProfileError
-from agent.scoring import adversarial, ood, patch, rules, tamper, view  # noqa: F401  (importing registers the tests)
+from agent.scoring import adversarial, ood, patch, rules, tamper, view, warp  # noqa: F401  (importing registers the tests)
 from agent.scoring.base import Test, make_test
 from agent.scoring.config import CalibrationConfig
 from agent.stats.finish import STATS_VERSION
@@ -51,7 +51,7 @@ __all__ = [
 
 PROFILE_FORMAT = "edge-guard-profile"
 #: Bumped on any incompatible change of this file's schema or of the tests' definitions.
-PROFILE_VERSION: int = 6
+PROFILE_VERSION: int = 7
 QUANTILE_LEVELS: tuple[float, ...] = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999)
 
 OptFloat = float | None
