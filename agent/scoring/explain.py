@@ -20,8 +20,8 @@ tile lost detail: a blur or a starved encoder flattens texture everywhere, as Im
 s3-s5 does) fires; ``warped`` (the view's fine structure displaced place by place, warp.py)
 where ``covered``, ``moved``, ``occluded`` or ``defocused`` fires (a view hidden, elsewhere or
 blurred as a whole fails the structure comparison too, and is better named by those) or
-``low_contrast``, ``overexposed``, ``glare`` or ``noise`` does: fewer code values per unit of
-structure (a flattened or washed-out view, ImageNet-C ``contrast``, ``brightness``, ``fog``) or
+``dark``, ``low_contrast``, ``overexposed``, ``glare`` or ``noise`` does: fewer code values per unit
+of structure (a dim, flattened or washed-out view, ImageNet-C ``contrast``, ``brightness``) or
 added noise (``snow``, sensor gain) leave part of each block's variance unexplained without
 anything having moved.
 
@@ -66,7 +66,7 @@ _RULES: dict[str, tuple[str, frozenset[str]]] = {
 #: reason -> the reasons that make it meaningless where they fire (the reason is dropped then)
 _SUPERSEDED: dict[str, tuple[str, ...]] = {
     "occluded": ("covered", "moved", "defocused"),
-    "warped": ("covered", "moved", "occluded", "defocused", "low_contrast", "overexposed", "glare", "noise"),
+    "warped": ("covered", "moved", "occluded", "defocused", "dark", "low_contrast", "overexposed", "glare", "noise"),
 }
 
 

@@ -43,8 +43,8 @@ calibration and held-out scores 0.0016-0.0024; elastic s1/s3/s5 median 0.014/0.0
 0.0018, exposure x0.8 0.0015 (those are ``noise``/``ood_stats``'s). The tolerance (0.005) is kept
 however well calibration resolves alpha (``keeps_tolerance``): jitter is no warp. ``explain.py``
 drops ``warped`` where ``covered``, ``moved``, ``occluded`` or ``defocused`` fires (a view
-replaced, hidden or blurred as a whole is not a warp) or ``low_contrast``, ``overexposed``,
-``glare`` or ``noise`` does (fewer code values per structure, or added noise, leave variance
+replaced, hidden or blurred as a whole is not a warp) or ``dark``, ``low_contrast``,
+``overexposed``, ``glare`` or ``noise`` does (fewer code values per structure, or added noise, leave variance
 unexplained without a warp). ~0.35 ms per frame, plus ~0.3 ms for the detail image.
 """
 
