@@ -487,7 +487,9 @@ def costs(vt: list[U8], model_path: Path | None, repeat: int) -> dict[str, float
     backend = CpuStats((4, 4))
     stats = [backend.compute(im) for im in frames]
     out: dict[str, float] = {"stats_cpu": time_ms(lambda: backend.compute(frames[210], key="t"), repeat)}
-    out["observe (features, thumbnail, chroma)"] = time_ms(lambda: observe(stats[210], None, image=frames[210]), repeat)
+    out["observe (features, thumbnail, chroma, detail)"] = time_ms(
+        lambda: observe(stats[210], None, image=frames[210]), repeat
+    )
     obs = observe(stats[210], None, image=frames[210])
     for test in run.guard.tests:
         out[f"test {test.name}"] = time_ms(lambda t=test: t.update(obs), repeat)  # type: ignore[misc]
@@ -595,7 +597,7 @@ def print_report(r: dict[str, Any], alpha: float) -> list[Target]:
     if "cost_ms" in r:
         print("\nper-frame cost at 768x432, one core (ms):")
         for k, v in r["cost_ms"].items():
-            print(f"  {k:44s} {v:7.3f}")
+            print(f"  {k:46s} {v:7.3f}")
     results = targets(r, alpha)
     print("\ntargets:")
     for text, ok, value in results:
