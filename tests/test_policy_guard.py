@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -250,6 +251,33 @@ def test_small_n_for_alpha_is_logged(clean: Data, caplog: pytest.LogCaptureFixtu
     messages = [r.getMessage() for r in caplog.records]
     assert any("alpha_block=0.001" in m and "extrapolated tail" in m for m in messages), messages
     assert not any("alpha_flag=0.05 is below" in m for m in messages)
+
+
+def test_a_calibration_that_changed_within_is_named_when_it_blunts_every_test(
+    clean: Data, profile: Profile, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its last 10 calibration frames 40 % darker (dusk came early): those frames score extreme
+    p-values against the rest, the family level falls far below Bonferroni's alpha/K, and the
+    guard says so, naming the tests and the frames; a steady calibration says nothing."""
+    with caplog.at_level(logging.WARNING, logger="agent.scoring.policy"):
+        steady = Guard(profile, PolicyConfig(alpha_flag=0.01))
+    assert steady.family.level(0.01) * policy.UNSTEADY_FACTOR >= 0.01 / steady.family.k
+    assert "calibration frames" not in caplog.text
+    dusk = [(im, dataclasses.replace(st, brightness=st.brightness * (0.6 if i >= 190 else 1.0)))
+            for i, (im, st) in enumerate(clean)]
+    unsteady = build(dusk)
+    with caplog.at_level(logging.WARNING, logger="agent.scoring.policy"):
+        guard = Guard(unsteady, PolicyConfig(alpha_flag=0.01))
+    level, bonferroni = guard.family.level(0.01), 0.01 / guard.family.k
+    assert level * policy.UNSTEADY_FACTOR < bonferroni
+    said = [r.getMessage() for r in caplog.records if "Bonferroni" in r.getMessage()]
+    assert len(said) == 1, said
+    assert f"per-test level is {level:.2g}" in said[0] and "(kept frames 190..199)" in said[0]
+    assert "dark (10 frames)" in said[0] and "policy.disabled_reasons" in said[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="agent.scoring.policy"):
+        Guard(unsteady, PolicyConfig(alpha_flag=0.01, disabled_reasons=["dark", "ood_stats"]))
+    assert "Bonferroni" not in caplog.text  # without the tests that saw the change: steady again
 
 
 @pytest.mark.parametrize("size", [(1, 1), (8, 8), (32, 24)])

@@ -28,6 +28,9 @@ another resolution) cannot be compared with the calibration: it is BLOCKed with 
 state restarts when the profile's size is back). A frame with another tile grid is a
 configuration error (ProfileError).
 
+A per-test level more than ``UNSTEADY_FACTOR`` times below Bonferroni's alpha_flag / K is logged
+as a warning naming the tests and calibration frames that set it (``_warn_if_unsteady``).
+
 ``Verdict.p_values`` holds each applicable test's p_k plus ``family`` (p_family);
 ``Verdict.scores`` the raw scores. Each Reason carries p_k as ``p_value`` and F(p_k) as
 ``detail['p_family']``.
@@ -57,7 +60,7 @@ from agent.scoring.tamper import TamperMonitor, TamperState
 from agent.stats.types import FrameStats
 from agent.verdict import Decision, Reason, Verdict
 
-__all__ = ["FAMILY_KEY", "MISMATCH_HOLD_S", "Guard"]
+__all__ = ["FAMILY_KEY", "MISMATCH_HOLD_S", "UNSTEADY_FACTOR", "Guard"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +68,9 @@ logger = logging.getLogger(__name__)
 FAMILY_KEY = "family"
 #: Seconds after the latest frame of another size during which ``Guard.size_mismatch`` stays set.
 MISMATCH_HOLD_S = 5.0
+#: A per-test level this many times below Bonferroni's alpha_flag / K is logged as a warning: the
+#: calibration frames are not alike (``Guard._warn_if_unsteady``).
+UNSTEADY_FACTOR = 10.0
 
 
 class Guard:
@@ -160,6 +166,35 @@ class Guard:
                 "extrapolated tails and the Bonferroni fallback",
                 alpha_block, floor, self.family.n,
             )
+        self._warn_if_unsteady()
+
+    def _warn_if_unsteady(self) -> None:
+        """Warn when the family's per-test level sits far below Bonferroni's alpha_flag / K.
+
+        Bonferroni holds for any dependence between tests, so the empirical level falls far below
+        it only where more calibration frames than alpha_flag allows score extreme p-values
+        against the rest of the calibration: the scene or the camera changed within it (a gust,
+        dusk, a hand-held stretch). Every test is then that much less sensitive, silently; this
+        says which test and which frames did it.
+        """
+        level = self.family.level(self._alpha_flag)
+        bonferroni = self._alpha_flag / self.family.k
+        if level * UNSTEADY_FACTOR >= bonferroni:
+            return
+        low = self.calibration_p < bonferroni  # (n, K)
+        frames = np.flatnonzero(low.any(axis=1))
+        by_test = sorted(((int(low[:, k].sum()), t.name) for k, t in enumerate(self._tests) if low[:, k].any()),
+                         reverse=True)
+        logger.warning(
+            "guard: at alpha_flag=%g the per-test level is %.2g, %.0f times below Bonferroni's %.2g for %d "
+            "tests: %d of the %d calibration frames (kept frames %d..%d) score p < %.2g against the rest of "
+            "the calibration, under %s. The scene or the camera changed within the calibration, and every "
+            "test is that much less sensitive: calibrate on footage whose usual variety includes it, or "
+            "leave the test out (policy.disabled_reasons)",
+            self._alpha_flag, level, bonferroni / level, bonferroni, self.family.k, frames.size,
+            self.family.n, int(frames[0]), int(frames[-1]), bonferroni,
+            ", ".join(f"{name} ({count} frames)" for count, name in by_test),
+        )
 
     # --- streaming ------------------------------------------------------------------------
     @property
