@@ -126,6 +126,20 @@ def test_a_view_mostly_in_motion_has_no_background_to_compare() -> None:
     test.fit([_obs(_noisy(_live(scene, 1.0, 0.8, i), i)) for i in range(12)])
     assert test.reference is not None and test.blocks is not None and test.blocks.size == 0
     assert math.isnan(test.compute(_obs(_noisy(scene, 50))))
+    why = test.inapplicable()
+    assert why is not None and "were still during calibration, under the 50%" in why, why
+
+
+def test_calibration_leaves_warped_out_where_the_view_moves(caplog: pytest.LogCaptureFixture) -> None:
+    scene = _scene(4, (96, 128))
+    frames = [_noisy(_live(scene, 1.0, 0.8, i), i) for i in range(40)]
+    cal = Calibrator(CalibrationConfig(frames=40), (4, 4))
+    for image in frames:
+        cal.update(STATS.compute(image), image=image)
+    with caplog.at_level("INFO", logger="agent.scoring.calibrate"):
+        profile = cal.build()
+    assert "warped" not in profile.test_names() and "moved" in profile.test_names()
+    assert "test warped does not apply to this camera: " in caplog.text and "foliage" in caplog.text
 
 
 def test_not_applicable_without_structure_or_image(fitted: tuple[Warped, Image]) -> None:
@@ -137,9 +151,12 @@ def test_not_applicable_without_structure_or_image(fitted: tuple[Warped, Image])
     flat.fit([_obs(np.full_like(scene, 90)) for _ in range(3)])
     assert flat._ref is not None and flat._ref.index.size < MIN_BLOCKS
     assert math.isnan(flat.compute(_obs(scene)))
+    assert "a flat or washed-out view" in str(flat.inapplicable())
     unfitted = Warped()
     unfitted.fit([observe(STATS.compute(scene), None)])
     assert unfitted.reference is None and math.isnan(unfitted.compute(_obs(scene)))
+    assert unfitted.inapplicable() is None  # no images: calibration finds it never applied
+    assert test.inapplicable() is None
 
 
 def test_params_round_trip_and_bad_params_name_the_test(fitted: tuple[Warped, Image]) -> None:

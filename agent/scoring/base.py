@@ -117,6 +117,11 @@ class Test:
     def fit(self, observations: Sequence[Observation]) -> None:
         """Learn parameters from clean observations (default: nothing to learn)."""
 
+    def inapplicable(self) -> str | None:
+        """Why, after ``fit`` on all calibration frames, the test cannot apply to this camera at
+        all (calibration then leaves it out of the profile); None where it can (the default)."""
+        return None
+
     def params(self) -> Params:
         """Parameters learned by ``fit`` (JSON-friendly)."""
         return {}

@@ -19,7 +19,8 @@ Frames go through three steps:
 
 With an ``image`` per frame the Observation also carries a thumbnail (``moved``), and with a
 ``squeeze`` distance the squeezing test applies; tests that never applied on the calibration
-frames are left out of the profile.
+frames are left out of the profile, and so are those whose fit on all of them finds the camera
+unsuited (``Test.inapplicable``: ``warped`` on a view mostly in motion), with a log line saying why.
 
 **Tolerances.** Each test's physical tolerance (conformal.py) is recorded in the profile. When
 ``build`` is given ``alpha_flag`` and the kept frames hold the 1/alpha_flag independent scene
@@ -348,7 +349,11 @@ class Calibrator:
         tests = [make_test(name, self.cfg) for name in names]
         for test in tests:
             test.fit(obs)
-        return tests
+        for test in tests:
+            why = test.inapplicable()
+            if why is not None:
+                logger.info("test %s does not apply to this camera: %s; left out of the profile", test.name, why)
+        return [t for t in tests if t.inapplicable() is None]
 
     def _calibration_scores(
         self, tests: Sequence[Test], obs: Sequence[Observation], blocks: npt.NDArray[np.int64], length: int

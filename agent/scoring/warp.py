@@ -236,6 +236,7 @@ class Warped(Test):
         super().__init__(cfg)
         self.reference: U8 | None = None
         self.blocks: npt.NDArray[np.intp] | None = None
+        self.still_share: float | None = None  # share of the structured blocks still (set by fit)
         self._ref: WarpReference | None = None
         self._detail: dict[str, float | int | str] = {}
 
@@ -253,9 +254,21 @@ class Warped(Test):
         structured = WarpReference.of(reference)
         unexplained = np.stack([1.0 - warp_fit(d, structured)[1] for d in sample])  # (frames, blocks)
         still = np.median(unexplained, axis=0) <= STILL_BLOCK if structured.index.size else np.zeros(0, bool)
-        if still.size == 0 or still.mean() < MIN_STILL_SHARE:
+        self.still_share = float(still.mean()) if still.size else None
+        if self.still_share is None or self.still_share < MIN_STILL_SHARE:
             still = np.zeros_like(still)  # not applicable: no still background
         self._set(reference, structured.index[still])
+
+    def inapplicable(self) -> str | None:
+        if self.reference is None or (self._ref is not None and self._ref.index.size >= MIN_BLOCKS):
+            return None  # (no images: it never applies, and calibration says so)
+        if self.still_share is not None and self.still_share < MIN_STILL_SHARE:
+            return (
+                f"{self.still_share:.0%} of the view's structured blocks were still during calibration, under "
+                f"the {MIN_STILL_SHARE:.0%} the comparison with a still background needs (a hand-held or PTZ "
+                "camera, foliage filling the view)"
+            )
+        return f"fewer than {MIN_BLOCKS} structured, still blocks in the calibrated view (a flat or washed-out view)"
 
     def _set(self, reference: U8 | None, blocks: npt.NDArray[np.intp] | None) -> None:
         self.reference = reference
