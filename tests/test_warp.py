@@ -223,3 +223,12 @@ def test_a_soft_camera_names_a_warp_its_statistics_miss(soft_vtest: list[Image])
     missed = [blind.update(Frame(im, "soft", i, 0.0, 0.0, live=False), STATS.compute(im), None).decision
               == Decision.PASS for i, im in enumerate(warped_frames)]
     assert sum(missed) > len(missed) // 2, missed
+
+
+def test_module_doctests() -> None:
+    import doctest  # noqa: PLC0415
+
+    from agent.scoring import warp  # noqa: PLC0415
+
+    result = doctest.testmod(warp)
+    assert result.attempted >= 6 and result.failed == 0
