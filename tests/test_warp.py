@@ -225,6 +225,24 @@ def test_a_soft_camera_names_a_warp_its_statistics_miss(soft_vtest: list[Image])
     assert sum(missed) > len(missed) // 2, missed
 
 
+def test_a_calibration_that_would_hold_gigabytes_of_images_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    image = _scene(5)  # 320 x 240: a 256 x 192 detail image, ~50 kB per kept frame
+
+    def warnings(stride: int) -> list[str]:
+        caplog.clear()
+        cal = Calibrator(CalibrationConfig(frames=1_000_000, stride=stride), (4, 4))
+        with caplog.at_level("WARNING", logger="agent.scoring.calibrate"):
+            for _ in range(3):  # said once, at the first kept frame
+                cal.update(STATS.compute(image), image=image)
+        return [r.getMessage() for r in caplog.records]
+
+    said = warnings(1)  # 1 000 000 kept frames: ~50 GB
+    assert len(said) == 1, said
+    assert said[0].startswith("calibration: keeping 1000000 frames (calibration.frames=1000000, stride=1) of about 5")
+    assert "raise calibration.stride" in said[0]
+    assert warnings(100) == []  # 10 000 kept frames: ~0.5 GB
+
+
 def test_module_doctests() -> None:
     import doctest  # noqa: PLC0415
 

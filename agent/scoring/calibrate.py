@@ -103,8 +103,17 @@ DRIFT_EDGE_LEVELS: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95)
 MAX_FOLDS: int = 12
 #: Fewest kept frames a profile can be built from.
 MIN_KEPT: int = 20
+#: A calibration whose kept frames would hold more memory than this is warned about at its first
+#: kept frame (with images, a kept frame is 40-55 kB: mostly ``warped``'s detail image).
+MEMORY_WARNING_BYTES: int = 1 << 30
 
 FloatArray = npt.NDArray[np.float64]
+
+
+def _nbytes(record: object) -> int:
+    """Bytes held by the arrays among a dataclass's fields (the rest is small and fixed)."""
+    fields = dataclasses.fields(record) if dataclasses.is_dataclass(record) else ()
+    return sum(v.nbytes for f in fields if isinstance(v := getattr(record, f.name), np.ndarray))
 
 
 def block_ids(n: int, block: int) -> tuple[npt.NDArray[np.int64], int]:
@@ -220,8 +229,22 @@ class Calibrator:
                 observe(stats, output, live=live, floor=self.cfg.glare_floor, image=image, squeeze=squeeze,
                         small=small, motion=motion)
             )
+            if len(self._kept) == 1:
+                self._warn_memory(self._kept[0])
         self._used += 1
         return self
+
+    def _warn_memory(self, first: Observation) -> None:
+        """Warn when the frames this calibration will keep would hold more than MEMORY_WARNING_BYTES."""
+        per_frame = _nbytes(first) + _nbytes(first.stats)
+        planned = math.ceil(self.cfg.frames / self.cfg.stride)
+        if planned * per_frame > MEMORY_WARNING_BYTES:
+            logger.warning(
+                "calibration: keeping %d frames (calibration.frames=%d, stride=%d) of about %.0f kB each will "
+                "hold %.1f GB in memory; raise calibration.stride to keep every k-th frame (a stride near the "
+                "scene's correlation time loses almost nothing)",
+                planned, self.cfg.frames, self.cfg.stride, per_frame / 1e3, planned * per_frame / 1e9,
+            )
 
     # --- build ----------------------------------------------------------------------------
     def build(

@@ -45,7 +45,7 @@ class CalibrationConfig(StrictModel):
         le=1_000_000,
         description="Clean frames read (after `skip`) to build a profile; `stride` then subsamples them. "
         "Calibration keeps about 2 KB per kept frame in memory, 40-55 KB where it sees images (the `warped` "
-        "test's 256-column detail image): 1 000 kept frames take about 50 MB.",
+        "test's 256-column detail image): 1 000 kept frames take about 50 MB, and calibration warns above 1 GB.",
     )
     stride: int = Field(
         1,
