@@ -168,11 +168,16 @@ def feature_vector(stats: FrameStats, floor: float = 1e-3) -> FloatArray:
     )
 
 
-def thumbnail_bgr(image: U8, width: int = THUMB_WIDTH) -> U8:
-    """Colour thumbnail (rows, ``width``, 3) of a BGR uint8 frame, area-averaged (aspect kept, >= 8 rows)."""
+def _area_resize(image: U8, width: int) -> U8:
+    """``image`` area-averaged to ``width`` columns (aspect kept, >= 8 rows), contiguous uint8."""
     h, w = image.shape[:2]
     rows = max(8, round(width * h / max(w, 1)))
     return np.ascontiguousarray(cv2.resize(image, (width, rows), interpolation=cv2.INTER_AREA), dtype=np.uint8)
+
+
+def thumbnail_bgr(image: U8, width: int = THUMB_WIDTH) -> U8:
+    """Colour thumbnail (rows, ``width``, 3) of a BGR uint8 frame, area-averaged (aspect kept, >= 8 rows)."""
+    return _area_resize(image, width)
 
 
 def clipped_mask(stats: FrameStats) -> npt.NDArray[np.bool_]:
@@ -195,13 +200,8 @@ def clipped_tiles(stats: FrameStats) -> float:
 
 def make_detail(image: U8, width: int = DETAIL_WIDTH) -> U8:
     """Luma (rows, min(``width``, image width)) of a BGR or grey uint8 frame, area-averaged (aspect kept, >= 8 rows)."""
-    h, w = image.shape[:2]
-    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
-    cols = min(width, w)
-    if cols == w:
-        return np.ascontiguousarray(gray, dtype=np.uint8)
-    rows = max(8, round(cols * h / max(w, 1)))
-    return np.ascontiguousarray(cv2.resize(gray, (cols, rows), interpolation=cv2.INTER_AREA), dtype=np.uint8)
+    gray = np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image, dtype=np.uint8)
+    return gray if width >= gray.shape[1] else _area_resize(gray, width)
 
 
 def make_thumbnail(image: U8, width: int = THUMB_WIDTH, *, small: U8 | None = None) -> U8:
