@@ -370,13 +370,15 @@ class Calibrator:
     def _fit_tests(self, obs: Sequence[Observation]) -> list[Test]:
         names = [*DEFAULT_TESTS, *OPTIONAL_TESTS]
         tests = [make_test(name, self.cfg) for name in names]
+        applicable: list[Test] = []
         for test in tests:
             test.fit(obs)
-        for test in tests:
             why = test.inapplicable()
-            if why is not None:
+            if why is None:
+                applicable.append(test)
+            else:
                 logger.info("test %s does not apply to this camera: %s; left out of the profile", test.name, why)
-        return [t for t in tests if t.inapplicable() is None]
+        return applicable
 
     def _calibration_scores(
         self, tests: Sequence[Test], obs: Sequence[Observation], blocks: npt.NDArray[np.int64], length: int
