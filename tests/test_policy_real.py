@@ -223,3 +223,36 @@ def test_sign_perturbations_are_adversarial(
         bad = _signs(image, eps)
         v = _verdict(image_guard, i, bad, backend.compute(bad))
         assert "adversarial" in v.reason_codes, (i, v.reason_codes)
+
+
+def test_a_grey_camera_through_mjpeg(vtest: list[tuple[Image, FrameStats]], tmp_path: Path) -> None:
+    """A monochrome camera's stream: vtest in grey at 320x180, written and read back as MJPEG.
+    Its "saturation" is the codec's colour-conversion noise (about 6 of 255), which moves with
+    the scene's content. Calibrated on its first 400 frames, the held-out rest is flagged at
+    about alpha (with log(1 + saturation) as the feature, 11 % were, all ``ood_stats``), and
+    ``low_saturation`` is left out of the profile: there is no colour to lose."""
+    path = tmp_path / "grey.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10.0, (320, 180))
+    for image, _ in vtest:
+        grey = cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (320, 180), interpolation=cv2.INTER_AREA)
+        writer.write(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR))
+    writer.release()
+    backend = CpuStats((4, 4))
+    cap = cv2.VideoCapture(str(path))
+    stream = []
+    while (read := cap.read())[0]:
+        stream.append((np.asarray(read[1], np.uint8), backend.compute(np.asarray(read[1], np.uint8))))
+    cap.release()
+    assert len(stream) == len(vtest)
+    assert 1.0 < float(np.median([s.saturation for _, s in stream])) < 12.0  # codec noise, not colour
+    cal = Calibrator(CalibrationConfig(frames=CAL), (4, 4))
+    for _, stats in stream[:CAL]:
+        cal.update(stats)
+    profile = cal.build()
+    assert "low_saturation" not in profile.test_names() and "ood_stats" in profile.test_names()
+    guard = Guard(profile, PolicyConfig(alpha_flag=ALPHA, alpha_block=0.001))
+    verdicts = [_verdict(guard, i, im, st) for i, (im, st) in enumerate(stream[CAL:], start=CAL)]
+    rate = sum(v.decision >= Decision.FLAG for v in verdicts) / len(verdicts)
+    assert rate <= 1.5 * ALPHA, [(v.seq, v.reason_codes) for v in verdicts if v.reasons][:10]
+    blurred = [np.asarray(cv2.GaussianBlur(im, (0, 0), 2.0), np.uint8) for im, _ in stream[CAL::20]]
+    assert all(_verdict(guard, i, im, backend.compute(im)).decision >= Decision.FLAG for i, im in enumerate(blurred))

@@ -37,6 +37,7 @@ import numpy as np
 
 from agent.scoring.base import Test
 from agent.scoring.conformal import ConformalScorer
+from agent.scoring.observation import SATURATION_OFFSET
 from agent.scoring.policy import Guard
 
 __all__ = ["GuardLimits", "Limit", "guard_limits", "score_limit"]
@@ -111,7 +112,7 @@ _READINGS: dict[str, _Reading] = {
     "overexposed": ("mean luma", "above", lambda s, m, f: math.expm1(s)),
     "glare": ("clipped % of the frame", "above", lambda s, m, f: 100.0 * f * math.expm1(s)),
     "noise": ("noise sd", "above", lambda s, m, f: math.expm1(s)),
-    "low_saturation": ("mean saturation", "below", lambda s, m, f: math.expm1(-s)),
+    "low_saturation": ("mean saturation", "below", lambda s, m, f: math.exp(-s) - SATURATION_OFFSET),
     "covered": ("75th-pct tile contrast", "below", lambda s, m, f: math.expm1(-s)),
     "frozen": ("largest recent change", "below", lambda s, m, f: math.exp(-s) - 0.01),
     "blur": ("detail for the contrast, % of median", "below", lambda s, m, f: 100.0 * math.exp(m - s)),

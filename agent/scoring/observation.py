@@ -9,7 +9,7 @@ and ``sharpness`` does not change when a frame is only darker):
 |---|---|
 | ``log_brightness`` | log(1 + brightness) |
 | ``log_contrast`` | log(1 + contrast) |
-| ``log_saturation`` | log(1 + saturation) |
+| ``log_saturation`` | log(SATURATION_OFFSET + saturation), SATURATION_OFFSET = 10 |
 | ``sharpness`` | log(1 + blur) - 2 log(1 + contrast): Laplacian energy relative to contrast |
 | ``log_noise`` | log(1 + noise) |
 | ``dark`` | log(1 + dark_frac / f), f = ``glare_floor`` |
@@ -58,6 +58,7 @@ __all__ = [
     "FEATURES",
     "FEATURE_TOLERANCE",
     "MOTION_LAG",
+    "SATURATION_OFFSET",
     "THUMB_WIDTH",
     "ModelScores",
     "Observation",
@@ -77,6 +78,13 @@ __all__ = [
 FloatArray = npt.NDArray[np.float64]
 U8 = npt.NDArray[np.uint8]
 
+#: Added to the mean saturation (HSV S, 0-255) before its log: a grey picture's codec and sensor
+#: noise alone reads as a mean saturation of 3-6, and it moves with the scene's content by more
+#: than 5 % (the feature's tolerance). log(1 + s) turned that into a 2-4 sd "change" on a
+#: monochrome camera (vtest in grey, MJPEG: 11 % of clean held-out frames flagged by
+#: ``ood_stats``); with 10, a change must exceed about half a code value as well as 5 %. A
+#: colour scene (saturation 50-150) reads as before.
+SATURATION_OFFSET: float = 10.0
 #: Columns of the luma thumbnail kept per frame (rows follow the aspect ratio, at least 8).
 THUMB_WIDTH: int = 64
 #: Columns of the luma detail image ``warped`` compares (rows follow the aspect ratio).
@@ -152,7 +160,7 @@ def feature_vector(stats: FrameStats, floor: float = 1e-3) -> FloatArray:
         (
             log1p(stats.brightness),
             contrast,
-            log1p(stats.saturation),
+            math.log(SATURATION_OFFSET + stats.saturation),
             log1p(stats.blur) - 2.0 * contrast,
             log1p(stats.noise),
             log1p(stats.dark_frac / floor),

@@ -51,7 +51,7 @@ __all__ = [
 
 PROFILE_FORMAT = "edge-guard-profile"
 #: Bumped on any incompatible change of this file's schema or of the tests' definitions.
-PROFILE_VERSION: int = 7
+PROFILE_VERSION: int = 8
 QUANTILE_LEVELS: tuple[float, ...] = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999)
 
 OptFloat = float | None
