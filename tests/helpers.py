@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from agent.model.types import ModelOutput
 from agent.scoring.base import TEST_REGISTRY
 from agent.scoring.profile import Profile
 from agent.sources.synthetic import SyntheticCamera, SyntheticScene, parse_synthetic_uri
@@ -140,3 +141,15 @@ def exact_tolerances(profile: Profile) -> dict[str, float]:
         test = TEST_REGISTRY[t.name]
         out[t.name] = test.default_tolerance if test.keeps_tolerance else 0.0
     return out
+
+
+def person_boxes(rng: np.random.Generator, n: int, size: tuple[int, int], corner: bool = False) -> ModelOutput:
+    """A detector's output: n person boxes of plausible size in a ``size`` (w, h) frame,
+    anywhere (or only in the top-left ninth)."""
+    w, h = size
+    xmax, ymax = (w / 3 - 12, h / 3 - 20) if corner else (w - 12, h - 20)
+    x = rng.uniform(0, xmax, n)
+    y = rng.uniform(0, ymax, n)
+    det = np.column_stack([x, y, x + 10, y + 18, rng.uniform(0.5, 0.9, n), np.zeros(n)]).astype(np.float32)
+    best = float(det[:, 4].max()) if n else 0.0
+    return ModelOutput(top1=0 if n else -1, confidence=best, detections=det.reshape(-1, 6))

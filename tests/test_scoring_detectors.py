@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
-from helpers import synthetic_stats
+from helpers import person_boxes, synthetic_stats
 
 from agent.frame import Frame
 from agent.model.config import ModelConfig, PreprocessConfig
@@ -41,13 +41,7 @@ def test_summarize_detections(boxes: list[list[float]], count: int, cells: tuple
 
 
 def detections(rng: np.random.Generator, n: int, corner: bool = False) -> ModelOutput:
-    """n person boxes of plausible size, anywhere (or only in the top-left ninth)."""
-    xmax, ymax = (W / 3 - 12, H / 3 - 20) if corner else (W - 12, H - 20)
-    x = rng.uniform(0, xmax, n)
-    y = rng.uniform(0, ymax, n)
-    det = np.column_stack([x, y, x + 10, y + 18, rng.uniform(0.5, 0.9, n), np.zeros(n)]).astype(np.float32)
-    best = float(det[:, 4].max()) if n else 0.0
-    return ModelOutput(top1=0 if n else -1, confidence=best, detections=det.reshape(-1, 6))
+    return person_boxes(rng, n, (W, H), corner=corner)
 
 
 @pytest.fixture(scope="module")

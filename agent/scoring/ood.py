@@ -25,13 +25,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
-
 from agent.scoring.base import Params, Test, register
 from agent.scoring.config import ALL_TESTS, CalibrationConfig
 from agent.scoring.detector_outputs import DETECTION_FEATURES, detection_vector
-from agent.scoring.observation import FEATURE_TOLERANCE, FEATURES, Observation
-from agent.scoring.robust import RobustGaussian, fit_robust_gaussian
+from agent.scoring.distance import RobustDistanceTest
+from agent.scoring.observation import FEATURE_TOLERANCE, FEATURES, FloatArray, Observation
 
 __all__ = ["KIND_TOLERANCE", "MODEL_SCORE_KINDS", "OOD_FEATURES", "OodDetections", "OodModel", "OodStats"]
 
@@ -50,39 +48,16 @@ _OOD_IDX = [FEATURES.index(f) for f in OOD_FEATURES]
 
 
 @register
-class OodStats(Test):
+class OodStats(RobustDistanceTest):
     """Robust Mahalanobis distance of the OOD_FEATURES vector to the calibrated profile."""
 
     name = "ood_stats"
     default_tolerance = 1.0
-    fitted = True
+    features = OOD_FEATURES
+    floors = tuple(FEATURE_TOLERANCE[i] for i in _OOD_IDX)
 
-    def __init__(self, cfg: CalibrationConfig | None = None) -> None:
-        super().__init__(cfg)
-        self.model: RobustGaussian | None = None
-
-    def fit(self, observations: Sequence[Observation]) -> None:
-        x = np.stack([o.features[_OOD_IDX] for o in observations])  # (n, p)
-        self.model = fit_robust_gaussian(x, np.asarray([FEATURE_TOLERANCE[i] for i in _OOD_IDX]))
-
-    def params(self) -> Params:
-        if self.model is None:
-            return {}
-        return {
-            "features": list(OOD_FEATURES),
-            "location": self.model.location.tolist(),
-            "scatter": self.model.scatter.tolist(),
-        }
-
-    def load_params(self, params: Params) -> None:
-        if list(params.get("features", [])) != list(OOD_FEATURES):
-            raise ValueError(f"ood_stats features must be {list(OOD_FEATURES)}, but got {params.get('features')}")
-        self.model = RobustGaussian.from_arrays(params["location"], params["scatter"])
-
-    def compute(self, obs: Observation) -> float:
-        if self.model is None:
-            raise RuntimeError("ood_stats: fit() or load_params() must come before update()")
-        return self.model.distance(obs.features[_OOD_IDX])
+    def vector(self, obs: Observation) -> FloatArray:
+        return obs.features[_OOD_IDX]
 
 
 @register
@@ -135,38 +110,17 @@ DETECTION_FLOORS: tuple[float, ...] = (0.3, 0.05, 0.3)
 
 
 @register
-class OodDetections(Test):
+class OodDetections(RobustDistanceTest):
     """Robust distance of a detector's per-frame detection vector (see the module docstring)."""
 
     name = "ood_detections"
     reason = "ood_model"
     default_tolerance = 1.0
-    fitted = True
+    features = DETECTION_FEATURES
+    floors = DETECTION_FLOORS
+    min_rows = 2
 
-    def __init__(self, cfg: CalibrationConfig | None = None) -> None:
-        super().__init__(cfg)
-        self.model: RobustGaussian | None = None
-
-    def fit(self, observations: Sequence[Observation]) -> None:
-        boxes = [o.model.boxes for o in observations if o.model is not None]
-        rows = [detection_vector(b) for b in boxes if b is not None]
-        self.model = None
-        if len(rows) >= 2:
-            self.model = fit_robust_gaussian(np.stack(rows), np.asarray(DETECTION_FLOORS))
-
-    def params(self) -> Params:
-        if self.model is None:
-            return {}
-        return {"features": list(DETECTION_FEATURES), "location": self.model.location.tolist(),
-                "scatter": self.model.scatter.tolist()}
-
-    def load_params(self, params: Params) -> None:
-        if list(params.get("features", [])) != list(DETECTION_FEATURES):
-            got = params.get("features")
-            raise ValueError(f"ood_detections features must be {list(DETECTION_FEATURES)}, but got {got}")
-        self.model = RobustGaussian.from_arrays(params["location"], params["scatter"])
-
-    def compute(self, obs: Observation) -> float:
-        if self.model is None or obs.model is None or obs.model.boxes is None:
-            return math.nan
-        return self.model.distance(detection_vector(obs.model.boxes))
+    def vector(self, obs: Observation) -> FloatArray | None:
+        if obs.model is None or obs.model.boxes is None:
+            return None
+        return detection_vector(obs.model.boxes)

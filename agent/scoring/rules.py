@@ -26,10 +26,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from agent.scoring.base import Params, Test, register
+from agent.scoring.base import Test, register
 from agent.scoring.config import CalibrationConfig
-from agent.scoring.observation import FEATURES, Observation, clipped_tiles
-from agent.scoring.robust import RobustGaussian, fit_robust_gaussian
+from agent.scoring.distance import RobustDistanceTest
+from agent.scoring.observation import FEATURES, FloatArray, Observation, clipped_tiles
 
 __all__ = [
     "Blur",
@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 _I = {name: i for i, name in enumerate(FEATURES)}
+_CAST_COLS = [_I["cast_b"], _I["cast_r"]]
 #: Scatter floor of the channel ratios in color_cast: a 5 % white-balance shift is one unit.
 CAST_FLOOR: float = 0.05
 #: Median mean saturation (HSV S, 0-255) of the calibration frames below which the camera is taken
@@ -176,34 +177,16 @@ class LowContrast(Test):
 
 
 @register
-class ColorCast(Test):
+class ColorCast(RobustDistanceTest):
     """Channel-mean ratios far from their calibrated location (two-sided, robust distance)."""
 
     name = "color_cast"
     default_tolerance = 1.0
-    fitted = True
-    _COLS = (_I["cast_b"], _I["cast_r"])
+    features = ("cast_b", "cast_r")
+    floors = (CAST_FLOOR, CAST_FLOOR)
 
-    def __init__(self, cfg: CalibrationConfig | None = None) -> None:
-        super().__init__(cfg)
-        self._model: RobustGaussian | None = None
-
-    def fit(self, observations: Sequence[Observation]) -> None:
-        x = np.array([[o.features[i] for i in self._COLS] for o in observations], dtype=np.float64)
-        self._model = fit_robust_gaussian(x, np.full(2, CAST_FLOOR))
-
-    def params(self) -> Params:
-        if self._model is None:
-            return {}
-        return {"location": self._model.location.tolist(), "scatter": self._model.scatter.tolist()}
-
-    def load_params(self, params: Params) -> None:
-        self._model = RobustGaussian.from_arrays(params["location"], params["scatter"])
-
-    def compute(self, obs: Observation) -> float:
-        if self._model is None:
-            raise RuntimeError("color_cast: fit() or load_params() must come before update()")
-        return self._model.distance(obs.features[list(self._COLS)])
+    def vector(self, obs: Observation) -> FloatArray:
+        return obs.features[_CAST_COLS]
 
 
 @register
