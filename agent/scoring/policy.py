@@ -174,8 +174,9 @@ class Guard:
         Bonferroni holds for any dependence between tests, so the empirical level falls far below
         it only where more calibration frames than alpha_flag allows score extreme p-values
         against the rest of the calibration: the scene or the camera changed within it (a gust,
-        dusk, a hand-held stretch). Every test is then that much less sensitive, silently; this
-        says which test and which frames did it.
+        dusk, a hand-held stretch), or a short calibration holds a scene state only once (people
+        close to the camera in one stretch of 40 s). Every test is then that much less sensitive,
+        silently; this says which test and which frames did it.
         """
         level = self.family.level(self._alpha_flag)
         bonferroni = self._alpha_flag / self.family.k
@@ -188,8 +189,9 @@ class Guard:
         logger.warning(
             "guard: at alpha_flag=%g the per-test level is %.2g, %.0f times below Bonferroni's %.2g for %d "
             "tests: %d of the %d calibration frames (kept frames %d..%d) score p < %.2g against the rest of "
-            "the calibration, under %s. The scene or the camera changed within the calibration, and every "
-            "test is that much less sensitive: calibrate on footage whose usual variety includes it, or "
+            "the calibration, under %s. Those frames are unlike the rest: the scene or the camera changed "
+            "within the calibration, or it is too short to hold the scene's usual variety; every test is "
+            "that much less sensitive: calibrate longer, on footage whose usual variety includes them, or "
             "leave the test out (policy.disabled_reasons)",
             self._alpha_flag, level, bonferroni / level, bonferroni, self.family.k, frames.size,
             self.family.n, int(frames[0]), int(frames[-1]), bonferroni,
