@@ -433,3 +433,36 @@ def test_a_dropped_reason_keeps_its_block_on_the_frame(
     assert v.p_values["dark"] <= guard.alpha_block and v.p_values["ood_stats"] <= guard.alpha_block
     assert v.reason_codes == ("covered",)
     assert v.reasons[0].decision == Decision.FLAG and v.decision == Decision.BLOCK
+
+
+def _clocked(image: Image, i: int, fps: int = 10) -> Image:
+    """The picture with a clock burned in after the sensor (an OSD), ticking once a second."""
+    out = image.copy()
+    text = f"13:{i // (60 * fps) % 60:02d}:{i // fps % 60:02d}"
+    for colour, thick in (((0, 0, 0), 3), ((255, 255, 255), 1)):
+        cv2.putText(out, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, thick, cv2.LINE_AA)
+    return out
+
+
+def test_a_frozen_picture_under_a_ticking_clock_is_frozen(stream: Stream) -> None:
+    """Many cameras burn a clock into the picture after the sensor: when the sensor's feed hangs,
+    the clock goes on ticking. Calibrated on the clocked stream, the hung picture is still
+    ``frozen`` (from its 3rd frame, through the ticks), and the clocked clean frames pass."""
+    backend = CpuStats((4, 4))
+    cal = Calibrator(CalibrationConfig(frames=CAL), (4, 4))
+    for i, (image, _, _) in enumerate(stream[:CAL]):
+        clocked = _clocked(image, i)
+        cal.update(backend.compute(clocked), image=clocked)
+    guard = Guard(cal.build(), PolicyConfig())
+    assert "frozen" in guard.profile.test_names()
+    frozen: list[tuple[int, bool, Decision]] = []
+    clean: list[tuple[int, bool, Decision]] = []
+    for i, (image, _, fault) in enumerate(stream[CAL:], start=CAL):
+        if fault not in (None, "frozen"):
+            continue
+        clocked = _clocked(image, i)
+        v = guard.update(Frame(clocked, "cam", i, float(i), float(i), live=True), backend.compute(clocked), None)
+        (frozen if fault else clean).append((i, "frozen" in v.reason_codes, v.decision))
+    hung = frozen[0][0]
+    assert all(named for i, named, _ in frozen if i >= hung + 2), frozen
+    assert all(d == Decision.PASS for _, _, d in clean), [c for c in clean if c[2] != Decision.PASS]
