@@ -79,7 +79,7 @@ FloatArray = npt.NDArray[np.float64]
 U8 = npt.NDArray[np.uint8]
 
 #: Added to the mean saturation (HSV S, 0-255) before its log: a grey picture's codec and sensor
-#: noise alone reads as a mean saturation of 3-6, and it moves with the scene's content by more
+#: noise alone reads as a mean saturation of 3-9, and it moves with the scene's content by more
 #: than 5 % (the feature's tolerance). log(1 + s) turned that into a 2-4 sd "change" on a
 #: monochrome camera (vtest in grey, MJPEG: 11 % of clean held-out frames flagged by
 #: ``ood_stats``); with 10, a change must exceed about half a code value as well as 5 %. A
