@@ -40,6 +40,11 @@ class HealthSummary(BaseModel):
     )
     frames_dropped: int = Field(0, description="Frames dropped under overload in the interval.")
     frames_corrupt: int = Field(0, description="Frames rejected as corrupt/invalid in the interval.")
+    frames_skipped: int = Field(
+        0, description="Frame slots a video file's timestamps skipped in the interval with no decode error: "
+        "pauses in the recording, a variable frame rate, frames the capture or the demuxer dropped without "
+        "a trace. Not in frames_corrupt: a pause cannot be told from a silent drop.",
+    )
     frames_calibrated: int = Field(
         0, description="Frames of the interval used to build the start-up profile (no verdict)."
     )

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -69,21 +69,14 @@ class Totals:
     frames_dropped: int = 0
     frames_corrupt: int = 0
     frames_calibrated: int = 0
+    frames_skipped: int = 0
     decisions: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
 
     def copy(self) -> Totals:
-        return Totals(
-            self.frames_in,
-            self.frames_processed,
-            self.frames_dropped,
-            self.frames_corrupt,
-            self.frames_calibrated,
-            Counter(self.decisions),
-            Counter(self.reasons),
-            Counter(self.errors),
-        )
+        return replace(self, decisions=Counter(self.decisions), reasons=Counter(self.reasons),
+                       errors=Counter(self.errors))
 
 
 class _Window:
@@ -128,6 +121,12 @@ class HealthAggregator:
         with self._lock:
             self._window.counts.frames_corrupt += n
             self._totals.frames_corrupt += n
+
+    def skipped(self, n: int) -> None:
+        """The source's timestamps skipped ``n`` frame slots with no decode error (not corrupt)."""
+        with self._lock:
+            self._window.counts.frames_skipped += n
+            self._totals.frames_skipped += n
 
     def error(self, kind: str) -> None:
         """Count an error by kind (reported in ``errors``)."""
@@ -209,6 +208,7 @@ class HealthAggregator:
             frames_processed=w.counts.frames_processed,
             frames_dropped=w.counts.frames_dropped,
             frames_corrupt=w.counts.frames_corrupt,
+            frames_skipped=w.counts.frames_skipped,
             frames_calibrated=w.counts.frames_calibrated,
             fps=w.counts.frames_processed / elapsed,
             source_state=source_state,

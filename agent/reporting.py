@@ -49,6 +49,7 @@ class Reporter:
         self._start_mono = time.monotonic()
         self._reconnects_seen = 0
         self._corrupt_seen = 0
+        self._skipped_seen = 0
 
     def restart_clock(self) -> None:
         """Uptime and fps count from now (when the workers start)."""
@@ -81,6 +82,10 @@ class Reporter:
             if corrupt > self._corrupt_seen:
                 self.agg.corrupt(corrupt - self._corrupt_seen)
                 self._corrupt_seen = corrupt
+            skipped = source.skipped_slots
+            if skipped > self._skipped_seen:
+                self.agg.skipped(skipped - self._skipped_seen)
+                self._skipped_seen = skipped
             reconnects, self._reconnects_seen = source.reconnects - self._reconnects_seen, source.reconnects
         publisher: dict[str, float] = {}
         for sink in self.sinks:

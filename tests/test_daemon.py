@@ -524,3 +524,18 @@ def test_frames_lost_in_a_damaged_file_are_counted_in_health(tmp_path: Path) -> 
     # Every frame of the file is accounted for: guarded, or reported as corrupt (none silently gone).
     assert sum(h.frames_in for h in health) == decoded
     assert sum(h.frames_corrupt for h in health) == lost
+    assert sum(h.frames_skipped for h in health) == 0 == probe.skipped_slots
+
+
+def test_slots_a_demuxer_skipped_silently_are_reported_in_health(tmp_path: Path) -> None:
+    """A Matroska demuxer drops damaged packets without a failed read: not corrupt (a pause looks
+    the same), but health's frames_skipped says how many frame slots the timestamps jumped."""
+    clip = damaged_clip(tmp_path / "damaged.mkv", 100, damage=(0.3, 0.5), fourcc="MJPG")  # as in test_sources
+    probe = OpenCVSource(SourceConfig(uri=str(clip)), "probe")
+    decoded = sum(1 for _ in iter(probe.read, None))
+    assert probe.skipped_slots > 0 and probe.corrupt_frames == 0 and decoded + probe.skipped_slots == 100
+    cfg = _cfg(tmp_path, source={"uri": str(clip), "max_frames": None}, calibration={"frames": 40})
+    assert _run(Daemon(cfg, notifier=Notifier(None))) == 0
+    health = [HealthSummary.model_validate(h) for h in read_jsonl(tmp_path / "out" / "health.jsonl")]
+    assert sum(h.frames_in for h in health) == decoded
+    assert (sum(h.frames_skipped for h in health), sum(h.frames_corrupt for h in health)) == (probe.skipped_slots, 0)

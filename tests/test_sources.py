@@ -61,7 +61,7 @@ def test_vtest_reads_every_frame_with_metadata(videos: Path) -> None:
     assert t0 <= ts[0] and ts[-1] <= time.time()
     assert mono0 <= mono[0] and np.all(np.diff(mono) >= 0)
     assert not np.array_equal(frames[0].image, frames[1].image)
-    assert (source.state, source.truncated, source.corrupt_frames) == ("ended", False, 0)
+    assert (source.state, source.truncated, source.corrupt_frames, source.skipped_slots) == ("ended", False, 0, 0)
     assert source.read() is None  # stays ended
 
 
@@ -78,6 +78,7 @@ def test_frames_a_demuxer_drops_silently_are_reported_not_counted(
     lost = sorted(set(range(100)) - set(indices))
     assert lost and indices == sorted(indices) and indices[-1] == 99
     assert (source.corrupt_frames, source.truncated, source.state) == (0, False, "ended")
+    assert source.skipped_slots == len(lost)  # health's frames_skipped
     # Under a second of video (25 fps): information, not a warning.
     reports = [r for r in caplog.records if "timestamps skip" in r.getMessage()]
     assert len(lost) < 25 and [r.levelno for r in reports] == [logging.INFO]
@@ -93,6 +94,7 @@ def test_a_silent_jump_of_a_second_or_more_is_a_warning(tmp_path: Path, caplog: 
         frames = read_all(source)
     n = 100 - len(frames)
     assert n >= 25 and source.corrupt_frames == 0  # over a second of the 25 fps clip, not counted
+    assert source.skipped_slots == n
     reports = [r for r in caplog.records if "timestamps skip" in r.getMessage()]
     assert [r.levelno for r in reports] == [logging.WARNING]
     assert f"skip {n} frame slots in 1 jump (the largest: {n} after frame" in reports[0].getMessage()
@@ -124,6 +126,7 @@ def test_uneven_timestamps_are_reported_not_counted(videos: Path, caplog: pytest
         assert time.monotonic() - t0 < 60.0  # a hang guard (68 frames take ~0.1 s), not a speed bound
     assert len(frames) == 68 and source.declared_frames == 444
     assert (source.truncated, source.corrupt_frames, source.state) == (False, 0, "ended")
+    assert source.skipped_slots == 376
     assert any("timestamps skip 376 frame slots in 67 jumps" in r.getMessage() for r in caplog.records)
     assert not any(r.levelno >= logging.WARNING for r in caplog.records)
 

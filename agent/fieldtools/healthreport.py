@@ -110,6 +110,7 @@ class Bucket:
     classes: Counter[str] = field(default_factory=Counter)
     dropped: int = 0
     corrupt: int = 0
+    skipped: int = 0  # frame slots a file's timestamps skipped without a decode error
     errors: Counter[str] = field(default_factory=Counter)
     reconnects: int = 0
     alarm_summaries: int = 0
@@ -121,6 +122,7 @@ class Bucket:
         self.summaries += 1
         self.dropped += s.frames_dropped
         self.corrupt += s.frames_corrupt
+        self.skipped += s.frames_skipped
         self.reconnects += s.source_reconnects
         self.errors.update(s.errors)
         self.frames_calibrating += s.frames_calibrated
@@ -174,7 +176,7 @@ class Bucket:
             "drift_alarm_share": self.alarm_summaries / self.guarded_summaries if self.guarded_summaries else 0.0,
             "drift_alarms": dict(self.alarms), "confidence_p50": None if conf is None else round(conf, 4),
             "classes": dict(self.classes.most_common()), "dropped": self.dropped, "corrupt": self.corrupt,
-            "reconnects": self.reconnects, "errors": dict(self.errors),
+            "skipped": self.skipped, "reconnects": self.reconnects, "errors": dict(self.errors),
         }
 
 

@@ -70,6 +70,12 @@ class Source(Protocol):
         ...
 
     @property
+    def skipped_slots(self) -> int:
+        """Frame slots a video file's timestamps skipped with no decode error so far (pauses, a
+        variable frame rate, silent demuxer drops): reported, not counted as corrupt. 0 elsewhere."""
+        ...
+
+    @property
     def frames_read(self) -> int:
         """Frames delivered by ``read()`` so far."""
         ...
@@ -153,6 +159,7 @@ class SourceBase(ABC):
         self._released = False
         self._reconnects = 0
         self._corrupt = 0
+        self._skipped = 0
         self._converted = 0
         self._frames = 0
         self._seq = 0
@@ -184,6 +191,10 @@ class SourceBase(ABC):
     @property
     def corrupt_frames(self) -> int:
         return self._corrupt
+
+    @property
+    def skipped_slots(self) -> int:
+        return self._skipped
 
     @property
     def converted_frames(self) -> int:
@@ -250,6 +261,9 @@ class SourceBase(ABC):
 
     def _count_corrupt(self, n: int = 1) -> None:
         self._corrupt += n
+
+    def _count_skipped(self, n: int) -> None:
+        self._skipped += n
 
     def _count_reconnect(self) -> None:
         self._reconnects += 1

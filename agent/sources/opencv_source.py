@@ -6,7 +6,8 @@ it cannot decode and then goes on, so the reader keeps reading; the frames lost 
 (from the timestamps' jump after the failed reads, or the failed reads where timestamps
 cannot tell: file_gaps.FrameLedger) are counted as corrupt, with a warning naming them.
 Timestamp jumps with no failed read (pauses, variable frame rates, silent demuxer drops)
-are reported, not counted. A truncated file (the container promises more frames than
+are reported (a log line per file, and ``skipped_slots`` for health's ``frames_skipped``), not
+counted as corrupt. A truncated file (the container promises more frames than
 decode) ends cleanly at the last decodable frame, with a warning. Network streams (rtsp,
 http, ...) and devices are live: if they cannot be opened or stop delivering, ``read()`` keeps reconnecting with
 capped exponential back-off (state ``down``) until it gets frames again or ``close()``
@@ -142,8 +143,10 @@ class OpenCVSource(SourceBase):
         while not self._stop.is_set():
             ok, image = self._cap.read()
             if ok:
+                silent = self._ledger.silent_slots
                 for gap in self._ledger.frame(self._pts_index(), failed):
                     self._note_gap(gap)
+                self._count_skipped(self._ledger.silent_slots - silent)
                 failed = 0
             if ok and to_bgr(image)[0] is not None:
                 self._pass_frames += 1
