@@ -124,12 +124,32 @@ def test_sighup_applies_live_fields_and_rejects_invalid_config(agent: Agent) -> 
     assert agent.stop() == 0
 
 
-def test_watchdog_abort_dumps_every_thread_stack(agent: Agent) -> None:
-    # systemd's watchdog kills a wedged agent with SIGABRT: faulthandler puts the stacks in the journal
-    agent.wait_guarding()
-    resource.prlimit(agent.proc.pid, resource.RLIMIT_CORE, (0, 0))  # no core file in the repository
-    assert agent.stop(signal.SIGABRT) == -signal.SIGABRT
+#: Agents aborted at most before the stack dump must have come through whole (see the test).
+ABORT_TRIES = 3
+
+
+def test_watchdog_abort_dumps_every_thread_stack(agent: Agent, tmp_path: Path) -> None:
+    """systemd's watchdog kills a wedged agent with SIGABRT: faulthandler puts the stacks in the journal.
+
+    faulthandler reads the other threads' frames while they run, which CPython documents as
+    unsafe: this agent is busy (30 fps), not wedged, and 6 of 120 aborts here ended in a SIGSEGV
+    partway through the dump, after its header. Such a run is retried with a fresh agent."""
+    for attempt in range(ABORT_TRIES):
+        if attempt:
+            (tmp_path / f"retry{attempt}").mkdir()
+            agent = Agent(tmp_path / f"retry{attempt}")
+        try:
+            agent.wait_guarding()
+            resource.prlimit(agent.proc.pid, resource.RLIMIT_CORE, (0, 0))  # no core file in the repository
+            code = agent.stop(signal.SIGABRT)
+        finally:
+            if agent.proc.poll() is None:
+                agent.stop(signal.SIGKILL)
+        assert "Fatal Python error: Aborted" in agent.log  # the handler ran, whatever came after
+        if code == -signal.SIGABRT:
+            break
+        assert code == -signal.SIGSEGV, code  # the unsafe read, and nothing else
+    assert code == -signal.SIGABRT, f"{ABORT_TRIES} aborts in a row crashed while dumping"
     log = agent.log
-    assert "Fatal Python error: Aborted" in log
     assert log.count("(most recent call first)") >= 3  # main (supervisor), reader and worker threads
     assert "agent/workers.py" in log and "agent/daemon.py" in log
