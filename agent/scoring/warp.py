@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -158,6 +158,10 @@ class WarpReference:
         inverse = np.linalg.pinv(gram) if index.size else np.zeros((0, 4, 4))
         return cls((h, w), rows, cols, np.asarray(index, dtype=np.intp), basis, np.asarray(inverse))
 
+    def subset(self, keep: npt.NDArray[np.bool_]) -> WarpReference:
+        """The same reference comparing only the blocks ``keep`` marks (a mask over ``index``)."""
+        return replace(self, index=self.index[keep], basis=self.basis[keep], inverse=self.inverse[keep])
+
 
 def _fit(frame: F32, ref: WarpReference) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Per structured block: R^2 of the first-order fit, its shift (dx, dy) and gain a."""
@@ -259,7 +263,8 @@ class Warped(Test):
         self.still_share = float(still.mean()) if still.size else None
         if self.still_share is None or self.still_share < MIN_STILL_SHARE:
             still = np.zeros_like(still)  # not applicable: no still background
-        self._set(reference, structured.index[still])
+        self.reference, self.blocks = reference, structured.index[still]
+        self._ref = structured.subset(still)  # the structured blocks' fit, not rebuilt for the still ones
 
     def inapplicable(self) -> str | None:
         if self.reference is None or (self._ref is not None and self._ref.index.size >= MIN_BLOCKS):
