@@ -47,9 +47,13 @@ class Reporter:
         self.drift = drift
         self.camera_state: tuple[CameraState, str] | None = None
         self._start_mono = time.monotonic()
-        self._reconnects_seen = 0
-        self._corrupt_seen = 0
-        self._skipped_seen = 0
+        self._seen: dict[str, int] = {}  # source counters (totals since start) at the last summary
+
+    def _since_last(self, counter: str, total: int) -> int:
+        """How much a source counter (``total`` since start) grew since the last summary."""
+        grown = total - self._seen.get(counter, 0)
+        self._seen[counter] = total
+        return grown
 
     def restart_clock(self) -> None:
         """Uptime and fps count from now (when the workers start)."""
@@ -77,16 +81,13 @@ class Reporter:
         source_state = "unknown"
         if source is not None:
             source_state = str(source.state)
-            # frames the source itself could not decode, and its reconnects, since the last summary
-            corrupt = source.corrupt_frames
-            if corrupt > self._corrupt_seen:
-                self.agg.corrupt(corrupt - self._corrupt_seen)
-                self._corrupt_seen = corrupt
-            skipped = source.skipped_slots
-            if skipped > self._skipped_seen:
-                self.agg.skipped(skipped - self._skipped_seen)
-                self._skipped_seen = skipped
-            reconnects, self._reconnects_seen = source.reconnects - self._reconnects_seen, source.reconnects
+            # frames the source itself could not decode, slots its timestamps skipped, and its
+            # reconnects, since the last summary
+            if (corrupt := self._since_last("corrupt", source.corrupt_frames)) > 0:
+                self.agg.corrupt(corrupt)
+            if (skipped := self._since_last("skipped", source.skipped_slots)) > 0:
+                self.agg.skipped(skipped)
+            reconnects = self._since_last("reconnects", source.reconnects)
         publisher: dict[str, float] = {}
         for sink in self.sinks:
             publisher.update(sink.stats())
