@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from helpers import write_squeezenet_config
-from mosquitto import Mosquitto, free_port
+from mosquitto import Collector, Mosquitto, free_port
 
 from agent import exitcodes
 from agent.cli import main
@@ -168,6 +168,24 @@ def test_publisher_throughput_against_mosquitto(tmp_path: Path, broker: Mosquitt
     assert result["acked"] == result["sent"], "every health message must be acknowledged"
     assert result["msgs_per_s"] > 0
     assert not spool.exists(), "the bench must not touch the agent's own spool"
+
+
+@pytest.mark.integration
+def test_publisher_never_takes_over_the_agents_client_id(tmp_path: Path, broker: Mosquitto) -> None:
+    """A config with a fixed ``mqtt.client_id``: the bench connects under a derived id, so the
+    running agent (here a client holding that id) is not kicked off the broker."""
+    agent = Collector("127.0.0.1", broker.port, "edge-guard/#", client_id="agent-cam1")
+    drops: list[object] = []
+    agent.client.on_disconnect = lambda *a: drops.append(a)
+    try:
+        cfg = load_config(None, {"mqtt": {"host": "127.0.0.1", "port": broker.port, "client_id": "agent-cam1",
+                                          "spool": {"path": str(tmp_path / "s.sqlite")}}})
+        result = bench_publisher(cfg, 1.0)
+        assert result["acked"] == result["sent"] >= 1
+        assert drops == [], "the bench took the agent's session over"
+        assert "as agent-cam1-bench" in broker.log()
+    finally:
+        agent.close()
 
 
 @pytest.mark.integration

@@ -288,7 +288,8 @@ def bench_publisher(cfg: GuardConfig, budget_s: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="edge-guard-bench-") as tmp:
         mcfg = cfg.mqtt.model_copy(update={
             "prefix": f"{cfg.mqtt.prefix}/bench", "node": node,
-            "client_id": f"{cfg.mqtt.client_id or f'edge-guard-{cfg.site}-{node}'}",
+            # never the agent's own id: the broker would hand the running agent's session to the bench
+            "client_id": f"{cfg.mqtt.client_id}-bench" if cfg.mqtt.client_id else f"edge-guard-{cfg.site}-{node}",
             "spool": cfg.mqtt.spool.model_copy(update={"path": Path(tmp) / "spool.sqlite"}),
             "commands": cfg.mqtt.commands.model_copy(update={"enabled": False}),
         })
