@@ -159,6 +159,30 @@ def test_round_trip_of_every_topic_and_schema(broker: Mosquitto, tmp_path: Path)
         m.user["sha256"] for m in frames if m.user["role"] == "snapshot")
 
 
+def test_reference_sample_of_a_partial_hour_is_published_at_shutdown(broker: Mosquitto, tmp_path: Path) -> None:
+    """The hour's clean reference frames are held until the hour is over; a clean stop publishes
+    what it holds (before ``stopped``) instead of dropping it."""
+    col = Collector(broker.host, broker.port, f"{PREFIX}/#")
+    sink = make_sink(broker, tmp_path, frames={"per_minute": 600, "burst": 5, "reference_per_hour": 2})
+    assert sink.conn.wait_connected(10)
+    now = time.time()
+    for seq in range(5):
+        v, _ = synthetic("cam0", seq, None, Decision.PASS)
+        sink.publish_verdict(v, Frame(np.full((120, 160, 3), 100 + seq, np.uint8), "cam0", seq, now, 0.0))
+    time.sleep(0.5)
+    assert not [m for m in col.snapshot() if "/frames/" in m.topic], "the hour is not over yet"
+    sink.close()
+    msgs = col.wait_for(lambda ms: any(b'"stopped"' in m.payload for m in ms), 10)
+    col.close()
+    refs = [m for m in msgs if "/frames/" in m.topic]
+    hour = time.strftime("%Y%m%d%H", time.gmtime(now))
+    assert len(refs) == 2 and {m.user["role"] for m in refs} == {"reference"}
+    assert {m.topic.rsplit("/", 1)[1] for m in refs} == {f"ref-cam0-{hour}"}
+    assert all(m.user["decision"] == "PASS" and m.user["reasons"] == "" for m in refs)
+    stopped = next(i for i, m in enumerate(msgs) if b'"stopped"' in m.payload)
+    assert max(msgs.index(m) for m in refs) < stopped
+
+
 def test_drift_event_round_trip(broker: Mosquitto, tmp_path: Path) -> None:
     col = Collector(broker.host, broker.port, f"{BASE}/cam0/events")
     sink = make_sink(broker, tmp_path)

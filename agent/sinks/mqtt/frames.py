@@ -126,3 +126,8 @@ class Reservoir:
             if j < self.k:
                 self.frames[j] = frame
         return done
+
+    def drain(self) -> list[Frame]:
+        """The current hour's sample so far (at shutdown: a partial hour is still a clean sample)."""
+        done, self.frames, self.seen, self.hour = self.frames, [], 0, None
+        return done

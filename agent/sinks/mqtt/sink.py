@@ -183,7 +183,8 @@ class MqttSink:
             self._env.identity = self._env.identity.with_changes(**changes)
 
     def close(self) -> None:
-        """End open episodes, publish ``stopped``, drain the spool (bounded), disconnect cleanly."""
+        """End open episodes, publish the reference samples held for this hour and ``stopped``, drain
+        the spool (bounded), disconnect cleanly."""
         if self._closed:
             return
         self._closed = True
@@ -191,6 +192,10 @@ class MqttSink:
             for tracker in self._trackers.values():
                 for t in tracker.finish("shutdown"):
                     self._emit_event(t)
+            held = [(cam, ref) for cam, res in self._reservoirs.items() for ref in res.drain()]
+        for cam, ref in held:
+            self._publish_frame(ref, "reference", self._reference_id(cam, ref), None)
+        with self._lock:
             self._put_node_status("stopped", "clean shutdown")
         if self._cmd_thread.is_alive():
             self._cmd_queue.put(None)
@@ -215,11 +220,13 @@ class MqttSink:
                 res = self._reservoirs.get(cam)
                 if res is None:
                     res = self._reservoirs[cam] = Reservoir(self.config.frames.reference_per_hour)
-                for ref in res.offer(frame):
-                    hour = time.strftime("%Y%m%d%H", time.gmtime(ref.capture_ts))
-                    jobs.append((ref, "reference", f"ref-{cam}-{hour}", verdict))
+                jobs += [(ref, "reference", self._reference_id(cam, ref), verdict) for ref in res.offer(frame)]
         for frame_, role, event_id, v in jobs:
             self._publish_frame(frame_, role, event_id, v)
+
+    @staticmethod
+    def _reference_id(cam: str, ref: Frame) -> str:
+        return f"ref-{cam}-{time.strftime('%Y%m%d%H', time.gmtime(ref.capture_ts))}"
 
     def publish_health(self, summary: HealthSummary) -> None:
         backlog = self.backlog()
