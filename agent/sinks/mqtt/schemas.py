@@ -100,7 +100,7 @@ class CameraStatusMessage(Payload):
 
     type: Literal["camera_status"] = "camera_status"
     state: Literal["online", "degraded", "offline"]
-    reason: str = Field(description="Why, e.g. 'source down: reconnecting', 'pipeline stalled'.")
+    reason: str = Field(description="Why, e.g. 'source down', 'pipeline stalled'.")
     since_ts: float = Field(description="When the camera entered this state.")
 
 
