@@ -116,10 +116,12 @@ class ModelConfig(StrictModel):
     threads: int = Field(1, ge=0, le=64, description="ONNX Runtime intra-op threads (0: runtime default).")
     trt_cache_dir: Path | None = Field(
         None,
-        description="TensorRT execution provider engine/timing cache folder (null: "
-        "~/.cache/edge-guard/trt); engines are built once per model and GPU, then reused.",
+        description="TensorRT engine cache folder (null: ~/.cache/edge-guard/trt): ONNX Runtime's TensorRT "
+        "execution provider keeps its engine and timing caches in it, runtime tensorrt its engines in "
+        "<folder>/engines; engines are built once per model and GPU, then reused.",
     )
-    trt_fp16: bool = Field(False, description="Let the TensorRT execution provider build FP16 engines.")
+    trt_fp16: bool = Field(False, description="Build FP16 TensorRT engines: ONNX Runtime's TensorRT execution provider "
+                             "(trt_fp16_enable), or runtime tensorrt where the GPU has fast FP16.")
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig, description="Input preparation.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Output decoding.")
     enabled: bool = Field(True, description="Run a model at all (false: statistics-only guard).")

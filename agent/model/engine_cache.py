@@ -14,7 +14,8 @@ was built with, and building one takes minutes on a Jetson, so engines are cache
 - ``<same>.lock``: ``flock`` so that two agents on one box build an engine once.
 
 :meth:`EngineCache.load_or_build` is the whole control flow: a missing, unreadable, corrupt
-(sha256 mismatch), stale (sidecar key differs, e.g. another TensorRT version) or
+(sha256 mismatch), stale (its sidecar key is not the one its name was made from: a hand-copied
+or renamed file; another TensorRT version or GPU gives another file name, so a fresh build) or
 undeserializable engine is logged, deleted and rebuilt **once**; if the fresh engine cannot be
 deserialized either, that is a :class:`ModelError` (never a rebuild loop). This module does not
 import TensorRT: the build and deserialize steps are callables, so the logic is tested anywhere.

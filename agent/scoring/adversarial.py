@@ -31,7 +31,7 @@ sit near 0.5. Without it, every frame processed in floating point after decoding
 defocus, contrast, fog: 100 % of such vtest frames) was called ``adversarial``, though a
 perturbation of even 1/255 with its own sign per channel gives a floor of ~11. Measured on
 the photos against SqueezeNet (benchmarks/bench_detection.py): PGD and FGSM at 4/255 and
-8/255 stand above the clean photos, where squeezing alone catches 10-65 %.
+8/255 stand above the clean photos, where squeezing alone catches 11-56 %.
 
 **What an adaptive attacker can do** (docs/detection.md repeats this): (1) attack through the
 squeezers (optimise the loss on the plain *and* squeezed inputs, or BPDA/EOT), which defeats

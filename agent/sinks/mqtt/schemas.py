@@ -81,7 +81,8 @@ class IdentityModel(_Model):
     model_sha256: str | None
     profile_id: str | None
     config_hash: str | None
-    backends: dict[str, str] = Field(description="Backends in use, e.g. stats: cpu, model: onnxruntime:CUDA.")
+    backends: dict[str, str] = Field(
+        description="Backends in use, e.g. stats: cpu, model: onnxruntime:CUDAExecutionProvider.")
 
 
 class NodeStatusMessage(Payload):
