@@ -183,6 +183,29 @@ def test_reference_sample_of_a_partial_hour_is_published_at_shutdown(broker: Mos
     assert max(msgs.index(m) for m in refs) < stopped
 
 
+def test_a_status_queued_during_an_outage_arrives_without_a_seq_gap(broker: Mosquitto, tmp_path: Path) -> None:
+    """A reconnect sends each camera's latest status again: where that status was still queued from
+    the outage, it replaces itself (same msg_id and seq), so the collector sees no gap in the stream."""
+    col = Collector(broker.host, broker.port, f"{BASE}/cam0/status", client_id="fleet", persistent=True)
+    sink = make_sink(broker, tmp_path)
+    try:
+        assert sink.conn.wait_connected(10)
+        sink.publish_camera_status("cam0", "online", "calibrating")
+        col.wait_for(lambda ms: len(ms) >= 1, 10)
+        broker.stop()
+        wait_until(lambda: not sink.conn.connected, 10, "the sink to notice the outage")
+        sink.publish_camera_status("cam0", "online", "guarding")  # queued while the broker is away
+        broker.start()
+        assert sink.conn.wait_connected(20)
+        msgs = col.wait_for(lambda ms: any(b'"guarding"' in m.payload for m in ms), 20)
+    finally:
+        sink.close()
+        col.close()
+    bodies = {m.json()["msg_id"]: m.json() for m in msgs}  # QoS 1 may deliver one twice
+    assert sorted(b["seq"] for b in bodies.values()) == [0, 1], [(b["seq"], b["reason"]) for b in bodies.values()]
+    assert [bodies[k]["reason"] for k in sorted(bodies, key=lambda k: bodies[k]["seq"])] == ["calibrating", "guarding"]
+
+
 def test_drift_event_round_trip(broker: Mosquitto, tmp_path: Path) -> None:
     col = Collector(broker.host, broker.port, f"{BASE}/cam0/events")
     sink = make_sink(broker, tmp_path)

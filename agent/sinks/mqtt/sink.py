@@ -33,7 +33,7 @@ from agent.sinks.mqtt.connection import Connection, Will
 from agent.sinks.mqtt.episodes import EpisodeTracker, Transition
 from agent.sinks.mqtt.frames import DailyBudget, Reservoir, encode_jpeg
 from agent.sinks.mqtt.identity import AgentIdentity
-from agent.sinks.mqtt.schemas import CommandResponse, NodeStatusMessage
+from agent.sinks.mqtt.schemas import CameraStatusMessage, CommandResponse, NodeStatusMessage
 from agent.sinks.mqtt.spool import OutMessage, Spool
 from agent.sinks.mqtt.topics import Topics
 from agent.tokenbucket import TokenBucket
@@ -105,7 +105,8 @@ class MqttSink:
         self._trackers: dict[str, EpisodeTracker] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self._reservoirs: dict[str, Reservoir] = {}
-        self._camera_states: dict[str, tuple[CameraState, str, float]] = {}
+        # each camera's latest status message: a reconnect sends it again (same msg_id and seq)
+        self._camera_status: dict[str, CameraStatusMessage] = {}
         self._counts = dict.fromkeys(
             ("frames_published", "frames_rate_limited", "frames_budget_limited", "commands_received",
              "commands_rejected", "commands_ignored", "spool_errors"), 0)
@@ -238,11 +239,11 @@ class MqttSink:
 
     def publish_camera_status(self, camera_id: str, state: CameraState, reason: str) -> None:
         with self._lock:
-            self._camera_states[camera_id] = (state, reason, time.time())
             if state == "offline" and camera_id in self._trackers:
                 for t in self._trackers[camera_id].finish("camera_offline"):
                     self._emit_event(t)
-            self._put_camera_status(camera_id)
+            msg = self._camera_status[camera_id] = m.camera_status(self._env, camera_id, state, reason, time.time())
+            self._put_camera_status(camera_id, msg)
 
     def publish_event(self, event: dict[str, object]) -> None:
         """Spool a pipeline event for ``<camera>/events`` (QoS 1, kept like episodes).
@@ -327,9 +328,8 @@ class MqttSink:
         msg = m.node_status(self._env, state, reason, self._started_ts, self.conn.counts()["reconnects"])
         return self._put("status", self.topics.node_status, msg, retain=True, coalesce=True)
 
-    def _put_camera_status(self, camera_id: str) -> int | None:
-        state, reason, since = self._camera_states[camera_id]
-        msg = m.camera_status(self._env, camera_id, state, reason, since)
+    def _put_camera_status(self, camera_id: str, msg: CameraStatusMessage) -> int | None:
+        """Spool ``msg``, replacing a status of that camera still queued (``superseded``)."""
         return self._put("status", self.topics.camera_status(camera_id), msg, retain=True, coalesce=True)
 
     def _emit_event(self, t: Transition) -> None:
@@ -389,7 +389,9 @@ class MqttSink:
         """(Re)connected: queue `online` and the camera statuses, to be sent before the backlog."""
         with self._lock:
             ids = [self._put_node_status("online", "connected")]
-            ids += [self._put_camera_status(cam) for cam in self._camera_states]
+            # the same messages again: a restarted broker may have lost them, and a status still
+            # queued from the outage is replaced by itself, not by a new seq (no gap at the collector)
+            ids += [self._put_camera_status(cam, msg) for cam, msg in self._camera_status.items()]
         return [i for i in ids if i is not None]
 
     def _tick(self) -> None:
