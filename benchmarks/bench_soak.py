@@ -130,8 +130,16 @@ def write_config(directory: Path, broker: Mosquitto, args: argparse.Namespace) -
     return doc
 
 
-def delivery(msgs: list[Received]) -> dict[str, Any]:
-    """Per (type, camera) stream: messages, duplicates (same msg_id again) and seq gaps."""
+#: Retained status streams: a newer status replaces a queued one (spool ``superseded``).
+_STATUS_TYPES = ("node_status", "camera_status")
+
+
+def delivery(msgs: list[Received], superseded: int = 0) -> dict[str, Any]:
+    """Per (type, camera) stream: messages, duplicates (same msg_id again) and seq gaps.
+
+    A retained status queued while the broker was away is replaced by a newer one on the same
+    topic (the spool's ``superseded`` counter): those seq gaps in the status streams, up to that
+    count, are state that was overtaken, not lost messages."""
     seen: set[str] = set()
     streams: dict[str, list[int]] = defaultdict(list)
     duplicates = 0
@@ -160,13 +168,16 @@ def delivery(msgs: list[Received]) -> dict[str, Any]:
         gaps[stream] = sum(b - a - 1 for a, b in itertools.pairwise(s)) + s[0]
     hs = sorted(set(health_seq))
     health_gaps = (hs[-1] + 1 - len(hs)) if hs else 0
+    status_gaps = sum(n for stream, n in gaps.items() if stream.split("/")[0] in _STATUS_TYPES)
+    overtaken = min(status_gaps, superseded)
     return {
         "messages": len(msgs),
         "unique": len(seen),
         "duplicates": duplicates,
         "streams": {k: len(v) for k, v in streams.items()},
         "seq_gaps": gaps,
-        "lost": sum(gaps.values()),
+        "superseded": overtaken,
+        "lost": sum(gaps.values()) - overtaken,
         "health_summaries": len(hs),
         "health_seq_gaps": health_gaps,
     }
@@ -279,7 +290,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     spooled = [m for m in msgs if "/frames/" not in m.topic and len(wall) == 2 and wall[0] <= m.json()["ts"] < wall[1]]
     backlog_s = max(m.t for m in spooled) - restarted if spooled else None
     spool = Spool(work / "spool.sqlite", SpoolConfig())
-    left = spool.queued_msgs
+    left, superseded = spool.queued_msgs, spool.counters().get("superseded", 0)
     spool.close()
     health = [m.json()["summary"] for m in msgs if m.topic.endswith("/health")]
     frames = sum(int(h.get("frames_processed", 0)) for h in health)
@@ -306,7 +317,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "fds": [samples[0].fds, samples[-1].fds] if samples else None,
         "threads": [samples[0].threads, samples[-1].threads] if samples else None,
         "cpu_s": samples[-1].cpu_s if samples else None,
-        "delivery": delivery(msgs),
+        "delivery": delivery(msgs, superseded),
         "outage": {
             "start_s": outage[0],
             "end_s": outage[1],
@@ -359,8 +370,8 @@ def report(r: dict[str, Any], max_growth: float) -> bool:
         f"streams {d['streams']}"
     )
     print(
-        f"  lost (seq gaps)         {d['lost']} {d['seq_gaps']}; health summaries {d['health_summaries']}, "
-        f"gaps {d['health_seq_gaps']}"
+        f"  lost (seq gaps)         {d['lost']} {d['seq_gaps']} ({d['superseded']} of them statuses a newer "
+        f"one replaced in the spool); health summaries {d['health_summaries']}, gaps {d['health_seq_gaps']}"
     )
     backlog, spooled = r["outage"]["backlog_delivered_after_s"], r["outage"]["messages_spooled"]
     print(

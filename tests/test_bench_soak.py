@@ -39,6 +39,17 @@ def test_delivery_counts_redeliveries_once_and_gaps_per_stream() -> None:
     assert delivery([_json("event", "a", 2)])["lost"] == 2
 
 
+def test_status_gaps_are_lost_only_beyond_what_the_spool_superseded() -> None:
+    """A camera status queued in the outage that a newer one replaced leaves a seq gap that is not a
+    loss, as many as the spool counted ``superseded``; an event gap always is."""
+    msgs = [_json("camera_status", "s-1", 0), _json("camera_status", "s-3", 2), _json("camera_status", "s-6", 5),
+            _json("event", "e-1", 1)]
+    assert delivery(msgs)["lost"] == 4  # nothing superseded: every gap is a loss
+    d = delivery(msgs, superseded=2)
+    assert (d["superseded"], d["lost"]) == (2, 2)  # 3 status gaps, 2 explained; the event's gap stays
+    assert delivery(msgs, superseded=9)["lost"] == 1  # more superseded than gaps explains the status gaps only
+
+
 def test_slope_is_fitted_after_the_warm_up_only() -> None:
     samples = [Sample(t, 100.0 + (50.0 if t < 60 else 0.0) + 2.0 * t / 3600, 9, 8, 0.0) for t in range(0, 600, 10)]
     assert slope_mb_per_h(samples, 60.0) == pytest.approx(2.0)
