@@ -149,6 +149,16 @@ def test_run_bad_config_exits_78_without_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+
+def test_run_with_a_spool_folder_it_cannot_write_exits_78_naming_the_field(tmp_path: Path) -> None:
+    """Exit 78, not 1: systemd does not restart it every few seconds for nothing."""
+    extra = "mqtt:\n  host: 127.0.0.1\n  port: 1\n  spool:\n    path: /proc/eg-spool/s.sqlite\n"
+    proc = _cli("run", "--config", str(_config(tmp_path, extra)))
+    assert proc.returncode == exitcodes.CONFIG, proc.stderr
+    assert "mqtt.spool.path /proc/eg-spool/s.sqlite: cannot create its lock file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_run_missing_config_file(tmp_path: Path) -> None:
     proc = _cli("run", "--config", str(tmp_path / "none.yaml"))
     assert proc.returncode == exitcodes.CONFIG

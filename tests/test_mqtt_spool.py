@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ConfigError
+import agent.sinks.mqtt.spool as spool_module
+from agent.errors import ConfigError, PublishError
 from agent.sinks.mqtt.config import SpoolConfig
 from agent.sinks.mqtt.spool import OutMessage, Spool
 
@@ -203,6 +204,26 @@ def test_a_spool_path_that_cannot_be_a_file_is_a_config_error(tmp_path: Path) ->
     with pytest.raises(ConfigError, match=r"mqtt.spool.path .*spool\.sqlite is a folder"):
         Spool(folder, SpoolConfig())
     assert folder.is_dir() and not list(tmp_path.glob("*.corrupt-*"))
+
+
+def test_a_spool_folder_this_user_cannot_write_is_a_config_error(tmp_path: Path) -> None:
+    """Exit 78, not 1: systemd would restart a runtime failure every few seconds, and no restart makes
+    the folder writable. (/proc refuses new entries even to root.)"""
+    with pytest.raises(ConfigError, match=r"^mqtt.spool.path /proc/eg-spool/s\.sqlite: cannot create its lock file "
+                                          r"s\.sqlite\.lock \(.+\); point it at a folder this user can write"):
+        Spool(Path("/proc/eg-spool/s.sqlite"), SpoolConfig())
+
+
+def test_a_full_disk_under_the_spool_is_a_runtime_failure() -> None:
+    """A full disk may be freed: exit 1 (restart), with a message that says what to do."""
+    if not Path("/dev/full").exists():
+        pytest.skip("/dev/full is needed for a real ENOSPC")
+    with pytest.raises(OSError) as caught, open("/dev/full", "wb", buffering=0) as full:
+        full.write(b"x")
+    err = spool_module._unusable(Path("/data/s.sqlite"), "write its lock file s.sqlite.lock", caught.value)
+    assert isinstance(err, PublishError)
+    assert str(err) == ("the MQTT spool /data/s.sqlite cannot write its lock file s.sqlite.lock: No space left on "
+                        "device (free space on that disk, or point mqtt.spool.path at another one)")
 
 
 def test_props_round_trip(tmp_path: Path) -> None:

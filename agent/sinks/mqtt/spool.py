@@ -24,6 +24,7 @@ opening the same file gets a ConfigError naming the holder's pid (exit 78).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -103,6 +104,22 @@ class SpoolRow:
     created: float
 
 
+#: A spool that fails with one of these may work after a restart (space freed, a disk back).
+_TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOMEM, errno.EAGAIN})
+
+
+def _unusable(path: Path, what: str, exc: OSError) -> ConfigError | PublishError:
+    """The spool at ``path`` cannot ``what``: a full or failing disk is a runtime failure (a restart
+    may help, exit 1); anything else (a folder this user cannot write, a read-only or virtual file
+    system) is the config's to fix (exit 78: systemd does not restart it in a loop)."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in _TRANSIENT_ERRNOS:
+        return PublishError(f"the MQTT spool {path} cannot {what}: {reason} (free space on that disk, or point "
+                            "mqtt.spool.path at another one)")
+    return ConfigError(f"mqtt.spool.path {path}: cannot {what} ({reason}); point it at a folder this user can "
+                       "write (leave it unset: the service's state directory under systemd, ./var otherwise)")
+
+
 class Spool:
     """Bounded SQLite spool shared by producer threads (put) and the connection thread (fetch/ack)."""
 
@@ -140,7 +157,7 @@ class Spool:
                 f"mqtt.spool.path {path}: a part of it is a file, not a folder ({exc.strerror})"
             ) from None
         except OSError as exc:
-            raise PublishError(f"cannot create the MQTT spool lock {lock}: {exc.strerror or exc}") from exc
+            raise _unusable(path, f"create its lock file {lock.name}", exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -156,15 +173,22 @@ class Spool:
             os.close(fd)
             raise PublishError(f"cannot lock the MQTT spool {lock}: {exc.strerror or exc}; put mqtt.spool.path on "
                                "a local file system") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        except OSError as exc:
+            os.close(fd)
+            raise _unusable(path, f"write its lock file {lock.name}", exc) from None
         return fd
 
     def _open(self, path: Path) -> sqlite3.Connection:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             db = self._connect(path)
-        except sqlite3.OperationalError as exc:  # cannot open (permissions, a locked file): not corruption
+        except sqlite3.OperationalError as exc:  # cannot open (permissions, a full disk, a locked file): not corruption
+            if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+                raise ConfigError(f"mqtt.spool.path {path}: this user cannot read and write the file ({exc}); "
+                                  "fix its owner or point mqtt.spool.path elsewhere") from None
             raise PublishError(f"cannot open the MQTT spool {path}: {exc}") from exc
         except sqlite3.DatabaseError as exc:
             # A corrupt spool must not stop the guard: keep it aside for forensics, start fresh.
@@ -175,7 +199,7 @@ class Spool:
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
             db = self._connect(path)
         except OSError as exc:
-            raise PublishError(f"cannot create the MQTT spool at {path}: {exc.strerror or exc}") from exc
+            raise _unusable(path, "create it", exc) from None
         for cls, n, size in db.execute("SELECT cls, COUNT(*), COALESCE(SUM(size), 0) FROM msgs GROUP BY cls"):
             if cls in _RANK:
                 self._count[cls], self._bytes[cls] = int(n), int(size)
