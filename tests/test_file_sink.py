@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from helpers import read_jsonl
 
+import agent.sinks.file as file_sink_module
 from agent.errors import ConfigError
 from agent.frame import Frame
 from agent.health import HealthSummary
@@ -137,7 +138,34 @@ def test_disk_full_is_counted_not_raised(tmp_path: Path, caplog: pytest.LogCaptu
     assert stats["write_errors"] == 3
     assert stats["status_written"] == 1
     assert "No space left on device" in caplog.text
-    assert caplog.text.count("file sink: writing") == 1  # logged once, then counted
+    assert caplog.text.count("file sink: writing") == 1  # logged once, then counted ...
+    # ... and the run's total said at close, per file
+    assert "file sink: 3 write(s) in" in caplog.text and "(health.jsonl 3)" in caplog.text
+
+
+def test_a_lasting_failure_is_logged_again_with_what_it_cost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only the first failure: the ones since are logged together once the interval is over."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("/dev/full is needed to simulate a full disk")
+    for name in ("health.jsonl", "status.jsonl"):
+        (tmp_path / name).symlink_to("/dev/full")
+    monkeypatch.setattr(file_sink_module, "FAILURE_LOG_S", 0.2)
+    sink = FileSink(FileSinkConfig(dir=tmp_path), "cam1")
+    summary = HealthSummary(camera_id="cam1", seq=0, window_start_ts=1.0, window_end_ts=2.0)
+    sink.publish_health(summary)
+    for _ in range(4):
+        sink.publish_health(summary)
+        sink.publish_camera_status("cam1", "online", "guarding")
+    time.sleep(0.3)
+    sink.publish_health(summary)
+    sink.close()
+    warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("file sink: writing")]
+    assert len(warnings) == 2
+    assert warnings[0].endswith("not written: health.jsonl 1; the guard keeps running")
+    assert "not written since the last such warning: health.jsonl 5, status.jsonl 4" in warnings[1]
+    assert sink.stats()["write_errors"] == 10
 
 
 def test_after_close_lines_are_counted(tmp_path: Path) -> None:

@@ -11,8 +11,10 @@ Layout under ``file_sink.dir``::
 Every line is flushed when written. Risky frames are sampled with a token bucket of
 ``frames_per_minute`` (burst: 10 s worth, at least one; 0 saves none); each frame not saved is
 counted.
-A failing write (disk full, permissions) is counted and logged (first time, then every 100th),
-never raised into the pipeline: the guard keeps guarding when its log disk fills up. A line is
+A failing write (disk full, permissions) is counted (``write_errors``, in every health summary's
+``publisher``) and logged: the first one, then what failed since at most once every
+``FAILURE_LOG_S`` (60 s), and at close the run's total per file; it is never raised into the
+pipeline: the guard keeps guarding when its log disk fills up. A line is
 written whole or not at all (a failed write is truncated away, so the next line does not glue
 onto half of it). A file deleted, moved or replaced while open is noticed at the next line, which
 goes to the path again (folder recreated, counted as ``files_reopened``, logged once).
@@ -49,6 +51,9 @@ __all__ = ["FileSink", "jsonable"]
 logger = logging.getLogger(__name__)
 
 IdsProvider = Callable[[], Mapping[str, str | None]]
+
+#: Write failures after the first are logged together, at most once per this many seconds.
+FAILURE_LOG_S: float = 60.0
 
 
 def jsonable(value: Any) -> Any:
@@ -93,6 +98,9 @@ class FileSink:
         fpm = cfg.frames_per_minute  # 0 saves no frames (each one is still counted)
         self._bucket = TokenBucket(fpm / 60.0, max(1.0, fpm / 6.0) if fpm > 0 else 0.0)
         self._counts: Counter[str] = Counter()
+        self._failures: Counter[str] = Counter()  # failed writes per file ("frames" for the JPEGs)
+        self._unlogged: Counter[str] = Counter()  # ... of them not logged yet
+        self._logged_at = -math.inf
         self._closed = False
 
     # -- Sink protocol -------------------------------------------------------------------------
@@ -134,8 +142,14 @@ class FileSink:
         return out
 
     def close(self) -> None:
-        """Flush and close the files (idempotent)."""
+        """Flush and close the files (idempotent); say what this run failed to write."""
         with self._lock:
+            if self._failures and not self._closed:
+                logger.error(
+                    "file sink: %d write(s) in %s failed during this run (%s): those records are missing from "
+                    "the files (free space or fix permissions there)", sum(self._failures.values()), self.dir,
+                    _per_file(self._failures),
+                )
             self._closed = True
             for fh in self._files.values():
                 try:
@@ -220,11 +234,23 @@ class FileSink:
             self._counts["frames_saved"] += 1
 
     def _failed(self, what: str, exc: OSError) -> None:
-        """Count a write error (lock held); log the first one and every 100th."""
+        """Count a write error (lock held); log the first one, then the new ones every FAILURE_LOG_S."""
         self._counts["write_errors"] += 1
-        n = self._counts["write_errors"]
-        if n == 1 or n % 100 == 0:
-            logger.warning(
-                "file sink: writing %s in %s failed (%s); %d write error(s) so far, the guard keeps running",
-                what, self.dir, exc.strerror or exc, n,
-            )
+        key = "frames" if what.endswith(".jpg") else what
+        self._failures[key] += 1
+        self._unlogged[key] += 1
+        now = time.monotonic()
+        if now - self._logged_at < FAILURE_LOG_S:
+            return
+        logger.warning(
+            "file sink: writing %s in %s failed (%s); not written%s: %s; the guard keeps running",
+            what, self.dir, exc.strerror or exc,
+            "" if self._logged_at == -math.inf else " since the last such warning", _per_file(self._unlogged),
+        )
+        self._logged_at = now
+        self._unlogged.clear()
+
+
+def _per_file(counts: Counter[str]) -> str:
+    """``health.jsonl 6, verdicts.jsonl 7`` (most first)."""
+    return ", ".join(f"{name} {n}" for name, n in counts.most_common())
