@@ -43,7 +43,8 @@ class HealthSummary(BaseModel):
     frames_skipped: int = Field(
         0, description="Frame slots a video file's timestamps skipped in the interval with no decode error: "
         "pauses in the recording, a variable frame rate, frames the capture or the demuxer dropped without "
-        "a trace. Not in frames_corrupt: a pause cannot be told from a silent drop.",
+        "a trace, and at the end of a truncated file the frames its container declares that never came. "
+        "Not in frames_corrupt: a pause cannot be told from a silent drop.",
     )
     frames_calibrated: int = Field(
         0, description="Frames of the interval used to build the start-up profile (no verdict)."

@@ -527,6 +527,18 @@ def test_frames_lost_in_a_damaged_file_are_counted_in_health(tmp_path: Path) -> 
     assert sum(h.frames_skipped for h in health) == 0 == probe.skipped_slots
 
 
+def test_the_missing_end_of_a_truncated_file_is_reported_in_health(tmp_path: Path) -> None:
+    """The container declares 100 frames, the last tenth of the file is zeros: what never came is in
+    the final health summary's frames_skipped, not only in a log line."""
+    clip = damaged_clip(tmp_path / "cut.avi", 100, damage=(0.9, 1.0), fourcc="MJPG")  # as in test_sources
+    cfg = _cfg(tmp_path, source={"uri": str(clip), "max_frames": None}, calibration={"frames": 40})
+    assert _run(Daemon(cfg, notifier=Notifier(None))) == 0
+    health = [HealthSummary.model_validate(h) for h in read_jsonl(tmp_path / "out" / "health.jsonl")]
+    read = sum(h.frames_in for h in health)
+    assert 80 <= read < 100 and sum(h.frames_corrupt for h in health) == 0
+    assert sum(h.frames_skipped for h in health) == 100 - read
+
+
 def test_slots_a_demuxer_skipped_silently_are_reported_in_health(tmp_path: Path) -> None:
     """A Matroska demuxer drops damaged packets without a failed read: not corrupt (a pause looks
     the same), but health's frames_skipped says how many frame slots the timestamps jumped."""

@@ -114,6 +114,7 @@ def test_truncated_file_ends_cleanly(tmp_path: Path, caplog: pytest.LogCaptureFi
     message = " ".join(r.getMessage() for r in caplog.records)
     assert f"declares 100 frames, {len(frames)} were read" in message
     assert f"other {100 - len(frames)} are missing" in message
+    assert source.skipped_slots == 100 - len(frames)  # in health's frames_skipped, not only in a log line
 
 
 def test_uneven_timestamps_are_reported_not_counted(videos: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -72,7 +72,8 @@ class Source(Protocol):
     @property
     def skipped_slots(self) -> int:
         """Frame slots a video file's timestamps skipped with no decode error so far (pauses, a
-        variable frame rate, silent demuxer drops): reported, not counted as corrupt. 0 elsewhere."""
+        variable frame rate, silent demuxer drops), and the frames a truncated file's container
+        declares that never came: reported, not counted as corrupt. 0 elsewhere."""
         ...
 
     @property

@@ -221,10 +221,12 @@ class OpenCVSource(SourceBase):
             )
         elif short > ledger.slack and not self.truncated:
             self.truncated = True
+            self._count_skipped(short)  # frames the guard never saw: health's frames_skipped carries them
             logger.warning(
                 "video file %s is truncated or damaged: the container declares %d frames, %d were read (%d "
                 "counted as lost among them) and the other %d are missing: cut off at the end, or dropped "
-                "without a trace where timestamps count packets (AVI); treating that as the end",
+                "without a trace where timestamps count packets (AVI); treating that as the end (the missing "
+                "frames are counted in health's frames_skipped)",
                 self._cfg.uri, self.declared_frames, ledger.pos, self.skipped_frames, short,
             )
 
