@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -204,6 +205,38 @@ def test_a_status_queued_during_an_outage_arrives_without_a_seq_gap(broker: Mosq
     bodies = {m.json()["msg_id"]: m.json() for m in msgs}  # QoS 1 may deliver one twice
     assert sorted(b["seq"] for b in bodies.values()) == [0, 1], [(b["seq"], b["reason"]) for b in bodies.values()]
     assert [bodies[k]["reason"] for k in sorted(bodies, key=lambda k: bodies[k]["seq"])] == ["calibrating", "guarding"]
+
+
+def test_a_command_rejected_as_busy_keeps_its_request_id(broker: Mosquitto, tmp_path: Path) -> None:
+    """The worker is stuck on one command and the queue holds one more: the third is rejected as
+    busy, and its response still carries the request's id (the operator's key to match it)."""
+    entered, release = threading.Event(), threading.Event()
+
+    class SlowTarget(FakeTarget):
+        def ping(self) -> dict[str, object]:
+            entered.set()
+            release.wait(10)
+            return super().ping()
+
+    col = Collector(broker.host, broker.port, f"{BASE}/cmd/ping/response")
+    sink = make_sink(broker, tmp_path, commands={"queue_size": 1})
+    sink.attach(SlowTarget())
+    try:
+        assert sink.conn.wait_connected(10)
+        publish_cmd(broker, "ping", json.dumps({"id": "first"}).encode(), b"first")
+        assert entered.wait(10), "the worker took the first command"
+        for rid in ("queued", "third"):  # one connection after the other: they arrive in this order
+            publish_cmd(broker, "ping", json.dumps({"id": rid}).encode(), rid.encode())
+        busy = col.wait_for(lambda ms: len(ms) >= 1, 10)
+        release.set()
+        msgs = col.wait_for(lambda ms: len(ms) >= 3, 10)
+    finally:
+        release.set()
+        sink.close()
+        col.close()
+    assert [m.json()["status"] for m in busy] == ["rejected"]
+    assert busy[0].json()["request_id"] == "third" and "busy" in busy[0].json()["reason"]
+    assert {m.correlation: m.json()["status"] for m in msgs} == {b"first": "ok", b"queued": "ok", b"third": "rejected"}
 
 
 def test_drift_event_round_trip(broker: Mosquitto, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from agent.errors import ConfigError, ProfileError
 from agent.frame import Frame
 from agent.sinks.mqtt.config import CommandsConfig
 from agent.sinks.mqtt.schemas import (
+    REQUEST_ID_MAX,
+    REQUEST_ID_PATTERN,
     CommandRequest,
     LimitsArgs,
     LimitsResult,
@@ -45,11 +48,14 @@ __all__ = [
     "CommandTarget",
     "IncomingCommand",
     "canonical_bytes",
+    "request_id_of",
     "sign_request",
     "verify_signature",
 ]
 
 logger = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 
 _ARGS: dict[str, type[BaseModel]] = {
     "snapshot": SnapshotArgs,
@@ -125,6 +131,19 @@ class CommandOutcome:
     reason: str | None = None
     result: dict[str, Any] = field(default_factory=dict)
     snapshot: Frame | None = None
+
+
+def request_id_of(payload: bytes, max_bytes: int) -> str | None:
+    """The request's ``id`` where it is a valid one (the operator's key to match a response), else None:
+    for a response before the command is handled (e.g. rejected as busy)."""
+    if len(payload) > max_bytes:
+        return None
+    try:
+        raw = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    rid = raw.get("id") if isinstance(raw, dict) else None
+    return rid if isinstance(rid, str) and len(rid) <= REQUEST_ID_MAX and _REQUEST_ID.fullmatch(rid) else None
 
 
 def _rejected(why: str, request_id: str | None = None) -> CommandOutcome:

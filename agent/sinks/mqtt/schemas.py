@@ -239,12 +239,17 @@ class FrameProperties(_Model):
     config_hash: str
 
 
+#: A command request's ``id``: 1 to ``REQUEST_ID_MAX`` of these characters.
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+REQUEST_ID_MAX = 64
+
+
 class CommandRequest(_Model):
     """Payload of ``<node>/cmd/<name>`` (JSON). ``sig`` is required when signing is on (docs/mqtt.md)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$", description="Request id.")
+    id: str = Field(min_length=1, max_length=REQUEST_ID_MAX, pattern=REQUEST_ID_PATTERN, description="Request id.")
     ts: float | None = Field(
         None, allow_inf_nan=False,
         description="Sender's wall clock (epoch s, finite); required when signing is on.",

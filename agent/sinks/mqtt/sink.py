@@ -27,7 +27,7 @@ from agent.frame import Frame
 from agent.health import HealthSummary
 from agent.sinks.base import CameraState
 from agent.sinks.mqtt import messages as m
-from agent.sinks.mqtt.commands import CommandProcessor, CommandTarget, IncomingCommand
+from agent.sinks.mqtt.commands import CommandProcessor, CommandTarget, IncomingCommand, request_id_of
 from agent.sinks.mqtt.config import MqttConfig, pem_problem
 from agent.sinks.mqtt.connection import Connection, Will
 from agent.sinks.mqtt.episodes import EpisodeTracker, Transition
@@ -422,7 +422,8 @@ class MqttSink:
         try:
             self._cmd_queue.put_nowait(IncomingCommand(topic, name, payload, correlation))
         except queue.Full:
-            self._respond(name, correlation, "rejected", request_id=None,
+            rid = request_id_of(payload, self.config.commands.max_payload_bytes)
+            self._respond(name, correlation, "rejected", request_id=rid,
                           reason="rejected: busy, too many pending commands", result={})
 
     def _command_worker(self) -> None:
