@@ -162,8 +162,8 @@ def referenced_file_errors(cfg: GuardConfig, *, absolute_only: bool = False) -> 
     ):
         if path is None or (absolute_only and not Path(path).expanduser().is_absolute()):
             continue
-        if not Path(path).expanduser().is_file():
-            errors.append(f"{where}: file not found (got '{path}')")
+        if not (p := Path(path).expanduser()).is_file():
+            errors.append(f"{where}: {'a folder, not a file' if p.is_dir() else 'file not found'} (got '{path}')")
     return errors
 
 

@@ -102,6 +102,9 @@ def test_check_config_missing_files(tmp_path: Path, capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     assert f"model.path: file not found (got '{tmp_path}/nope.onnx')" in out
     assert "policy.profile: file not found" in out
+    folder = _write(tmp_path / "d.yaml", f"model:\n  path: {tmp_path}\n")
+    assert main(["check-config", str(folder)]) == exitcodes.CONFIG
+    assert f"model.path: a folder, not a file (got '{tmp_path}')" in capsys.readouterr().out
 
 
 def test_check_config_opens_the_model_and_the_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

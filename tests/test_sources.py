@@ -229,6 +229,7 @@ def test_file_uri_and_max_frames(videos: Path) -> None:
     ("uri", "match"),
     [
         ("/definitely/not/here.avi", r"no such file or folder; accepted: .*synthetic://"),
+        ("/dev/null", r"'/dev/null': not a regular file or folder \(a device or a pipe\); accepted: "),
         ("ftp://example.org/cam.avi", r"unknown scheme 'ftp'; accepted: .*rtsp://"),
         ("synthetic://nope", r"scenario must be one of clean, default, custom, but got 'nope'"),
     ],

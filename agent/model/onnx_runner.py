@@ -84,7 +84,8 @@ class OnnxRunner:
         self.cfg = cfg
         path = cfg.path.expanduser()
         if not path.is_file():
-            raise ModelError(f"model file not found: {path} (set model.path to an existing .onnx file)")
+            what = "is a folder, not a file" if path.is_dir() else "not found"
+            raise ModelError(f"model file {what}: {path} (set model.path to an existing .onnx file)")
         ort = import_onnxruntime()
         try:
             sha = file_sha256(path)

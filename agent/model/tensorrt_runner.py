@@ -104,7 +104,8 @@ class TensorRTRunner:
             raise ModelError("TensorRTRunner needs model.path; use agent.model.factory.load_model for the default")
         path = cfg.path.expanduser()
         if not path.is_file():
-            raise ModelError(f"model file not found: {path} (set model.path to an existing .onnx file)")
+            what = "is a folder, not a file" if path.is_dir() else "not found"
+            raise ModelError(f"model file {what}: {path} (set model.path to an existing .onnx file)")
         self.cfg = cfg
         try:
             sha = file_sha256(path)

@@ -46,4 +46,5 @@ def open_source(cfg: SourceConfig, camera_id: str) -> Source:
         return FolderSource(cfg.model_copy(update={"uri": str(path)}), camera_id)
     if path.is_file():
         return OpenCVSource(cfg.model_copy(update={"uri": str(path)}), camera_id)
-    raise SourceConfigError(f"source uri {cfg.uri!r}: no such file or folder; accepted: {ACCEPTED}")
+    what = "not a regular file or folder (a device or a pipe)" if path.exists() else "no such file or folder"
+    raise SourceConfigError(f"source uri {cfg.uri!r}: {what}; accepted: {ACCEPTED}")
