@@ -140,6 +140,9 @@ def _sandbox_warnings(cfg: GuardConfig, exec_path: Path, camera: str) -> list[st
             "will fail with status 203/EXEC. Install the venv under /opt/edge-guard instead."
         )
     paths = {"model.path": cfg.model.path, "model.labels": cfg.model.labels, "policy.profile": cfg.policy.profile}
+    uri = cfg.source.uri.strip().removeprefix("file://")
+    if "://" not in uri and not uri.isdigit():  # a video file or an image folder (not a URL or a device index)
+        paths["source.uri"] = Path(uri)
     for name, value in paths.items():
         if value is None:
             continue

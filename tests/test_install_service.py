@@ -210,7 +210,7 @@ def test_jetson_nodes_get_a_dropin(tmp_path: Path, exe: Path) -> None:
 
 def test_sandbox_pitfalls_are_warned(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "in.yaml"
-    cfg.write_text("camera_id: other\nmodel:\n  path: models/m.onnx\n")
+    cfg.write_text("camera_id: other\nmodel:\n  path: models/m.onnx\nsource:\n  uri: clips/yard.mp4\n")
     fake_exe = tmp_path / "edge-guard"  # under /tmp: hidden by PrivateTmp
     fake_exe.write_text("#!/bin/sh\n")
     rc, out, _ = run(
@@ -219,6 +219,7 @@ def test_sandbox_pitfalls_are_warned(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert rc == 0
     assert "203/EXEC" in out
     assert "model.path is relative" in out
+    assert "source.uri is relative (clips/yard.mp4)" in out
     assert "camera_id is 'other' but the instance is 'cam1'" in out
 
 
