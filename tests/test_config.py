@@ -352,3 +352,26 @@ def test_yaml_merge_keys_still_work_and_same_line_duplicates_are_caught(tmp_path
     assert load_yaml(path.read_text())["source"] == {"max_frames": 400, "loop": True, "uri": "synthetic://clean"}
     with pytest.raises(ConfigError, match=r"key 'uri' given twice \(first on line 1\)"):
         load_config(_write(tmp_path, "source: {uri: synthetic://clean, uri: synthetic://default}\n"))
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "line"),
+    [
+        ("policy: {alpha_block: true}\n", "policy.alpha_block: Input should be a number, not true/false (got True)"),
+        ("source: {max_frames: false}\n", "source.max_frames: Input should be a number, not true/false (got False)"),
+        ("stats: {grid: [true, 4]}\n", "stats.grid: Input should be a number, not true/false (got [True, 4])"),
+        ("mqtt: {host: h, port: true}\n", "mqtt.port: Input should be a number, not true/false (got True)"),
+        ("calibration: {tolerances: {dark: true}}\n", "calibration.tolerances: Input should be a number"),
+    ],
+)
+def test_true_or_false_is_not_a_number(tmp_path: Path, yaml_text: str, line: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, yaml_text))
+    assert f"  - {line}" in str(info.value)
+
+
+def test_booleans_and_numbers_still_read_where_they_belong(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_config(_write(tmp_path, "source: {loop: true, max_frames: 50, fps: 12}\npolicy: {alpha_flag: 0.05}\n"))
+    assert cfg.source.loop is True and cfg.source.max_frames == 50 and cfg.source.fps == 12.0
+    monkeypatch.setenv("EDGE_GUARD_SOURCE__MAX_FRAMES", "70")  # environment values are text
+    assert load_config(_write(tmp_path, "{}\n")).source.max_frames == 70
