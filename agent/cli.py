@@ -2,7 +2,8 @@
 
 Errors are translated here, at one boundary: a `GuardError` prints one clear line (no
 traceback) and maps to an exit code — configuration problems (bad config, missing model,
-mismatched profile) to 78 (EX_CONFIG, which systemd does not restart), everything else to 1.
+mismatched profile) to 78 (EX_CONFIG, which systemd does not restart), a bad value given by a
+command-line option (`UsageError`) to 2 as argparse's own errors, everything else to 1.
 """
 
 from __future__ import annotations
@@ -15,15 +16,14 @@ import sys
 import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from agent import __version__, exitcodes
 from agent.calibrate_cmd import calibrate_from_config
-from agent.config import GuardConfig, load_config, referenced_file_errors
+from agent.config import GuardConfig, Overrides, load_config, referenced_file_errors
 from agent.daemon import FATAL_AT_START, Daemon
 from agent.demo import add_arguments as add_demo_arguments
 from agent.demo import run_demo
-from agent.errors import BackendUnavailable, ConfigError, GuardError, ModelError, ProfileError
+from agent.errors import BackendUnavailable, ConfigError, GuardError, ModelError, ProfileError, UsageError
 from agent.fsutil import check_output
 from agent.logsetup import LEVELS, configure_logging
 from agent.scoring.limits import GuardLimits
@@ -61,20 +61,20 @@ e.g. EDGE_GUARD_POLICY__ALPHA_FLAG=0.005 (lists as JSON: EDGE_GUARD_STATS__GRID=
 """
 
 
-def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
+def _config_overrides(args: argparse.Namespace) -> Overrides:
+    """The config values run's and calibrate's options set, each with its option (named in errors)."""
+    overrides = Overrides()
     if getattr(args, "max_frames", None) is not None:
-        overrides.setdefault("source", {})["max_frames"] = args.max_frames
-    if getattr(args, "source", None) is not None and args.command != "demo":
-        overrides.setdefault("source", {})["uri"] = args.source
+        overrides.set("source.max_frames", args.max_frames, "--max-frames")
+    if getattr(args, "source", None) is not None:
+        overrides.set("source.uri", args.source, "--source")
+    if args.command == "calibrate" and args.frames is not None:
+        overrides.set("calibration.frames", args.frames, "--frames")
     return overrides
 
 
-def _load(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> GuardConfig:
-    overrides = _config_overrides(args)
-    for key, value in (extra or {}).items():
-        overrides.setdefault(key, {}).update(value)
-    cfg = load_config(args.config, overrides or None)
+def _load(args: argparse.Namespace) -> GuardConfig:
+    cfg = load_config(args.config, _config_overrides(args))
     configure_logging(args.log_level or cfg.logging.level, cfg.camera_id)
     return cfg
 
@@ -163,7 +163,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     # thread's Python stack to stderr first, so the journal shows where it hung.
     faulthandler.enable()
     cfg = _load(args)
-    overrides = _config_overrides(args) or None
     nothing_decided = cfg.start_up_calibration_error()
     if nothing_decided is not None:
         raise ConfigError(nothing_decided)
@@ -173,14 +172,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             logger.warning("--profile-out %s is ignored: policy.profile %s is set, so nothing is calibrated at "
                            "start-up (set policy.profile to null to calibrate and save)", args.profile_out,
                            cfg.policy.profile)
-    daemon = Daemon(cfg, config_path=args.config, overrides=overrides, profile_out=args.profile_out)
+    daemon = Daemon(cfg, config_path=args.config, overrides=_config_overrides(args), profile_out=args.profile_out)
     return daemon.run()
 
 
 # -- calibrate --------------------------------------------------------------------------------------
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    extra = {"calibration": {"frames": args.frames}} if args.frames is not None else None
-    cfg = _load(args, extra)
+    cfg = _load(args)
     out = args.out or cfg.policy.profile or Path("profile.json")
     # The profile may replace policy.profile's file (that is the default); never another input.
     check_output(out, "--out", inputs=[args.config, *(f for f in cfg.input_files() if f != cfg.policy.profile)])
@@ -227,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
                edge-guard check-config /etc/edge-guard/cam1.yaml
                EDGE_GUARD_POLICY__ALPHA_FLAG=0.005 edge-guard check-config cam1.yaml
 
-             Prints "OK: <summary>" (exit 0) or every error with its field path (exit 78).
+             Prints "OK: <summary>" (exit 0) or every error with its field path (exit 78); a value
+             from an EDGE_GUARD_* variable is named with it.
              Files the config names (model.path, model.labels, policy.profile) must exist; then the
              model is opened on the CPU (an ONNX file whose input size, outputs and labels match the
              config) and the profile is loaded and matched with that model and the tile grid, as run
@@ -315,6 +314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level or "WARNING", "-")
     try:
         return int(func(args))
+    except UsageError as exc:  # a command-line option's value: as argparse's own errors
+        print(f"edge-guard: error: {exc}", file=sys.stderr)
+        return exitcodes.USAGE
     except FATAL_AT_START as exc:  # ConfigError, ModelError, ProfileError: restarting will not help
         print(f"edge-guard: error: {exc}", file=sys.stderr)
         return exitcodes.CONFIG

@@ -5,6 +5,11 @@ Values can be overridden from the environment: ``EDGE_GUARD_<SECTION>__<FIELD>``
 Environment values win over the file. Any other ``EDGE_GUARD_*`` variable (a misspelt section
 such as ``EDGE_GUARD_MODLE__PATH``) is a config error, except the few the project reads for
 other purposes (`OTHER_ENV_VARS`).
+
+Every error names where its value came from: a field of the file (``policy.alpha_flag: ...``),
+an environment variable (``policy.alpha_flag (from EDGE_GUARD_POLICY__ALPHA_FLAG='abc'): ...``) or
+a command-line option (``calibration.frames (from --frames 5): ...``, see `Overrides`); an error of
+an option's value is a `UsageError` (exit 2).
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ import difflib
 import hashlib
 import json
 import os
+import shlex
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +30,7 @@ from pydantic import BaseModel, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from agent.configbase import StrictModel, load_yaml
-from agent.errors import ConfigError
+from agent.errors import ConfigError, UsageError
 from agent.model.config import ModelConfig
 from agent.scoring.config import CalibrationConfig, PolicyConfig
 from agent.sinks.config import FileSinkConfig
@@ -36,6 +43,7 @@ __all__ = [
     "OTHER_ENV_VARS",
     "GuardConfig",
     "HealthConfig",
+    "Overrides",
     "PipelineConfig",
     "config_errors",
     "config_hash",
@@ -55,6 +63,9 @@ OTHER_ENV_VARS: frozenset[str] = frozenset({
     "EDGE_GUARD_KERNEL_DIR",  # agent.gpu.nvrtc: folder of the .cu kernel sources
     "EDGE_GUARD_STATE_DIR",  # set by systemd/edge-guard@.service (per-camera state folder)
 })
+#: Where an error's value came from, in the report's first line (the file is named by its path).
+_ON_COMMAND_LINE = "on the command line"
+_IN_ENVIRONMENT = "in the environment"
 
 
 class PipelineConfig(StrictModel):
@@ -167,29 +178,104 @@ def referenced_file_errors(cfg: GuardConfig, *, absolute_only: bool = False) -> 
     return errors
 
 
-def _format_error(err: Any) -> str:
-    loc = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"]
+@dataclass
+class Overrides:
+    """Values given on the command line: ``values`` nested like the file's sections and merged over them,
+    and ``flags``, the option that gave each (dotted field path -> ``"--frames 5"``), so that a value out
+    of bounds is reported as that option's error (`UsageError`, exit 2), not as the file's."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    flags: dict[str, str] = field(default_factory=dict)
+
+    def set(self, path: str, value: Any, flag: str | None = None) -> None:
+        """Set the field ``path`` (``"source.max_frames"``) to ``value``; ``flag`` (``"--max-frames"``)
+        is the option that gave it, None for a value the command sets itself."""
+        *sections, name = path.split(".")
+        target = self.values
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[name] = value
+        if flag is not None:
+            self.flags[path] = f"{flag} {shlex.quote(str(value))}"
+        else:
+            self.flags.pop(path, None)
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """A value that did not come from the file: the field it set, and how the user gave it."""
+
+    path: tuple[str, ...]  # ("calibration", "frames")
+    label: str  # "--frames 5", "EDGE_GUARD_POLICY__ALPHA_FLAG='abc'"
+    place: str  # _ON_COMMAND_LINE or _IN_ENVIRONMENT
+
+
+@dataclass(frozen=True)
+class _Line:
+    """One line of an error report and where its values came from (None: the config file)."""
+
+    text: str
+    places: tuple[str | None, ...] = (None,)
+
+
+def _origins(flags: Mapping[str, str], environ: Mapping[str, str]) -> list[_Origin]:
+    """The command-line options' and the environment overrides' fields (the unknown variables that
+    `env_errors` reports are included: their path matches no error)."""
+    out = [_Origin(tuple(path.split(".")), label, _ON_COMMAND_LINE) for path, label in flags.items()]
+    for var in sorted(environ):
+        upper = var.upper()
+        if upper.startswith(ENV_PREFIX) and upper not in OTHER_ENV_VARS:
+            path = tuple(upper[len(ENV_PREFIX):].lower().split("__"))
+            out.append(_Origin(path, f"{var}={environ[var]!r}", _IN_ENVIRONMENT))
+    return out
+
+
+def _origin_of(loc: tuple[str, ...], origins: Sequence[_Origin]) -> _Origin | None:
+    """Where the value at ``loc`` came from: the environment wins over the command line's overrides
+    (as in `GuardConfig`), a variable or option for the field itself over one for its section."""
+    matches = [o for o in origins if loc[:len(o.path)] == o.path]
+    return max(matches, key=lambda o: (o.place == _IN_ENVIRONMENT, len(o.path)), default=None)
+
+
+def _format_error(err: Any, origins: Sequence[_Origin] = ()) -> _Line:
+    path = tuple(str(p) for p in err["loc"])
+    loc = ".".join(path)
+    msg = str(err["msg"]).removeprefix("Value error, ")  # a validator's own message says what is wrong
     if not loc:  # a check across sections: its message names the fields itself
-        return str(msg).removeprefix("Value error, ")
+        return _Line(msg)
     if err["type"] == "extra_forbidden":
         msg = "unknown key (not a field of this section; check spelling)"
+    origin = _origin_of(path, origins)
     got = err.get("input")
-    if err["type"] != "extra_forbidden" and not isinstance(got, dict):
-        return f"{loc}: {msg} (got {got!r})"
-    return f"{loc}: {msg}"
+    show_got = err["type"] != "extra_forbidden" and not isinstance(got, dict)
+    if origin is not None:  # the label shows the value, unless it gave a section or list around it
+        got_text = f" (got {got!r})" if show_got and origin.path != path else ""
+        return _Line(f"{loc} (from {origin.label}): {msg}{got_text}", (origin.place,))
+    within = [o for o in origins if o.path[:len(path)] == path]  # a section's check: values set inside it too
+    with_text = f" (with {', '.join(o.label for o in within)})" if within else ""
+    text = f"{loc}{with_text}: {msg} (got {got!r})" if show_got else f"{loc}{with_text}: {msg}"
+    return _Line(text, (None, *(o.place for o in within)))
 
 
 def config_errors(exc: ValidationError) -> list[str]:
     """One human-readable line per error: ``field.path: what is expected (got ...)``."""
-    return [_format_error(e) for e in exc.errors()]
+    return [line.text for line in _error_lines(exc, ())]
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> GuardConfig:
-    """Load and validate a YAML config; raise ConfigError listing every problem.
+def _error_lines(exc: ValidationError, origins: Sequence[_Origin]) -> list[_Line]:
+    """`config_errors`' lines, a value that did not come from the file named with its origin:
+    ``field.path (from EDGE_GUARD_X__Y='v'): ...``."""
+    return [_format_error(e, origins) for e in exc.errors()]
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | Overrides | None = None
+) -> GuardConfig:
+    """Load and validate a YAML config; raise ConfigError listing every problem, a `UsageError` when
+    a command-line option's value is one of them.
 
     ``path=None`` gives the built-in defaults (the demo); ``overrides`` are merged on top of
-    the file's top-level sections (used by the CLI flags).
+    the file's top-level sections (used by the CLI flags: an `Overrides` names the option of each).
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -217,25 +303,39 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
                 f"{p}: the top level must be a mapping of sections, but got {type(loaded).__name__}"
             )
         data = loaded
-    if overrides:
-        data = _deep_merge(data, overrides)
-    lines = env_errors(os.environ)
+    given = overrides if isinstance(overrides, Overrides) else Overrides(dict(overrides or {}))
+    if given.values:
+        data = _deep_merge(data, given.values)
+    origins = _origins(given.flags, os.environ)
+    lines = [_Line(text, (_IN_ENVIRONMENT,)) for text in env_errors(os.environ)]
     try:
         cfg = GuardConfig(**data)
     except ValidationError as exc:
-        lines += config_errors(exc)
-        raise ConfigError(_error_report(path, lines)) from exc
+        lines += _error_lines(exc, origins)
+        raise _report_error(path, lines) from exc
     except SettingsError as exc:  # an override of a list/mapping field that is not JSON
-        lines += env_json_errors(os.environ) or [f"environment override: {exc} ({exc.__cause__})"]
-        raise ConfigError(_error_report(path, lines)) from None
+        json_lines = env_json_errors(os.environ) or [f"environment override: {exc} ({exc.__cause__})"]
+        lines += [_Line(text, (_IN_ENVIRONMENT,)) for text in json_lines]
+        raise _report_error(path, lines) from None
     if lines:
-        raise ConfigError(_error_report(path, lines))
+        raise _report_error(path, lines)
     return cfg
 
 
-def _error_report(path: str | Path | None, lines: list[str]) -> str:
-    where = f" in {path}" if path is not None else ""
-    return f"{len(lines)} config error(s){where}:\n" + "\n".join(f"  - {ln}" for ln in lines)
+def _report_error(path: str | Path | None, lines: list[_Line]) -> ConfigError:
+    """The error listing every line: a `UsageError` when a command-line option alone gave a bad value."""
+    error = UsageError if any(line.places == (_ON_COMMAND_LINE,) for line in lines) else ConfigError
+    return error(_error_report(path, lines))
+
+
+def _error_report(path: str | Path | None, lines: list[_Line]) -> str:
+    """``N config error(s) in cam.yaml and in the environment:`` and one ``  - ...`` line per error."""
+    in_file = f"in {path}" if path is not None else ""  # no file: the built-in defaults
+    places = {place or in_file for line in lines for place in line.places}
+    ordered = [p for p in (in_file, _ON_COMMAND_LINE, _IN_ENVIRONMENT) if p and p in places]
+    where = ", ".join(ordered[:-1]) + " and " + ordered[-1] if len(ordered) > 1 else "".join(ordered)
+    head = f"{len(lines)} config error(s)" + (f" {where}" if where else "")
+    return f"{head}:\n" + "\n".join(f"  - {line.text}" for line in lines)
 
 
 def yaml_error_message(path: Path, exc: yaml.YAMLError) -> str:
@@ -260,7 +360,7 @@ def env_errors(environ: Mapping[str, str]) -> list[str]:
     pydantic-settings only looks up the variables of known fields, so a misspelt section
     (``EDGE_GUARD_MODLE__PATH``) or top-level field would be silently ignored.
     Unknown fields *inside* a section (``EDGE_GUARD_POLICY__ALFA``) are reported by the
-    section's own validation (``policy.alfa: unknown key``).
+    section's own validation (``policy.alfa (from EDGE_GUARD_POLICY__ALFA='1'): unknown key``).
     """
     fields = GuardConfig.model_fields
     sections = sorted(name for name, f in fields.items() if _is_section(f.annotation))

@@ -28,12 +28,12 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.config import GuardConfig, config_hash, load_config
+from agent.config import GuardConfig, Overrides, config_hash, load_config
 from agent.control import Progress
 from agent.errors import ConfigError, GuardError, ModelError, ProfileError
 from agent.frame import Frame
@@ -84,7 +84,7 @@ class Daemon:
         cfg: GuardConfig,
         *,
         config_path: Path | None = None,
-        overrides: dict[str, Any] | None = None,
+        overrides: Mapping[str, Any] | Overrides | None = None,
         notifier: Notifier | None = None,
         extra_sinks: Sequence[Sink] = (),
         on_tick: Callable[[Daemon], None] | None = None,

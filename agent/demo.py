@@ -28,7 +28,7 @@ from typing import Any
 import cv2
 
 from agent import exitcodes
-from agent.config import GuardConfig, load_config
+from agent.config import GuardConfig, Overrides, load_config
 from agent.daemon import Daemon
 from agent.frame import Frame
 from agent.fsutil import check_output
@@ -174,6 +174,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def demo_config(args: argparse.Namespace) -> tuple[GuardConfig, bool]:
     """The demo's config and whether the source has ground truth (synthetic faults)."""
+    source_flag = None if args.source is None else "--source"  # else the default or the --config file's
     if args.source is None:
         args.source = load_config(args.config).source.uri if args.config is not None else "synthetic://default"
     synthetic = str(args.source).startswith("synthetic:")
@@ -186,17 +187,19 @@ def demo_config(args: argparse.Namespace) -> tuple[GuardConfig, bool]:
         cal_frames = max(_MIN_CALIBRATION, min(300, first_fault * 3 // 4))
     else:
         cal_frames = _video_calibration_frames(str(args.source))
-    overrides: dict[str, Any] = {
-        "camera_id": "demo",
-        "source": {"uri": str(args.source), "realtime": bool(args.realtime), "max_frames": args.frames},
-        "calibration": {"frames": cal_frames, "skip": 0},
-        "policy": {"profile": None},
-        "file_sink": {"dir": str(args.out)},
-        "health": {"interval_s": 5.0},
-        "mqtt": None,
-    }
+    overrides = Overrides()
+    overrides.set("camera_id", "demo")
+    overrides.set("source.uri", str(args.source), source_flag)
+    overrides.set("source.realtime", bool(args.realtime))
+    overrides.set("source.max_frames", args.frames, None if args.frames is None else "--frames")
+    overrides.set("calibration.frames", cal_frames, None if args.calibration_frames is None else "--calibration-frames")
+    overrides.set("calibration.skip", 0)
+    overrides.set("policy.profile", None)
+    overrides.set("file_sink.dir", str(args.out), "--out")
+    overrides.set("health.interval_s", 5.0)
+    overrides.set("mqtt", None)
     if args.model is not None:
-        overrides["model"] = {"path": str(args.model)}
+        overrides.set("model.path", str(args.model), "--model")
     return load_config(args.config, overrides), synthetic
 
 

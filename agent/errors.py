@@ -2,6 +2,7 @@
 
     GuardError
     ├── ConfigError          a config file or value is wrong (exit code 78, no restart)
+    │   └── UsageError       a command-line option gave the bad value (exit code 2)
     ├── FrameError           a frame has the wrong dtype, shape or is empty
     ├── SourceError          a camera/file/folder cannot be opened or read
     ├── BackendUnavailable   an optional backend (CUDA, TensorRT, ORT provider) is missing
@@ -25,6 +26,7 @@ __all__ = [
     "PublishError",
     "SourceConfigError",
     "SourceError",
+    "UsageError",
 ]
 
 
@@ -34,6 +36,11 @@ class GuardError(Exception):
 
 class ConfigError(GuardError):
     """A configuration file or value is invalid. The message names the field."""
+
+
+class UsageError(ConfigError):
+    """A value given by a command-line option is invalid (exit 2, like argparse's own errors); the
+    message names the option. A ConfigError too, so that every ``except ConfigError`` still sees it."""
 
 
 class FrameError(GuardError, ValueError):

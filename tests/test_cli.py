@@ -324,3 +324,66 @@ def test_argtypes_doctests() -> None:
     from agent import argtypes  # noqa: PLC0415
 
     assert doctest.testmod(argtypes).attempted == 3 and doctest.testmod(argtypes).failed == 0
+
+
+# -- a bad value is blamed on where it came from: an option (exit 2), a variable or the file (exit 78) ---------
+def _video_config(tmp_path: Path) -> Path:
+    text = "camera_id: cam1\nsource: {uri: synthetic://default}\ncalibration: {frames: 40}\n"
+    return _write(tmp_path / "vid.yaml", text)
+
+
+def test_calibrate_frames_out_of_bounds_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _video_config(tmp_path)
+    code = main(["calibrate", "--config", str(config), "--frames", "5", "--out", str(tmp_path / "p5.json")])
+    err = capsys.readouterr().err
+    assert code == exitcodes.USAGE, err
+    assert err == ("edge-guard: error: 1 config error(s) on the command line:\n"
+                   "  - calibration.frames (from --frames 5): Input should be greater than or equal to 20\n")
+    assert not (tmp_path / "p5.json").exists()
+
+
+def test_run_options_out_of_bounds_are_usage_errors(tmp_path: Path) -> None:
+    config = _video_config(tmp_path)
+    for option, value, line in (
+        ("--max-frames", "0", "source.max_frames (from --max-frames 0): Input should be greater than or equal to 1"),
+        ("--source", "", "source.uri (from --source ''): String should have at least 1 character"),
+    ):
+        proc = _cli("run", "--config", str(config), option, value)
+        assert proc.returncode == exitcodes.USAGE, proc.stderr
+        assert "1 config error(s) on the command line:" in proc.stderr and f"  - {line}" in proc.stderr
+        assert str(config) not in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "line"),
+    [
+        ("--frames", "0", "source.max_frames (from --frames 0): Input should be greater than or equal to 1"),
+        ("--calibration-frames", "3",
+         "calibration.frames (from --calibration-frames 3): Input should be greater than or equal to 20"),
+    ],
+)
+def test_demo_options_out_of_bounds_are_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, line: str
+) -> None:
+    code = main(["demo", "--no-live", "--out", str(tmp_path / "demo"), option, value])
+    err = capsys.readouterr().err
+    assert code == exitcodes.USAGE, err
+    assert err.startswith("edge-guard: error: 1 config error(s) on the command line:\n") and f"  - {line}" in err
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "line"),
+    [
+        ("EDGE_GUARD_POLICY__ALPHA_FLAG", "abc", "policy.alpha_flag (from EDGE_GUARD_POLICY__ALPHA_FLAG='abc'): "
+                                                 "Input should be a valid number"),
+        ("EDGE_GUARD_POLICY__ALPHA_FLAGG", "0.1", "policy.alpha_flagg (from EDGE_GUARD_POLICY__ALPHA_FLAGG='0.1'): "
+                                                  "unknown key"),
+    ],
+)
+def test_check_config_names_the_variable_that_gave_a_bad_value(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str, value: str, line: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert main(["check-config", str(REPO_ROOT / "configs" / "example.yaml")]) == exitcodes.CONFIG
+    out = capsys.readouterr().out
+    assert out.startswith("INVALID: 1 config error(s) in the environment:\n") and f"  - {line}" in out, out

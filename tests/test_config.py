@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from agent import REPO_ROOT
-from agent.config import OTHER_ENV_VARS, GuardConfig, config_hash, json_schema, load_config
-from agent.errors import ConfigError
+from agent.config import OTHER_ENV_VARS, GuardConfig, Overrides, config_hash, json_schema, load_config
+from agent.errors import ConfigError, UsageError
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -201,7 +201,7 @@ def test_bad_env_override_names_the_field(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_unknown_env_field_in_a_section_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGE_GUARD_POLICY__ALFA", "1")
-    with pytest.raises(ConfigError, match=r"policy\.alfa: unknown key"):
+    with pytest.raises(ConfigError, match=r"policy\.alfa \(from EDGE_GUARD_POLICY__ALFA='1'\): unknown key"):
         load_config(None)
 
 
@@ -352,6 +352,92 @@ def test_yaml_merge_keys_still_work_and_same_line_duplicates_are_caught(tmp_path
     assert load_yaml(path.read_text())["source"] == {"max_frames": 400, "loop": True, "uri": "synthetic://clean"}
     with pytest.raises(ConfigError, match=r"key 'uri' given twice \(first on line 1\)"):
         load_config(_write(tmp_path, "source: {uri: synthetic://clean, uri: synthetic://default}\n"))
+
+
+# -- where a bad value came from: the file, an option, an environment variable ---------------------------
+def _flags(*sets: tuple[str, object, str | None]) -> Overrides:
+    overrides = Overrides()
+    for path, value, flag in sets:
+        overrides.set(path, value, flag)
+    return overrides
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "flag", "line"),
+    [
+        ("calibration.frames", 5, "--frames",
+         "calibration.frames (from --frames 5): Input should be greater than or equal to 20"),
+        ("source.max_frames", 0, "--max-frames",
+         "source.max_frames (from --max-frames 0): Input should be greater than or equal to 1"),
+        ("source.uri", "", "--source", "source.uri (from --source ''): String should have at least 1 character"),
+    ],
+)
+def test_a_bad_option_value_is_a_usage_error_naming_the_option(
+    tmp_path: Path, path: str, value: object, flag: str, line: str
+) -> None:
+    config = _write(tmp_path, "camera_id: cam1\nsource: {uri: synthetic://default}\ncalibration: {frames: 40}\n")
+    with pytest.raises(UsageError) as info:
+        load_config(config, _flags((path, value, flag)))
+    assert str(info.value) == f"1 config error(s) on the command line:\n  - {line}"  # not "in <file>"
+
+
+def test_option_and_file_errors_are_listed_together(tmp_path: Path) -> None:
+    config = _write(tmp_path, "policy: {alpha_flag: 2}\n")
+    with pytest.raises(UsageError) as info:  # an option's bad value: usage, as argparse's own errors
+        load_config(config, _flags(("calibration.frames", 5, "--frames")))
+    message = str(info.value)
+    assert message.startswith(f"2 config error(s) in {config} and on the command line:\n")
+    assert "  - policy.alpha_flag: Input should be less than 1 (got 2)" in message
+    assert "  - calibration.frames (from --frames 5): " in message
+    # an option that is fine does not make the file's error a usage error, nor take its blame
+    with pytest.raises(ConfigError) as file_only:
+        load_config(config, _flags(("calibration.frames", 40, "--frames")))
+    assert type(file_only.value) is ConfigError
+    assert str(file_only.value).startswith(f"1 config error(s) in {config}:\n  - policy.alpha_flag: ")
+    # a value the command sets itself (no option) is reported as before
+    with pytest.raises(ConfigError) as unnamed:
+        load_config(None, _flags(("calibration.frames", 5, None)))
+    assert type(unnamed.value) is ConfigError and "  - calibration.frames: " in str(unnamed.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "line"),
+    [
+        ("EDGE_GUARD_POLICY__ALPHA_FLAG", "abc",
+         "policy.alpha_flag (from EDGE_GUARD_POLICY__ALPHA_FLAG='abc'): Input should be a valid number"),
+        ("EDGE_GUARD_POLICY__ALPHA_FLAGG", "0.1",
+         "policy.alpha_flagg (from EDGE_GUARD_POLICY__ALPHA_FLAGG='0.1'): unknown key"),
+        ("EDGE_GUARD_CAMERA_ID", "a b", "camera_id (from EDGE_GUARD_CAMERA_ID='a b'): String should match pattern"),
+        ("edge_guard_pipeline__queue_size", "0",  # any case, as pydantic-settings reads them
+         "pipeline.queue_size (from edge_guard_pipeline__queue_size='0'): Input should be greater than or equal to 1"),
+        ("EDGE_GUARD_POLICY", '{"alpha_flag": 5}',  # a whole section as JSON: the field's value is shown
+         "policy.alpha_flag (from EDGE_GUARD_POLICY='{\"alpha_flag\": 5}'): Input should be less than 1 (got 5)"),
+    ],
+)
+def test_a_bad_environment_value_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, line: str
+) -> None:
+    config = _write(tmp_path, "camera_id: cam1\npolicy: {alpha_flag: 0.02}\n")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    assert type(info.value) is ConfigError  # a config error (exit 78), not a usage error
+    message = str(info.value)
+    assert message.startswith("1 config error(s) in the environment:\n  - "), message  # the file is not blamed
+    assert line in message
+
+
+def test_a_check_across_fields_names_the_variables_it_saw(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _write(tmp_path, "policy: {alpha_flag: 0.02}\nsource: {reconnect: {initial_s: 2}}\n")
+    monkeypatch.setenv("EDGE_GUARD_POLICY__ALPHA_BLOCK", "0.05")
+    monkeypatch.setenv("EDGE_GUARD_SOURCE__RECONNECT__MAX_S", "1")
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    message = str(info.value)
+    assert message.startswith(f"2 config error(s) in {config} and in the environment:\n")
+    assert ("  - policy (with EDGE_GUARD_POLICY__ALPHA_BLOCK='0.05'): alpha_block (0.05) must be <= alpha_flag "
+            "(0.02)") in message
+    assert "  - source.reconnect (with EDGE_GUARD_SOURCE__RECONNECT__MAX_S='1'): max_s (1.0) must be >= " in message
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ import numpy.typing as npt
 
 from agent import __version__, exitcodes
 from agent.argtypes import float_arg
-from agent.config import GuardConfig, load_config
+from agent.config import GuardConfig, Overrides, load_config
 from agent.errors import ConfigError, GuardError, ProfileError
 from agent.fieldtools.benchreport import (
     compare_reports,
@@ -379,7 +379,9 @@ def run_bench(cfg: GuardConfig, opts: BenchOptions) -> dict[str, Any]:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """The ``bench`` subcommand."""
-    overrides = {"source": {"uri": args.source}} if args.source else None
+    overrides = Overrides()
+    if args.source:
+        overrides.set("source.uri", args.source, "--source")
     cfg = load_config(args.config, overrides)
     configure_logging(args.log_level or "WARNING", cfg.camera_id)
     if args.out is not None:
