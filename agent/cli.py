@@ -103,7 +103,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"INVALID: {exc}", file=sys.stdout)
         return exitcodes.CONFIG
     profile: list[Profile] = []
-    problems = referenced_file_errors(cfg) or model_and_profile_errors(cfg, profile)
+    nothing_decided = cfg.start_up_calibration_error()  # run refuses it at start
+    problems = [nothing_decided] if nothing_decided is not None else []
+    problems += referenced_file_errors(cfg) or model_and_profile_errors(cfg, profile)
     if problems:
         print(f"INVALID: {len(problems)} config error(s) in {args.file}:")
         for line in problems:
@@ -226,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
                EDGE_GUARD_POLICY__ALPHA_FLAG=0.005 edge-guard check-config cam1.yaml
 
              Prints "OK: <summary>" (exit 0) or every error with its field path (exit 78); a value
-             from an EDGE_GUARD_* variable is named with it.
+             from an EDGE_GUARD_* variable is named with it. A source.max_frames that ends the source
+             before start-up calibration does (no policy.profile) is an error, as in run.
              Files the config names (model.path, model.labels, policy.profile) must exist; then the
              model is opened on the CPU (an ONNX file whose input size, outputs and labels match the
              config) and the profile is loaded and matched with that model and the tile grid, as run

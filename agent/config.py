@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from agent.configbase import StrictModel, load_yaml
@@ -35,6 +36,7 @@ from agent.model.config import ModelConfig
 from agent.scoring.config import CalibrationConfig, PolicyConfig
 from agent.sinks.config import FileSinkConfig
 from agent.sinks.mqtt.config import MqttConfig
+from agent.sinks.mqtt.topics import RESERVED_CAMERA_IDS, TOPIC_LEVEL
 from agent.sources.config import SourceConfig
 from agent.stats.config import StatsConfig
 
@@ -139,6 +141,27 @@ class GuardConfig(BaseSettings):
         # Environment first = environment wins over the YAML file's values.
         return (env_settings, init_settings)
 
+    @model_validator(mode="after")
+    def _mqtt_topic_levels(self) -> GuardConfig:
+        """What the MQTT topics (agent.sinks.mqtt.topics) need of ``camera_id`` and ``node``, checked
+        here so that check-config and every loader report it, not only the MQTT sink at run's start."""
+        if self.mqtt is None:
+            return self
+        errors: list[InitErrorDetails] = []
+        if self.camera_id in RESERVED_CAMERA_IDS:
+            errors.append(_field_error(
+                "camera_id", self.camera_id, f"camera id {self.camera_id!r} is reserved for node-level MQTT topics "
+                f"({', '.join(sorted(RESERVED_CAMERA_IDS))}): rename the camera",
+            ))
+        if self.mqtt.node is None and not TOPIC_LEVEL.match(self.node):
+            errors.append(_field_error(
+                "node", self.node, "node names the MQTT topic level of this agent: it must be letters, digits, "
+                "'_', '.', '-'; rename it or set mqtt.node",
+            ))
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
+        return self
+
     def start_up_calibration_error(self) -> str | None:
         """Why ``run`` would decide nothing: the source stops (``source.max_frames``) before the
         start-up calibration (no ``policy.profile``) ends; None when it does not."""
@@ -176,6 +199,12 @@ def referenced_file_errors(cfg: GuardConfig, *, absolute_only: bool = False) -> 
         if not (p := Path(path).expanduser()).is_file():
             errors.append(f"{where}: {'a folder, not a file' if p.is_dir() else 'file not found'} (got '{path}')")
     return errors
+
+
+def _field_error(name: str, value: Any, message: str) -> InitErrorDetails:
+    """An error of the field ``name`` raised by a check across fields (a model validator), so that the
+    report names that field rather than the whole config."""
+    return InitErrorDetails(type=PydanticCustomError("value_error", message), loc=(name,), input=value)
 
 
 @dataclass

@@ -30,6 +30,7 @@ import cv2
 from agent import exitcodes
 from agent.config import GuardConfig, Overrides, load_config
 from agent.daemon import Daemon
+from agent.errors import SourceConfigError
 from agent.frame import Frame
 from agent.fsutil import check_output
 from agent.health import HealthSummary
@@ -181,8 +182,11 @@ def demo_config(args: argparse.Namespace) -> tuple[GuardConfig, bool]:
     if args.calibration_frames is not None:
         cal_frames = args.calibration_frames
     elif synthetic:
-        spec = parse_synthetic_uri(args.source)
-        first_fault = spec.schedule.windows[0].start if len(spec.schedule) else 400
+        try:
+            spec = parse_synthetic_uri(args.source)
+        except SourceConfigError:  # load_config reports it below, naming --source when that gave it
+            spec = None
+        first_fault = spec.schedule.windows[0].start if spec is not None and len(spec.schedule) else 400
         # calibrate on the clean start, keeping a quarter of it to show clean frames being guarded
         cal_frames = max(_MIN_CALIBRATION, min(300, first_fault * 3 // 4))
     else:

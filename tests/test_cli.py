@@ -347,6 +347,8 @@ def test_run_options_out_of_bounds_are_usage_errors(tmp_path: Path) -> None:
     for option, value, line in (
         ("--max-frames", "0", "source.max_frames (from --max-frames 0): Input should be greater than or equal to 1"),
         ("--source", "", "source.uri (from --source ''): String should have at least 1 character"),
+        ("--source", "synthetic://nope", "source.uri (from --source synthetic://nope): synthetic://nope: scenario "
+                                         "must be one of"),
     ):
         proc = _cli("run", "--config", str(config), option, value)
         assert proc.returncode == exitcodes.USAGE, proc.stderr
@@ -360,6 +362,8 @@ def test_run_options_out_of_bounds_are_usage_errors(tmp_path: Path) -> None:
         ("--frames", "0", "source.max_frames (from --frames 0): Input should be greater than or equal to 1"),
         ("--calibration-frames", "3",
          "calibration.frames (from --calibration-frames 3): Input should be greater than or equal to 20"),
+        ("--source", "synthetic://default?size=8x8", "source.uri (from --source 'synthetic://default?size=8x8'): "
+                                                     "synthetic://default?size=8x8: size width must be between"),
     ],
 )
 def test_demo_options_out_of_bounds_are_usage_errors(
@@ -387,3 +391,22 @@ def test_check_config_names_the_variable_that_gave_a_bad_value(
     assert main(["check-config", str(REPO_ROOT / "configs" / "example.yaml")]) == exitcodes.CONFIG
     out = capsys.readouterr().out
     assert out.startswith("INVALID: 1 config error(s) in the environment:\n") and f"  - {line}" in out, out
+
+
+def test_check_config_refuses_what_run_refuses_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mqtt = _write(tmp_path / "mqtt.yaml", "camera_id: cam1\nmqtt: {host: 127.0.0.1, port: 1883}\n")
+    monkeypatch.setenv("EDGE_GUARD_CAMERA_ID", "status")
+    assert main(["check-config", str(mqtt)]) == exitcodes.CONFIG
+    assert ("  - camera_id (from EDGE_GUARD_CAMERA_ID='status'): camera id 'status' is reserved for node-level MQTT "
+            "topics") in capsys.readouterr().out
+    monkeypatch.delenv("EDGE_GUARD_CAMERA_ID")
+    # a source that ends before start-up calibration does: run decides nothing, so check-config says so
+    short = _write(tmp_path / "short.yaml", "source: {uri: synthetic://default, max_frames: 50}\n")
+    assert main(["check-config", str(short)]) == exitcodes.CONFIG
+    assert ("  - source.max_frames 50 stops the source before start-up calibration ends (calibration.skip 0 + "
+            "calibration.frames 300 = 300)") in capsys.readouterr().out
+    boolean = _write(tmp_path / "bool.yaml", "policy: {alpha_block: true}\n")
+    assert main(["check-config", str(boolean)]) == exitcodes.CONFIG
+    assert "  - policy.alpha_block: Input should be a number, not true/false (got True)" in capsys.readouterr().out

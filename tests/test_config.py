@@ -440,6 +440,27 @@ def test_a_check_across_fields_names_the_variables_it_saw(tmp_path: Path, monkey
     assert "  - source.reconnect (with EDGE_GUARD_SOURCE__RECONNECT__MAX_S='1'): max_s (1.0) must be >= " in message
 
 
+def test_mqtt_topic_rules_are_config_errors_of_their_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the MQTT sink would refuse at run's start is refused by every loader (check-config too)."""
+    mqtt = "mqtt: {host: 127.0.0.1, port: 1883}\n"
+    for reserved in ("status", "cmd"):
+        with pytest.raises(ConfigError) as info:
+            load_config(_write(tmp_path, f"camera_id: {reserved}\n{mqtt}"))
+        assert (f"  - camera_id: camera id {reserved!r} is reserved for node-level MQTT topics (cmd, status): "
+                f"rename the camera (got {reserved!r})") in str(info.value)
+    monkeypatch.setenv("EDGE_GUARD_CAMERA_ID", "status")
+    with pytest.raises(ConfigError, match=r"camera_id \(from EDGE_GUARD_CAMERA_ID='status'\): camera id 'status' is "
+                                          r"reserved"):
+        load_config(_write(tmp_path, f"camera_id: cam1\n{mqtt}"))
+    assert load_config(_write(tmp_path, "camera_id: cam1\n")).camera_id == "status"  # files only: no topics
+    monkeypatch.delenv("EDGE_GUARD_CAMERA_ID")
+    with pytest.raises(ConfigError, match=r"  - node: node names the MQTT topic level of this agent: it must be "
+                       r"letters, digits, '_', '\.', '-'; rename it or set mqtt.node \(got 'my box'\)"):
+        load_config(_write(tmp_path, f"node: my box\n{mqtt}"))
+    named = load_config(_write(tmp_path, "node: my box\nmqtt: {host: 127.0.0.1, node: box1}\n"))
+    assert named.mqtt is not None and named.mqtt.node == "box1"
+
+
 @pytest.mark.parametrize(
     ("yaml_text", "line"),
     [
@@ -461,3 +482,26 @@ def test_booleans_and_numbers_still_read_where_they_belong(tmp_path: Path, monke
     assert cfg.source.loop is True and cfg.source.max_frames == 50 and cfg.source.fps == 12.0
     monkeypatch.setenv("EDGE_GUARD_SOURCE__MAX_FRAMES", "70")  # environment values are text
     assert load_config(_write(tmp_path, "{}\n")).source.max_frames == 70
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "line"),
+    [
+        ("source: {uri: 'synthetic://nope'}\n",
+         "source.uri: synthetic://nope: scenario must be one of clean, default, custom, but got 'nope'"),
+        ("source: {uri: 'synthetic://default?colour=red'}\n", "unknown query key 'colour'"),
+        ("source: {uri: 'ftp://cam/stream'}\n", "source.uri: source uri 'ftp://cam/stream' has unknown scheme 'ftp'"),
+        ("calibration: {tolerances: {blurr: 0.1}}\n",
+         "calibration.tolerances: tolerances names unknown tests ['blurr']"),
+    ],
+)
+def test_rules_run_applied_at_start_are_config_errors(tmp_path: Path, yaml_text: str, line: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, yaml_text))
+    assert line in str(info.value)
+
+
+@pytest.mark.parametrize("uri", ["rtsp://10.0.0.7/stream1", "HTTPS://cam/mjpg", "file:///videos/a.mp4", "0",
+                                 "/dev/video0", "videos/a.mp4", "synthetic://clean?size=64x48", " synthetic://default"])
+def test_uris_the_sources_accept_still_validate(uri: str) -> None:
+    assert GuardConfig(source={"uri": uri}).source.uri == uri  # files are checked when opened, not here

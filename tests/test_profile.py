@@ -299,9 +299,12 @@ def test_rebuilt_tests_use_the_recorded_tolerance(profile: Profile) -> None:
     assert dark.conformal is not None and dark.conformal.tolerance == 0.0
 
 
-def test_unknown_tolerance_key(stats: list[FrameStats]) -> None:
-    with pytest.raises(ConfigError, match="tolerances"):
-        calibrate(stats, frames=40, tolerances={"blurr": 0.1})
+def test_unknown_tolerance_key() -> None:
+    # refused when the config is read (check-config too), not when calibration ends
+    with pytest.raises(ValueError, match=r"tolerances names unknown tests \['blurr'\]"):
+        CalibrationConfig(tolerances={"blurr": 0.1})
+    with pytest.raises(ConfigError, match="tolerances"):  # and by the tests, for a config not validated
+        make_test("blur", CalibrationConfig.model_construct(tolerances={"blurr": 0.1}))
     with pytest.raises(ValueError, match=">= 0"):
         CalibrationConfig(tolerances={"blur": -1.0})
 

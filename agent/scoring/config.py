@@ -114,9 +114,15 @@ class CalibrationConfig(StrictModel):
     @field_validator("tolerances")
     @classmethod
     def _check_tolerances(cls, tol: dict[str, float]) -> dict[str, float]:
+        from agent.scoring.base import TEST_REGISTRY  # noqa: PLC0415 (the tests import this module)
+
         bad = {k: v for k, v in tol.items() if not (v >= 0.0 and v < float("inf"))}
         if bad:
             raise ValueError(f"tolerances must be finite numbers >= 0, but got {bad}")
+        unknown = sorted(set(tol) - set(TEST_REGISTRY) - {ALL_TESTS})
+        if unknown:
+            raise ValueError(f"tolerances names unknown tests {unknown}; expected some of {sorted(TEST_REGISTRY)} "
+                             f"or {ALL_TESTS!r} (every test not named)")
         return tol
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from agent.configbase import StrictModel
 
@@ -52,3 +52,13 @@ class SourceConfig(StrictModel):
         "stream silent for longer is reconnected."
     )
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig, description="Live-source back-off.")
+
+    @field_validator("uri")
+    @classmethod
+    def _check_uri(cls, uri: str) -> str:
+        from agent.sources.factory import uri_problem  # noqa: PLC0415 (the sources import this module)
+
+        problem = uri_problem(uri)
+        if problem is not None:
+            raise ValueError(problem)
+        return uri

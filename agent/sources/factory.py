@@ -9,15 +9,31 @@ from agent.sources.base import Source
 from agent.sources.config import SourceConfig
 from agent.sources.folder import FolderSource
 from agent.sources.opencv_source import LIVE_SCHEMES, OpenCVSource, is_live_uri
-from agent.sources.synthetic import SyntheticSource
+from agent.sources.synthetic import SyntheticSource, parse_synthetic_uri
 
-__all__ = ["ACCEPTED", "open_source"]
+__all__ = ["ACCEPTED", "open_source", "uri_problem"]
 
 ACCEPTED = (
     "a video file path, a folder of images, a device index such as '0', a URL with scheme "
     + ", ".join(f"{s}://" for s in LIVE_SCHEMES)
     + ", or synthetic://<scenario>?seed=N&size=WxH&fps=F"
 )
+
+
+def uri_problem(uri: str) -> str | None:
+    """Why ``uri`` cannot work whatever the file system holds (checked when the config is loaded): a
+    ``synthetic://`` URI that does not parse, or a URL scheme no source reads; None otherwise (files,
+    folders and cameras are checked when opened)."""
+    uri = uri.strip()
+    if uri.lower().startswith("synthetic://"):
+        try:
+            parse_synthetic_uri(uri)
+        except SourceConfigError as exc:
+            return str(exc)
+        return None
+    if "://" in uri and not uri.startswith("file://") and not is_live_uri(uri):
+        return f"source uri {uri!r} has unknown scheme {uri.split('://', 1)[0]!r}; accepted: {ACCEPTED}"
+    return None
 
 
 def open_source(cfg: SourceConfig, camera_id: str) -> Source:

@@ -20,17 +20,18 @@ from dataclasses import dataclass
 
 from agent.errors import ConfigError
 
-__all__ = ["COMMAND_NAMES", "RESERVED_CAMERA_IDS", "ParsedTopic", "Topics", "acl_example"]
+__all__ = ["COMMAND_NAMES", "RESERVED_CAMERA_IDS", "TOPIC_LEVEL", "ParsedTopic", "Topics", "acl_example"]
 
 #: Commands the agent answers (cmd/<name>).
 COMMAND_NAMES: tuple[str, ...] = ("snapshot", "set-thresholds", "reload-profile", "ping", "limits")
 #: Camera ids that would collide with node-level topics.
 RESERVED_CAMERA_IDS: frozenset[str] = frozenset({"status", "cmd"})
-_LEVEL = re.compile(r"^[A-Za-z0-9_.-]+$")
+#: What one topic level (a site, node or camera id) may hold.
+TOPIC_LEVEL = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 def _check_level(value: str, what: str) -> str:
-    if not _LEVEL.match(value):
+    if not TOPIC_LEVEL.match(value):
         raise ConfigError(
             f"{what} must be letters, digits, '_', '.', '-' to be a topic level, but got {value!r}"
         )
