@@ -142,7 +142,6 @@ def calibrate_from_config(cfg: GuardConfig, out: Path, progress: bool = True) ->
             bar.close()
         source.close()
     profile = scorer.profile
-    out.parent.mkdir(parents=True, exist_ok=True)
-    profile.save(out)
+    profile.save(out)  # creates the folder; a failure is a ProfileError naming out
     return CalibrationResult(profile, out, read, scorer.calibrated, time.monotonic() - t_start, cfg.source.uri,
                              scorer.calibration_size_changes, scorer.limits())

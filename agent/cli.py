@@ -55,7 +55,8 @@ examples:
   edge-guard report runs/cam1 --plot cam1.png      what changed since calibration (health over days)
 
 exit codes: 0 ok, 1 runtime failure (restart helps), 2 usage, 78 configuration error
-(bad config, missing model or video file, mismatched profile: fix the config, restarting will not help).
+(bad config, missing model or video file, mismatched profile, an output path that cannot be written:
+fix the config or the command, restarting will not help).
 Any config value can be overridden from the environment: EDGE_GUARD_<SECTION>__<FIELD>,
 e.g. EDGE_GUARD_POLICY__ALPHA_FLAG=0.005 (lists as JSON: EDGE_GUARD_STATS__GRID='[4, 4]').
 """

@@ -1,5 +1,5 @@
-"""Atomic file writes (readers see the old file or the new one, never half of it), and the
-check every command runs on its output paths before it starts working."""
+"""Atomic file writes (readers see the old file or the new one, never half of it), the check
+every command runs on its output paths before it starts working, and the write of such an output."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, GuardError
 
-__all__ = ["check_output", "write_atomic"]
+__all__ = ["check_output", "write_atomic", "write_output"]
 
 
 def check_output(
@@ -45,6 +45,24 @@ def check_output(
         raise ConfigError(f"{flag} {path}: cannot create the folder {target} ({exc.strerror or exc})") from None
     if not os.access(target, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag} {path}: the folder {target} is not writable by this user")
+    # os.access says yes to root everywhere (even /proc): create a file there, as the command will.
+    probe = target / f".{here.name}.{secrets.token_hex(6)}.probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot write there: creating a file in {target} failed "
+                          f"({exc.strerror or exc})") from None
+
+
+def write_output(path: Path, data: bytes, flag: str) -> None:
+    """`write_atomic` for a command's output file, after its `check_output`: a write that still
+    fails (a full disk, the folder removed meanwhile) is a GuardError naming ``flag`` and ``path``
+    (exit 1), not a traceback about a temporary file."""
+    try:
+        write_atomic(path, data)
+    except OSError as exc:
+        raise GuardError(f"{flag} {path}: cannot write there: {exc.strerror or exc}") from exc
 
 
 def write_atomic(path: Path, data: bytes, *, fsync: bool = False, mode: int | None = None) -> None:

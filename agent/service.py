@@ -16,6 +16,7 @@ and prints the ``systemctl`` commands to run. The unit files are read from the s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import grp
 import os
 import pwd
@@ -33,6 +34,7 @@ from agent.config import GuardConfig, load_config, referenced_file_errors
 from agent.credentials import CMD_HMAC_KEY, MQTT_PASSWORD, TLS_KEY
 from agent.datafiles import data_dir
 from agent.errors import ConfigError
+from agent.fsutil import check_output
 
 __all__ = [
     "UNIT_NAME",
@@ -257,11 +259,16 @@ def _write(path: Path, data: bytes, mode: int, overwrite: bool, out: TextIO) -> 
     else:
         out.write(f"  write    {path}\n")
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(fd, mode)  # os.open's mode is masked by the umask
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(fd, mode)  # os.open's mode is masked by the umask
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:  # name the file being installed, not its temporary copy
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
 
 
 def apply_plan(
@@ -317,13 +324,20 @@ def run_install(args: argparse.Namespace, out: TextIO | None = None, err: TextIO
             args.camera, Path(args.config), prefix=Path(args.prefix), user=args.user, dry_run=args.dry_run,
             units_dir=args.units_dir, exec_path=args.exec_path,
         )
+        if not args.dry_run and Path(args.prefix) != Path("/"):  # a staging root: unwritable => nothing installed
+            check_output(Path(args.prefix), "--prefix", folder=True)
     except ConfigError as exc:
         err.write(f"edge-guard install-service: {exc}\n")
         return exitcodes.CONFIG
     except ValueError as exc:
         err.write(f"edge-guard install-service: {exc}\n")
         return exitcodes.USAGE
-    return apply_plan(plan, dry_run=args.dry_run, out=out)
+    try:
+        return apply_plan(plan, dry_run=args.dry_run, out=out)
+    except OSError as exc:  # a full disk, a read-only etc/ below a writable prefix, / without root
+        err.write(f"edge-guard install-service: --prefix {args.prefix}: cannot write {exc.filename} "
+                  f"({exc.strerror or exc}); stopped there: run it again once that is fixed\n")
+        return exitcodes.FAILURE
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:

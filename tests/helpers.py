@@ -1,5 +1,5 @@
 """Small helpers shared by the tests: wait for a condition, read a JSON-lines output file, find nvcc,
-render a synthetic clip, write a damaged one."""
+a folder nobody can write in, render a synthetic clip, write a damaged one."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from agent.model.types import ModelOutput
 from agent.scoring.base import TEST_REGISTRY
@@ -23,7 +24,7 @@ from agent.stats.types import FrameStats
 
 __all__ = [
     "clip_frame_index", "damaged_clip", "exact_tolerances", "find_nvcc", "flapping", "read_jsonl", "scene_folder",
-    "synthetic_frames", "synthetic_stats", "wait_until", "write_squeezenet_config",
+    "synthetic_frames", "synthetic_stats", "unwritable_folder", "wait_until", "write_squeezenet_config",
 ]
 
 
@@ -37,6 +38,18 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0, what: str 
     if predicate():
         return
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def unwritable_folder() -> Path:
+    """/proc: an existing folder where nobody, root included, can create a file (os.access still
+    says yes to root there); skips the test where it is not so (not Linux)."""
+    folder = Path("/proc")
+    try:
+        (folder / "edge-guard-test").touch()
+    except OSError:
+        return folder
+    (folder / "edge-guard-test").unlink()
+    pytest.skip(f"{folder} is writable here: no folder to test an unwritable output with")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

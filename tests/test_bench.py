@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import write_squeezenet_config
+from helpers import unwritable_folder, write_squeezenet_config
 from mosquitto import Collector, Mosquitto, free_port
 
 from agent import exitcodes
@@ -213,6 +213,17 @@ def test_bench_out_at_its_own_config_is_refused_before_measuring(
     err = capsys.readouterr().err
     assert "--out" in err and "is also an input of this command" in err
     assert cfg.read_text() == "camera_id: cam1\nsource:\n  uri: synthetic://clean\n"
+
+
+def test_bench_out_where_no_file_can_be_written_is_refused_before_measuring(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out in /proc (root included): exit 78 naming the option and the path, no table measured."""
+    out = unwritable_folder() / "bench.json"
+    assert main(["bench", "--duration", "1", "--no-progress", "--out", str(out)]) == exitcodes.CONFIG
+    cap = capsys.readouterr()
+    assert f"edge-guard: error: --out {out}: cannot write there: " in cap.err
+    assert ".tmp" not in cap.err and not cap.out  # nothing measured, no temporary file named
 
 
 def test_threshold_without_compare_is_reported_as_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

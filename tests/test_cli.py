@@ -12,7 +12,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-from helpers import flapping, scene_folder
+from helpers import flapping, scene_folder, unwritable_folder
 
 from agent import REPO_ROOT, __version__, exitcodes
 from agent.cli import build_parser, main
@@ -316,6 +316,25 @@ def test_output_flags_never_overwrite_an_input(tmp_path: Path) -> None:
     proc = _cli("report", str(health), "--plot", str(tmp_path / "r.txt"))
     assert proc.returncode == exitcodes.CONFIG and "must end in .png" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_calibrating(tmp_path: Path) -> None:
+    """calibrate --out and run --profile-out where no file can be created (an existing folder that
+    cannot be written, even as root, or a missing one under it): exit 78 naming the option and the
+    user's path, before a frame is read. The source has 30 frames for 60 calibration frames, so a
+    check made after calibrating would fail with 'ended after 30 frames' instead."""
+    proc = unwritable_folder()
+    short = _config(tmp_path, frames=30)
+    for out in (proc / "p.json", proc / "sub" / "p.json"):
+        run = _cli("calibrate", "--config", str(short), "--out", str(out), "--no-progress")
+        assert run.returncode == exitcodes.CONFIG, run.stderr
+        assert f"edge-guard: error: --out {out}: cannot " in run.stderr and "ended after" not in run.stderr
+        assert "Traceback" not in run.stderr and ".tmp" not in run.stderr
+    run = _cli("run", "--config", str(_config(tmp_path)), "--profile-out", str(proc / "p.json"))
+    assert run.returncode == exitcodes.CONFIG, run.stderr
+    assert f"edge-guard: error: --profile-out {proc / 'p.json'}: cannot write there: " in run.stderr
+    assert "calibrated on" not in run.stderr and not (tmp_path / "out").exists()  # not started
+    assert "Traceback" not in run.stderr
 
 
 def test_argtypes_doctests() -> None:

@@ -1,4 +1,5 @@
-"""write_atomic: whole files only, the umask respected, nothing left behind on failure."""
+"""write_atomic: whole files only, the umask respected, nothing left behind on failure; check_output
+and write_output: an output that cannot be written is a one-line error naming the option."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import stat
 from pathlib import Path
 
 import pytest
+from helpers import unwritable_folder
 
-from agent.errors import ConfigError
-from agent.fsutil import check_output, write_atomic
+from agent.errors import ConfigError, GuardError
+from agent.fsutil import check_output, write_atomic, write_output
 
 
 def test_writes_replaces_and_creates_the_folder(tmp_path: Path) -> None:
@@ -59,3 +61,23 @@ def test_check_output_refuses_before_any_work(tmp_path: Path) -> None:
     assert config.read_text() == "camera_id: cam1\n"  # nothing touched
     check_output(tmp_path / "new" / "r.json", "--out", inputs=[config])  # fine: its folder is made
     assert (tmp_path / "new").is_dir() and not (tmp_path / "new" / "r.json").exists()
+
+
+def test_check_output_refuses_a_folder_no_file_can_be_created_in_even_as_root() -> None:
+    """/proc: os.access says yes to root, creating a file there fails: caught by creating one."""
+    proc = unwritable_folder()
+    with pytest.raises(ConfigError, match=r"^--out /proc/x\.json: cannot write there: creating a file in /proc failed"):
+        check_output(proc / "x.json", "--out")
+    with pytest.raises(ConfigError, match=r"^--prefix /proc/inst: cannot create the folder /proc/inst"):
+        check_output(proc / "inst", "--prefix", folder=True)
+    with pytest.raises(ConfigError, match=r"^--out /proc: cannot write there"):
+        check_output(proc, "--out", folder=True)
+
+
+def test_write_output_names_the_flag_and_path_not_a_temporary_file(tmp_path: Path) -> None:
+    """A write that fails after the check (the folder gone, a full disk): a GuardError (exit 1)."""
+    with pytest.raises(GuardError, match=r"^--out /proc/x\.json: cannot write there: ") as info:
+        write_output(unwritable_folder() / "x.json", b"{}", "--out")
+    assert ".tmp" not in str(info.value)
+    write_output(tmp_path / "r.json", b"{}", "--out")
+    assert (tmp_path / "r.json").read_bytes() == b"{}" and [p.name for p in tmp_path.iterdir()] == ["r.json"]

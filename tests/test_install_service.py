@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import unwritable_folder
 
 from agent import exitcodes
 from agent.errors import ConfigError
@@ -254,3 +255,45 @@ def test_refuses_what_the_service_could_not_use(tmp_path: Path, exe: Path, capsy
     rc, _, err = run(["--camera", "cam1", "--config", str(cfg), "--prefix", str(blocker), "--exec", str(exe)], capsys)
     assert rc == 2 and "is a file; it must be the root folder" in err
     assert not prefix.exists()
+
+
+def test_a_prefix_that_cannot_be_written_exits_78_before_installing(
+    tmp_path: Path, exe: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A prefix in /proc (unwritable even for root): one line naming --prefix, no traceback; a dry run
+    writes nothing, so it still prints its plan."""
+    cfg = tmp_path / "cam1.yaml"
+    cfg.write_text(VALID)
+    proc = unwritable_folder()
+    for prefix, says in ((proc / "inst", "cannot create the folder"), (proc, "cannot write there")):
+        rc, out, err = run(["--camera", "cam1", "--config", str(cfg), "--prefix", str(prefix), "--exec", str(exe)],
+                           capsys)
+        assert rc == exitcodes.CONFIG, err
+        assert err.startswith(f"edge-guard install-service: --prefix {prefix}: {says}") and "Traceback" not in err
+        assert "write " not in out  # nothing was installed
+    rc, out, _ = run(["--camera", "cam1", "--config", str(cfg), "--prefix", str(proc / "inst"), "--exec", str(exe),
+                      "--dry-run"], capsys)
+    assert rc == exitcodes.OK and f"{proc}/inst/etc/edge-guard/cam1.yaml" in out
+
+
+def test_a_write_that_fails_while_installing_is_one_line_not_a_traceback(
+    tmp_path: Path, exe: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The prefix is writable but its etc is a file (the first mkdir fails), or the unit's temporary
+    copy cannot be created: exit 1 naming --prefix and the file being installed, not its temporary copy."""
+    cfg = tmp_path / "cam1.yaml"
+    cfg.write_text(VALID)
+    prefix = tmp_path / "root"
+    prefix.mkdir()
+    (prefix / "etc").write_text("not a folder")
+    argv = ["--camera", "cam1", "--config", str(cfg), "--prefix", str(prefix), "--exec", str(exe)]
+    rc, _, err = run(argv, capsys)
+    assert rc == exitcodes.FAILURE
+    assert err.startswith(f"edge-guard install-service: --prefix {prefix}: cannot write {prefix}/etc")
+    assert "Traceback" not in err
+    (prefix / "etc").unlink()
+    (prefix / "etc/systemd/system/.edge-guard@.service.tmp").mkdir(parents=True)  # in the way of the copy
+    rc, _, err = run(argv, capsys)
+    assert rc == exitcodes.FAILURE
+    assert err.startswith(f"edge-guard install-service: --prefix {prefix}: cannot write "
+                          f"{prefix}/etc/systemd/system/edge-guard@.service (Is a directory)"), err

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import exact_tolerances, synthetic_stats
+from helpers import exact_tolerances, synthetic_stats, unwritable_folder
 
 from agent.errors import ConfigError, ProfileError
 from agent.frame import Frame
@@ -125,6 +125,15 @@ def test_unknown_test_or_bad_params_raise_profile_error(profile: Profile) -> Non
     broken = {**data, "tests": [{**ood, "params": {**ood["params"], "scatter": [[1.0]]}}]}
     with pytest.raises(ProfileError, match="ood_stats"):
         Profile.from_dict(broken).build_tests()
+
+
+def test_a_failed_save_names_the_users_path_not_the_temporary_file(profile: Profile) -> None:
+    out = unwritable_folder() / "p.json"
+    with pytest.raises(ProfileError, match=r"^cannot write profile to /proc/p\.json: ") as info:
+        profile.save(out)
+    assert ".tmp" not in str(info.value)
+    with pytest.raises(ProfileError, match=r"^cannot write profile to /proc/sub/p\.json: "):
+        profile.save(out.parent / "sub" / "p.json")  # its folder cannot be made: the same error, not an OSError
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import unwritable_folder
 
 from agent import exitcodes
 from agent.cli import main
@@ -104,9 +105,37 @@ def test_cli_errors_and_bucket_parsing(tmp_path: Path, capsys: pytest.CaptureFix
     _write(tmp_path / "health.jsonl", ["garbage"])
     assert main(["report", str(tmp_path)]) == exitcodes.CONFIG
     assert "no health summaries in" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    _write(tmp_path / "health.jsonl", [_summary(0, T0 + 60)])
+    assert main(["report", str(tmp_path), "--camera", "nosuch"]) == exitcodes.CONFIG
+    assert "no health summaries of camera 'nosuch' (--camera); these hold: cam1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
         main(["report", str(tmp_path), "--bucket", "1 week"])
+    assert usage.value.code == exitcodes.USAGE
     assert "expected a duration like 15m" in capsys.readouterr().err
+
+
+def test_help_states_the_exit_codes_report_gives(capsys: pytest.CaptureFixture[str]) -> None:
+    """The cases above exit 78 (what was named is wrong: running it again will not help); --help says so."""
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "exit codes: 0 ok, 2 usage (a bad option), 78 nothing to report on as named: a PATH that does not " \
+           "exist, no health*.jsonl or no health summary in them, an unknown --camera" in text
+    assert "1 nothing readable" not in text
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_reading(tmp_path: Path) -> None:
+    """--out and --plot in a folder where no file can be created (even as root): exit 78 naming the
+    option and the path, no traceback, nothing read."""
+    health = _write(tmp_path / "health.jsonl", [_summary(0, T0 + 60), _summary(1, T0 + 120)])
+    proc = unwritable_folder()
+    for flag, name in (("--out", "r.json"), ("--plot", "r.png")):
+        run = subprocess.run([sys.executable, "-m", "agent.cli", "report", str(health), flag, str(proc / name)],
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert run.returncode == exitcodes.CONFIG, run.stderr
+        assert f"edge-guard: error: {flag} {proc / name}: cannot write there: " in run.stderr
+        assert "Traceback" not in run.stderr and ".tmp" not in run.stderr
+        assert "health summaries" not in run.stdout  # refused before reading
 
 
 @pytest.mark.slow

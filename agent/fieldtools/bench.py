@@ -42,7 +42,7 @@ from agent.fieldtools.benchreport import (
     metrics_of,
 )
 from agent.frame import Frame
-from agent.fsutil import check_output, write_atomic
+from agent.fsutil import check_output, write_output
 from agent.logsetup import configure_logging
 from agent.model.factory import load_model, load_warm_model
 from agent.pipeline import load_profile
@@ -80,7 +80,7 @@ What the numbers mean:
   end-to-end fps      decode + stats + model + scoring on one thread (the daemon overlaps stages: a floor)
 Without --config it uses the built-in defaults (synthetic camera, reference model).
 exit codes: 0 ok, 3 --compare found a regression (throughput down / latency up by more than
---threshold), 78 bad config.
+--threshold), 78 bad config or an --out that cannot be written (checked before measuring).
 """
 
 
@@ -411,7 +411,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print()
         print(format_compare(report["compare"]["rows"], args.threshold, info))
     if args.out is not None:
-        write_atomic(args.out, (json.dumps(report, indent=1) + "\n").encode("utf-8"))
+        write_output(args.out, (json.dumps(report, indent=1) + "\n").encode("utf-8"), "--out")
         print(f"\nwritten: {args.out}")
     return code
 

@@ -15,10 +15,10 @@ import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, GuardError
 from agent.fieldtools.healthreport import Bucket, CameraReport, build_reports, load_summaries
 from agent.fieldtools.plots import timeline_png
-from agent.fsutil import check_output, write_atomic
+from agent.fsutil import check_output, write_output
 
 __all__ = ["add_parser", "cmd_report", "format_camera", "parse_duration"]
 
@@ -35,7 +35,9 @@ A camera whose confidence falls, whose class mix moves, or whose PSI stays high 
 one whose frames no longer look like its calibration: recalibrate the guard if the change is
 benign (new season, new lighting), collect and label frames for retraining if the model's
 outputs moved with it.
-exit codes: 0 ok, 1 nothing readable, 2 usage.
+exit codes: 0 ok, 2 usage (a bad option), 78 nothing to report on as named: a PATH that does not
+exist, no health*.jsonl or no health summary in them, an unknown --camera (as stress and demo for
+their inputs), or an --out/--plot that cannot be written (checked first); 1 a write that failed after it.
 """
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -137,10 +139,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(format_camera(rep))
     if args.out:
         doc = {"skipped_lines": loaded.bad_lines, "cameras": [r.as_dict() for r in reports]}
-        write_atomic(args.out, json.dumps(doc, indent=1).encode("utf-8"))
+        write_output(args.out, json.dumps(doc, indent=1).encode("utf-8"), "--out")
         print(f"\nwritten: {args.out}")
     if args.plot:
-        timeline_png(reports, args.plot)
+        try:
+            timeline_png(reports, args.plot)
+        except OSError as exc:  # after check_output: a full disk, the folder removed meanwhile
+            raise GuardError(f"--plot {args.plot}: cannot write there: {exc.strerror or exc}") from exc
         print(f"written: {args.plot}")
     return 0
 

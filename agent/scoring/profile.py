@@ -185,10 +185,10 @@ class Profile(_Record):
     def save(self, path: str | Path) -> Path:
         """Write the profile as JSON atomically (temporary file + rename); returns the path."""
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         text = json.dumps(self.model_dump(mode="json"), indent=1, allow_nan=False)
         try:
+            target.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "w", encoding="utf-8") as fh:
                 fh.write(text)
                 fh.flush()
@@ -196,7 +196,8 @@ class Profile(_Record):
             os.replace(tmp, target)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise ProfileError(f"cannot write profile to {target}: {exc}") from exc
+            # strerror, not str(exc): that names the temporary file, not the user's path
+            raise ProfileError(f"cannot write profile to {target}: {exc.strerror or exc}") from exc
         return target
 
     @classmethod
