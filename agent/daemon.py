@@ -498,8 +498,14 @@ class Daemon:
 
     def _saved_profile(self, profile: Profile) -> None:
         if self._profile_out is not None:
-            profile.save(self._profile_out)
-            logger.info("start-up profile %s saved to %s", profile.profile_id, self._profile_out)
+            try:
+                profile.save(self._profile_out)
+            except ProfileError as exc:  # only a copy (cmd_run checked the path at start): keep guarding
+                logger.error("--profile-out: %s; guarding goes on with the profile in memory (`edge-guard "
+                             "calibrate --out` writes one)", exc)
+                self.agg.error("profile_save")
+            else:
+                logger.info("start-up profile %s saved to %s", profile.profile_id, self._profile_out)
         self._log_limits()
 
     def _log_limits(self) -> None:

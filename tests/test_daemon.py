@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import damaged_clip, flapping, read_jsonl, scene_folder
+from helpers import damaged_clip, flapping, read_jsonl, scene_folder, unwritable_folder
 
 from agent.config import GuardConfig, load_config
 from agent.daemon import Daemon
@@ -278,6 +278,24 @@ def test_profile_from_file_and_mismatch(tmp_path: Path, caplog: pytest.LogCaptur
     other_grid = _cfg(tmp_path, stats={"grid": [2, 2]}, policy={"profile": str(profile_path)})
     with pytest.raises(ProfileError, match=r"grid 4x4.*grid 2x2"):
         Daemon(other_grid, notifier=Notifier(None)).start()
+
+
+def test_a_profile_copy_that_cannot_be_saved_is_logged_and_guarding_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--profile-out failing after start-up calibration (here /proc; in the field a full disk: the
+    path was checked at start): an error logged and counted in the health summary, the frames after
+    calibration still guarded with the profile in memory, exit 0."""
+    out = unwritable_folder() / "p.json"
+    daemon = Daemon(_cfg(tmp_path), notifier=Notifier(None), profile_out=out)
+    with caplog.at_level("ERROR", logger="agent.daemon"):
+        assert _run(daemon) == 0
+    (logged,) = [r for r in caplog.records if r.getMessage().startswith("--profile-out")]
+    assert f"cannot write profile to {out}: " in logged.getMessage() and ".tmp" not in logged.getMessage()
+    p = daemon.progress()
+    assert p.frames_calibrated == 100 and sum(p.decisions.values()) == 140 and p.reasons.get("dark", 0) >= 36
+    health = [HealthSummary.model_validate(h) for h in read_jsonl(tmp_path / "out" / "health.jsonl")]
+    assert sum(h.errors.get("profile_save", 0) for h in health) == 1
 
 
 def test_calibration_follows_the_stream_to_a_new_resolution(
