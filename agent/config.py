@@ -2,9 +2,9 @@
 
 Values can be overridden from the environment: ``EDGE_GUARD_<SECTION>__<FIELD>``, e.g.
 ``EDGE_GUARD_MODEL__PATH=/opt/m.onnx`` or ``EDGE_GUARD_POLICY__ALPHA_FLAG=0.005``.
-Environment values win over the file. Any other ``EDGE_GUARD_*`` variable (a misspelt section
-such as ``EDGE_GUARD_MODLE__PATH``) is a config error, except the few the project reads for
-other purposes (`OTHER_ENV_VARS`).
+Environment values win over the file, and the command line's options (`Overrides`) over both.
+Any other ``EDGE_GUARD_*`` variable (a misspelt section such as ``EDGE_GUARD_MODLE__PATH``) is a
+config error, except the few the project reads for other purposes (`OTHER_ENV_VARS`).
 
 Every error names where its value came from: a field of the file (``policy.alpha_flag: ...``),
 an environment variable (``policy.alpha_flag (from EDGE_GUARD_POLICY__ALPHA_FLAG='abc'): ...``) or
@@ -14,6 +14,7 @@ an option's value is a `UsageError` (exit 2).
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
@@ -21,12 +22,14 @@ import os
 import shlex
 import socket
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
@@ -68,6 +71,21 @@ OTHER_ENV_VARS: frozenset[str] = frozenset({
 #: Where an error's value came from, in the report's first line (the file is named by its path).
 _ON_COMMAND_LINE = "on the command line"
 _IN_ENVIRONMENT = "in the environment"
+
+
+#: The values the command line's options give while `load_config` builds a GuardConfig.
+_OPTION_VALUES: ContextVar[Mapping[str, Any] | None] = ContextVar("edge_guard_option_values", default=None)
+
+
+class _OptionsSource(PydanticBaseSettingsSource):
+    """The command line's values (`Overrides.values`), the first settings source: an option wins
+    over an environment variable for the same field, which wins over the file."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # the whole mapping is given at once by __call__
+
+    def __call__(self) -> dict[str, Any]:
+        return copy.deepcopy(dict(_OPTION_VALUES.get() or {}))
 
 
 class PipelineConfig(StrictModel):
@@ -138,8 +156,8 @@ class GuardConfig(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Environment first = environment wins over the YAML file's values.
-        return (env_settings, init_settings)
+        # First wins: the command line's options, then the environment, then the YAML file's values.
+        return (_OptionsSource(settings_cls), env_settings, init_settings)
 
     @model_validator(mode="after")
     def _mqtt_topic_levels(self) -> GuardConfig:
@@ -260,10 +278,10 @@ def _origins(flags: Mapping[str, str], environ: Mapping[str, str]) -> list[_Orig
 
 
 def _origin_of(loc: tuple[str, ...], origins: Sequence[_Origin]) -> _Origin | None:
-    """Where the value at ``loc`` came from: the environment wins over the command line's overrides
-    (as in `GuardConfig`), a variable or option for the field itself over one for its section."""
+    """Where the value at ``loc`` came from: an option wins over the environment (as in `GuardConfig`),
+    a variable or option for the field itself over one for its section."""
     matches = [o for o in origins if loc[:len(o.path)] == o.path]
-    return max(matches, key=lambda o: (o.place == _IN_ENVIRONMENT, len(o.path)), default=None)
+    return max(matches, key=lambda o: (o.place == _ON_COMMAND_LINE, len(o.path)), default=None)
 
 
 def _format_error(err: Any, origins: Sequence[_Origin] = ()) -> _Line:
@@ -337,6 +355,7 @@ def load_config(
         data = _deep_merge(data, given.values)
     origins = _origins(given.flags, os.environ)
     lines = [_Line(text, (_IN_ENVIRONMENT,)) for text in env_errors(os.environ)]
+    token = _OPTION_VALUES.set(given.values)  # the options win over the environment (`_OptionsSource`)
     try:
         cfg = GuardConfig(**data)
     except ValidationError as exc:
@@ -346,6 +365,8 @@ def load_config(
         json_lines = env_json_errors(os.environ) or [f"environment override: {exc} ({exc.__cause__})"]
         lines += [_Line(text, (_IN_ENVIRONMENT,)) for text in json_lines]
         raise _report_error(path, lines) from None
+    finally:
+        _OPTION_VALUES.reset(token)
     if lines:
         raise _report_error(path, lines)
     return cfg

@@ -381,6 +381,20 @@ def test_a_bad_option_value_is_a_usage_error_naming_the_option(
     assert str(info.value) == f"1 config error(s) on the command line:\n  - {line}"  # not "in <file>"
 
 
+def test_an_option_wins_over_the_environment_which_wins_over_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _write(tmp_path, "camera_id: cam1\nsource: {uri: synthetic://default, max_frames: 100, fps: 12}\n")
+    monkeypatch.setenv("EDGE_GUARD_SOURCE__MAX_FRAMES", "200")
+    monkeypatch.setenv("EDGE_GUARD_SOURCE__FPS", "15")
+    cfg = load_config(config, _flags(("source.max_frames", 300, "--max-frames")))
+    assert (cfg.source.max_frames, cfg.source.fps, cfg.source.uri) == (300, 15.0, "synthetic://default")
+    assert load_config(config).source.max_frames == 200  # without the option: the variable
+    # the option's bad value is the option's error, though the variable sets the field as well
+    with pytest.raises(UsageError, match=r"source.max_frames \(from --max-frames 0\): Input should be greater"):
+        load_config(config, _flags(("source.max_frames", 0, "--max-frames")))
+
+
 def test_option_and_file_errors_are_listed_together(tmp_path: Path) -> None:
     config = _write(tmp_path, "policy: {alpha_flag: 2}\n")
     with pytest.raises(UsageError) as info:  # an option's bad value: usage, as argparse's own errors
