@@ -181,6 +181,9 @@ def test_unwritable_dir_is_a_config_error(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(ConfigError, match=r"file_sink\.dir: cannot create output folder"):
         FileSink(FileSinkConfig(dir=blocker / "sub"), "cam1")
+    if Path("/proc/self").is_dir():  # it exists; what cannot be made is the folder inside it
+        with pytest.raises(ConfigError, match=r"cannot create output folder /proc/self/frames: "):
+            FileSink(FileSinkConfig(dir=Path("/proc/self")), "cam1")
 
 
 @pytest.mark.parametrize(

@@ -89,8 +89,8 @@ class FileSink:
             self.frames_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(
-                f"file_sink.dir: cannot create output folder {self.dir}: {exc.strerror or exc}; "
-                "choose a writable folder"
+                f"file_sink.dir: cannot create output folder {exc.filename or self.frames_dir}: "
+                f"{exc.strerror or exc}; choose a writable folder"
             ) from exc
         self._ids = ids
         self._lock = threading.Lock()
