@@ -3,14 +3,15 @@ every command runs on its output paths before it starts working, and the write o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from agent.errors import ConfigError, GuardError
 
-__all__ = ["check_output", "write_atomic", "write_output"]
+__all__ = ["check_output", "write_atomic", "write_output", "writing_output"]
 
 
 def check_output(
@@ -55,14 +56,21 @@ def check_output(
                           f"({exc.strerror or exc})") from None
 
 
-def write_output(path: Path, data: bytes, flag: str) -> None:
-    """`write_atomic` for a command's output file, after its `check_output`: a write that still
+@contextlib.contextmanager
+def writing_output(path: Path, flag: str) -> Iterator[None]:
+    """Around the write of a command's output file, after its `check_output`: a write that still
     fails (a full disk, the folder removed meanwhile) is a GuardError naming ``flag`` and ``path``
     (exit 1), not a traceback about a temporary file."""
     try:
-        write_atomic(path, data)
+        yield
     except OSError as exc:
         raise GuardError(f"{flag} {path}: cannot write there: {exc.strerror or exc}") from exc
+
+
+def write_output(path: Path, data: bytes, flag: str) -> None:
+    """`write_atomic` of a command's output file (`writing_output`)."""
+    with writing_output(path, flag):
+        write_atomic(path, data)
 
 
 def write_atomic(path: Path, data: bytes, *, fsync: bool = False, mode: int | None = None) -> None:

@@ -15,10 +15,10 @@ import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.errors import ConfigError, GuardError
+from agent.errors import ConfigError
 from agent.fieldtools.healthreport import Bucket, CameraReport, build_reports, load_summaries
 from agent.fieldtools.plots import timeline_png
-from agent.fsutil import check_output, write_output
+from agent.fsutil import check_output, write_output, writing_output
 
 __all__ = ["add_parser", "cmd_report", "format_camera", "parse_duration"]
 
@@ -142,10 +142,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         write_output(args.out, json.dumps(doc, indent=1).encode("utf-8"), "--out")
         print(f"\nwritten: {args.out}")
     if args.plot:
-        try:
+        with writing_output(args.plot, "--plot"):
             timeline_png(reports, args.plot)
-        except OSError as exc:  # after check_output: a full disk, the folder removed meanwhile
-            raise GuardError(f"--plot {args.plot}: cannot write there: {exc.strerror or exc}") from exc
         print(f"written: {args.plot}")
     return 0
 
