@@ -35,6 +35,7 @@ from agent.credentials import CMD_HMAC_KEY, MQTT_PASSWORD, TLS_KEY
 from agent.datafiles import data_dir
 from agent.errors import ConfigError
 from agent.fsutil import check_output
+from agent.sources.opencv_source import is_live_uri
 
 __all__ = [
     "UNIT_NAME",
@@ -143,7 +144,7 @@ def _sandbox_warnings(cfg: GuardConfig, exec_path: Path, camera: str) -> list[st
         )
     paths = {"model.path": cfg.model.path, "model.labels": cfg.model.labels, "policy.profile": cfg.policy.profile}
     uri = cfg.source.uri.strip().removeprefix("file://")
-    if "://" not in uri and not uri.isdigit():  # a video file or an image folder (not a URL or a device index)
+    if "://" not in uri and not is_live_uri(uri):  # a video file or an image folder (not a stream or a device)
         paths["source.uri"] = Path(uri)
     for name, value in paths.items():
         if value is None:

@@ -54,9 +54,8 @@ def open_source(cfg: SourceConfig, camera_id: str) -> Source:
         return SyntheticSource(cfg, camera_id)
     if is_live_uri(uri):
         return OpenCVSource(cfg, camera_id)
-    if "://" in uri:
-        scheme = uri.split("://", 1)[0]
-        raise SourceConfigError(f"source uri {cfg.uri!r} has unknown scheme {scheme!r}; accepted: {ACCEPTED}")
+    if (problem := uri_problem(uri)) is not None:  # a config built without validation (model_copy)
+        raise SourceConfigError(problem)
     path = Path(uri).expanduser()
     if path.is_dir():
         return FolderSource(cfg.model_copy(update={"uri": str(path)}), camera_id)
