@@ -351,11 +351,10 @@ def load_config(
             )
         data = loaded
     given = overrides if isinstance(overrides, Overrides) else Overrides(dict(overrides or {}))
-    if given.values:
-        data = _deep_merge(data, given.values)
     origins = _origins(given.flags, os.environ)
     lines = [_Line(text, (_IN_ENVIRONMENT,)) for text in env_errors(os.environ)]
-    token = _OPTION_VALUES.set(given.values)  # the options win over the environment (`_OptionsSource`)
+    # the options' values come in as the first settings source (`_OptionsSource`): over the environment and the file
+    token = _OPTION_VALUES.set(given.values)
     try:
         cfg = GuardConfig(**data)
     except ValidationError as exc:
@@ -479,16 +478,6 @@ def _is_section(annotation: Any) -> bool:
     """True when a top-level field is a model (or optional model) that takes ``__`` sub-fields."""
     args = getattr(annotation, "__args__", None) or (annotation,)
     return any(isinstance(a, type) and issubclass(a, BaseModel) for a in args)
-
-
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def config_hash(cfg: GuardConfig) -> str:
