@@ -39,7 +39,7 @@ from agent.model.config import ModelConfig
 from agent.scoring.config import CalibrationConfig, PolicyConfig
 from agent.sinks.config import FileSinkConfig
 from agent.sinks.mqtt.config import MqttConfig
-from agent.sinks.mqtt.topics import RESERVED_CAMERA_IDS, TOPIC_LEVEL
+from agent.sinks.mqtt.topics import TOPIC_LEVEL, reserved_camera_problem
 from agent.sources.config import SourceConfig
 from agent.stats.config import StatsConfig
 
@@ -166,11 +166,8 @@ class GuardConfig(BaseSettings):
         if self.mqtt is None:
             return self
         errors: list[InitErrorDetails] = []
-        if self.camera_id in RESERVED_CAMERA_IDS:
-            errors.append(_field_error(
-                "camera_id", self.camera_id, f"camera id {self.camera_id!r} is reserved for node-level MQTT topics "
-                f"({', '.join(sorted(RESERVED_CAMERA_IDS))}): rename the camera",
-            ))
+        if (reserved := reserved_camera_problem(self.camera_id)) is not None:
+            errors.append(_field_error("camera_id", self.camera_id, reserved))
         if self.mqtt.node is None and not TOPIC_LEVEL.match(self.node):
             errors.append(_field_error(
                 "node", self.node, "node names the MQTT topic level of this agent: it must be letters, digits, "

@@ -6,7 +6,6 @@ systemd credential (``$CREDENTIALS_DIRECTORY/<name>``, see ``LoadCredential=``).
 
 from __future__ import annotations
 
-import re
 import ssl
 from pathlib import Path
 from typing import Literal
@@ -14,6 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from agent.configbase import StrictModel
+from agent.sinks.mqtt.topics import TOPIC_LEVEL
 
 __all__ = [
     "CommandsConfig",
@@ -24,7 +24,6 @@ __all__ = [
     "TlsConfig",
 ]
 
-_LEVEL = re.compile(r"^[A-Za-z0-9_.-]+$")
 _CREDENTIAL = r"^[A-Za-z0-9_.@-]+$"
 
 
@@ -200,7 +199,7 @@ class MqttConfig(StrictModel):
     @classmethod
     def _prefix_levels(cls, v: str) -> str:
         levels = v.split("/")
-        bad = [lv for lv in levels if not _LEVEL.match(lv)]
+        bad = [lv for lv in levels if not TOPIC_LEVEL.match(lv)]
         if bad:
             raise ValueError(
                 f"prefix must be '/'-separated non-empty levels of letters, digits, '_', '.', '-' "

@@ -20,7 +20,10 @@ from dataclasses import dataclass
 
 from agent.errors import ConfigError
 
-__all__ = ["COMMAND_NAMES", "RESERVED_CAMERA_IDS", "TOPIC_LEVEL", "ParsedTopic", "Topics", "acl_example"]
+__all__ = [
+    "COMMAND_NAMES", "RESERVED_CAMERA_IDS", "TOPIC_LEVEL", "ParsedTopic", "Topics", "acl_example",
+    "reserved_camera_problem",
+]
 
 #: Commands the agent answers (cmd/<name>).
 COMMAND_NAMES: tuple[str, ...] = ("snapshot", "set-thresholds", "reload-profile", "ping", "limits")
@@ -28,6 +31,14 @@ COMMAND_NAMES: tuple[str, ...] = ("snapshot", "set-thresholds", "reload-profile"
 RESERVED_CAMERA_IDS: frozenset[str] = frozenset({"status", "cmd"})
 #: What one topic level (a site, node or camera id) may hold.
 TOPIC_LEVEL = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def reserved_camera_problem(camera_id: str) -> str | None:
+    """Why ``camera_id`` cannot name a camera's topics (a node-level topic has that name), or None."""
+    if camera_id not in RESERVED_CAMERA_IDS:
+        return None
+    names = ", ".join(sorted(RESERVED_CAMERA_IDS))
+    return f"camera id {camera_id!r} is reserved for node-level MQTT topics ({names}): rename the camera"
 
 
 def _check_level(value: str, what: str) -> str:
@@ -73,8 +84,8 @@ class Topics:
 
     def _camera(self, camera_id: str) -> str:
         _check_level(camera_id, "camera id")
-        if camera_id in RESERVED_CAMERA_IDS:
-            raise ConfigError(f"camera id {camera_id!r} is reserved for node-level topics: rename the camera")
+        if (problem := reserved_camera_problem(camera_id)) is not None:
+            raise ConfigError(problem)
         return f"{self.base}/{camera_id}"
 
     def camera_status(self, camera_id: str) -> str:
