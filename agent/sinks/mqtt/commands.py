@@ -17,26 +17,24 @@ import hashlib
 import hmac
 import json
 import logging
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from agent.errors import ConfigError, ProfileError
 from agent.frame import Frame
 from agent.sinks.mqtt.config import CommandsConfig
 from agent.sinks.mqtt.schemas import (
-    REQUEST_ID_MAX,
-    REQUEST_ID_PATTERN,
     CommandRequest,
     LimitsArgs,
     LimitsResult,
     PingArgs,
     ReloadProfileArgs,
+    RequestId,
     SetThresholdsArgs,
     SnapshotArgs,
 )
@@ -55,7 +53,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
+_REQUEST_ID: TypeAdapter[str] = TypeAdapter(RequestId)
 
 _ARGS: dict[str, type[BaseModel]] = {
     "snapshot": SnapshotArgs,
@@ -143,7 +141,10 @@ def request_id_of(payload: bytes, max_bytes: int) -> str | None:
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     rid = raw.get("id") if isinstance(raw, dict) else None
-    return rid if isinstance(rid, str) and len(rid) <= REQUEST_ID_MAX and _REQUEST_ID.fullmatch(rid) else None
+    try:
+        return _REQUEST_ID.validate_python(rid, strict=True)
+    except ValidationError:
+        return None
 
 
 def _rejected(why: str, request_id: str | None = None) -> CommandOutcome:

@@ -8,7 +8,7 @@ re-deliveries by it. ``seq`` counts messages per (type, camera) stream, so gaps 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
@@ -239,9 +239,8 @@ class FrameProperties(_Model):
     config_hash: str
 
 
-#: A command request's ``id``: 1 to ``REQUEST_ID_MAX`` of these characters.
-REQUEST_ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
-REQUEST_ID_MAX = 64
+#: A command request's ``id`` (also read on its own, for a request rejected before it is parsed).
+RequestId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$", description="Request id.")]
 
 
 class CommandRequest(_Model):
@@ -249,7 +248,7 @@ class CommandRequest(_Model):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    id: str = Field(min_length=1, max_length=REQUEST_ID_MAX, pattern=REQUEST_ID_PATTERN, description="Request id.")
+    id: RequestId
     ts: float | None = Field(
         None, allow_inf_nan=False,
         description="Sender's wall clock (epoch s, finite); required when signing is on.",
