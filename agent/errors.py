@@ -7,6 +7,7 @@
     ├── SourceError          a camera/file/folder cannot be opened or read
     ├── BackendUnavailable   an optional backend (CUDA, TensorRT, ORT provider) is missing
     ├── ModelError           a model file is missing, unreadable or gives unexpected outputs
+    │   └── ModelOutputError a frame's output is unusable (NaN, ...): that frame is BLOCKed
     ├── ProfileError         a calibration profile is missing, corrupt or does not match
     └── PublishError         a sink/publisher cannot deliver or spool a message
 
@@ -22,6 +23,7 @@ __all__ = [
     "FrameError",
     "GuardError",
     "ModelError",
+    "ModelOutputError",
     "ProfileError",
     "PublishError",
     "SourceConfigError",
@@ -63,6 +65,11 @@ class BackendUnavailable(GuardError):
 
 class ModelError(GuardError):
     """A model cannot be loaded or run, or its outputs are not what the config declares."""
+
+
+class ModelOutputError(ModelError):
+    """The model ran, but its output for a frame cannot be used (NaN or infinity, probabilities that
+    sum to 0): that frame is BLOCKed with the reason ``model_output``, the camera goes on."""
 
 
 class ProfileError(GuardError):

@@ -31,8 +31,8 @@ from agent.frame import Frame
 from agent.gpu.preprocess import unsupported_reason
 from agent.model.config import ModelConfig
 from agent.model.factory import effective_preprocess
-from agent.model.types import ModelOutput, ModelRunner
-from agent.pipeline import Measured, Measurer
+from agent.model.types import ModelRunner
+from agent.pipeline import Measured, Measurer, ModelResult, infer_isolating
 from agent.scoring.adversarial import FeatureSqueezer, squeeze_scores
 from agent.stats.config import StatsConfig
 from agent.stats.cuda import check_frame
@@ -49,6 +49,7 @@ __all__ = [
     "assemble",
     "build_measurer",
     "choose_measuring_path",
+    "model_results",
     "plan_measuring",
     "split_frames",
 ]
@@ -113,32 +114,37 @@ def split_frames(frames: Sequence[Frame]) -> tuple[list[Frame], list[tuple[Frame
     return ok, bad
 
 
+def model_results(result: SqueezedOutputs, *, squeezing: bool) -> list[ModelResult]:
+    """Each frame's output of one batched engine call and, when ``squeezing``, its squeezing
+    distance computed exactly as `FeatureSqueezer` does (`agent.scoring.adversarial.squeeze_scores`)."""
+    squeeze: list[float | None] = (
+        list(squeeze_scores(result.outputs, result.squeezed)) if squeezing else [None] * len(result.outputs)
+    )
+    return list(zip(result.outputs, squeeze, strict=True))
+
+
 def assemble(
     frames: Sequence[Frame],
     stats: Sequence[FrameStats],
     stats_ms: Sequence[float],
-    result: SqueezedOutputs | None,
+    results: Sequence[ModelResult] | None,
     model_ms: float,
     *,
-    squeezing: bool,
+    errors: Sequence[str | None] | None = None,
 ) -> list[Measured]:
-    """`Measured` records from one batch: statistics, model outputs (``result``, None without a
-    model) and, when ``squeezing``, each frame's squeezing distance computed exactly as
-    `FeatureSqueezer` does (`agent.scoring.adversarial.squeeze_scores`)."""
+    """`Measured` records from one batch: statistics, each frame's model output and squeezing
+    distance (`model_results`; None without a model) and why a frame's output is unusable
+    (`infer_isolating`'s errors; None: all usable)."""
     n = len(frames)
     if len(stats) != n or len(stats_ms) != n:
         raise ValueError(f"need one FrameStats and one time per frame ({n}), got {len(stats)} and {len(stats_ms)}")
-    outputs: list[ModelOutput | None] = [None] * n
-    squeeze: list[float | None] = [None] * n
-    if result is not None:
-        if len(result.outputs) != n:
-            raise ValueError(f"need one model output per frame ({n}), got {len(result.outputs)}")
-        outputs = list(result.outputs)
-        if squeezing:
-            squeeze = list(squeeze_scores(result.outputs, result.squeezed))
+    results = [(None, None)] * n if results is None else results
+    errors = [None] * n if errors is None else errors
+    if len(results) != n or len(errors) != n:
+        raise ValueError(f"need one model output per frame ({n}), got {len(results)} and {len(errors)} errors")
     return [
-        Measured(frame, st, out, {"stats": st_ms, "model": model_ms}, sq)
-        for frame, st, st_ms, out, sq in zip(frames, stats, stats_ms, outputs, squeeze, strict=True)
+        Measured(frame, st, out, {"stats": st_ms, "model": model_ms}, sq, err)
+        for frame, st, st_ms, (out, sq), err in zip(frames, stats, stats_ms, results, errors, strict=True)
     ]
 
 
@@ -199,16 +205,21 @@ class GpuMeasurer(Measurer):
                 kept.append(i)
                 stats.append(st)
                 stats_ms.append((time.perf_counter() - t0) * 1e3 + (0.0 if self._trt is not None else upload_ms))
-            result: SqueezedOutputs | None = None
+            results: list[ModelResult] | None = None
+            errors: list[str | None] | None = None
             model_ms = 0.0
-            if self._trt is not None and kept:
+            trt = self._trt
+            if trt is not None and kept:
                 t0 = time.perf_counter()
-                result = self._trt.infer_device([dev[i] for i in kept], self._squeezers)
+                on_device = [dev[i] for i in kept]
+                results, errors = infer_isolating(
+                    lambda idx: model_results(trt.infer_device([on_device[i] for i in idx], self._squeezers),
+                                              squeezing=bool(self._squeezers)),
+                    len(on_device),
+                )
                 # One batched call: each frame is charged its share of the batch's time.
                 model_ms = upload_ms + (time.perf_counter() - t0) * 1e3 / len(kept)
-        measured = assemble(
-            [good[i] for i in kept], stats, stats_ms, result, model_ms, squeezing=bool(self._squeezers)
-        )
+        measured = assemble([good[i] for i in kept], stats, stats_ms, results, model_ms, errors=errors)
         return measured, bad
 
     def close(self) -> None:

@@ -12,11 +12,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.errors import FrameError
+import numpy as np
+import numpy.typing as npt
+
+from agent.errors import FrameError, ModelOutputError
 from agent.frame import Frame
 from agent.model.types import ModelOutput, ModelRunner
 from agent.scoring.adversarial import FeatureSqueezer
@@ -29,7 +32,7 @@ from agent.scoring.profile import Profile
 from agent.stats.types import FrameStats, StatsBackend
 from agent.verdict import Verdict
 
-__all__ = ["Measured", "Measurer", "ProfileIds", "Scorer", "load_profile"]
+__all__ = ["Measured", "Measurer", "ModelResult", "ProfileIds", "Scorer", "infer_isolating", "load_profile"]
 
 logger = logging.getLogger(__name__)
 #: A stream that keeps changing resolution during calibration is warned about at most this often.
@@ -40,13 +43,51 @@ MAX_CALIBRATION_SIZES: int = 4
 
 @dataclass(frozen=True, slots=True)
 class Measured:
-    """A frame with its statistics, model output and stage latencies (ms)."""
+    """A frame with its statistics, model output and stage latencies (ms).
+
+    ``model_error``: why the model's output for this frame cannot be used (`ModelOutputError`:
+    NaN or infinity, ...); ``output`` and ``squeeze`` are then None, and the guard BLOCKs the
+    frame with the reason ``model_output``.
+    """
 
     frame: Frame
     stats: FrameStats
     output: ModelOutput | None
     latency_ms: dict[str, float]
     squeeze: float | None = None  # feature-squeezing distance (agent.scoring.adversarial), when enabled
+    model_error: str | None = None
+
+
+#: One frame's model output and feature-squeezing distance (None: not squeezed, or no usable output).
+ModelResult = tuple[ModelOutput | None, float | None]
+
+
+def infer_isolating(
+    run: Callable[[Sequence[int]], list[ModelResult]], n: int
+) -> tuple[list[ModelResult], list[str | None]]:
+    """``run`` on frames ``0..n-1`` of a batch, and why any frame's output is unusable (else None).
+
+    One call for the batch; when the model's output for the batch is unusable (`ModelOutputError`:
+    a decoder refuses the whole batch), each frame is run alone, so only the frames whose own
+    output is unusable lose it: ``(None, None)`` and the error's message. A NaN that one dark or
+    saturated frame gives (an fp16 engine overflowing, say) then costs that frame, not the camera.
+    Any other error propagates.
+    """
+    try:
+        return run(range(n)), [None] * n
+    except ModelOutputError as exc:
+        if n == 1:
+            return [(None, None)], [str(exc)]
+    results: list[ModelResult] = []
+    errors: list[str | None] = []
+    for i in range(n):
+        try:
+            results += run([i])
+            errors.append(None)
+        except ModelOutputError as exc:
+            results.append((None, None))
+            errors.append(str(exc))
+    return results, errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,24 +121,27 @@ class Measurer:
                 bad.append((frame, exc))
                 continue
             ok.append((frame, st, (time.perf_counter() - t0) * 1e3))
-        outputs: list[ModelOutput | None] = [None] * len(ok)
-        squeeze: list[float | None] = [None] * len(ok)
+        results: list[ModelResult] = [(None, None)] * len(ok)
+        errors: list[str | None] = [None] * len(ok)
         model_ms = 0.0
         if self.model is not None and ok:
             t0 = time.perf_counter()
-            if self.squeezer is not None:
-                res = self.squeezer.infer([f.image for f, _, _ in ok])
-                got, squeeze = res.outputs, list(res.scores)
-            else:
-                got = self.model.infer([f.image for f, _, _ in ok])
+            images = [f.image for f, _, _ in ok]
+            results, errors = infer_isolating(lambda idx: self._infer([images[i] for i in idx]), len(ok))
             # One batched call: each frame is charged its share of the batch's time.
             model_ms = (time.perf_counter() - t0) * 1e3 / len(ok)
-            outputs = list(got)
         measured = [
-            Measured(frame, st, out, {"stats": st_ms, "model": model_ms}, sq)
-            for (frame, st, st_ms), out, sq in zip(ok, outputs, squeeze, strict=True)
+            Measured(frame, st, out, {"stats": st_ms, "model": model_ms}, sq, err)
+            for (frame, st, st_ms), (out, sq), err in zip(ok, results, errors, strict=True)
         ]
         return measured, bad
+
+    def _infer(self, images: list[npt.NDArray[np.uint8]]) -> list[ModelResult]:
+        assert self.model is not None
+        if self.squeezer is not None:
+            res = self.squeezer.infer(images)
+            return list(zip(res.outputs, res.scores, strict=True))
+        return [(out, None) for out in self.model.infer(images)]
 
 
 def load_profile(path: Path, model_sha256: str | None, grid: tuple[int, int],
@@ -174,11 +218,13 @@ class Scorer:
         """Consume one measured frame; a Verdict when guarding, None while calibrating."""
         with self._lock:
             if self._guard is None:
-                self._calibrate(m)
+                if m.model_error is None:  # a frame the model gave no usable output for calibrates nothing
+                    self._calibrate(m)
                 return None
             # The guard checks the frame size against the profile (BLOCK, reason 'resolution', when it differs).
             t0 = time.perf_counter()
-            verdict = self._guard.update(m.frame, m.stats, m.output, m.latency_ms, squeeze=m.squeeze)
+            verdict = self._guard.update(m.frame, m.stats, m.output, m.latency_ms, squeeze=m.squeeze,
+                                         model_error=m.model_error)
             m.latency_ms["score"] = (time.perf_counter() - t0) * 1e3
             return verdict
 

@@ -44,6 +44,7 @@ REASON_CODES: tuple[str, ...] = (
     "warped",
     "drift",
     "resolution",
+    "model_output",
 )
 
 

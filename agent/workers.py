@@ -74,6 +74,7 @@ class Workers:
         self.first_done = threading.Event()
         self._stop_reading = threading.Event()
         self._corrupt_logged = 0
+        self._model_error_logged = 0
         self._epoch = 0  # the connection epoch of the last frame the worker measured
 
     def start(self) -> None:
@@ -177,6 +178,13 @@ class Workers:
         queued = {id(f): q for f, q, _ in items}
         for m in measured:
             m.latency_ms["queue"] = (t_get - queued[id(m.frame)]) * 1e3
+            if m.model_error is not None:
+                self.agg.error("model_output")
+                self._model_error_logged += 1
+                if self._model_error_logged <= 3 or self._model_error_logged % 100 == 0:
+                    logger.warning("frame %d: the model's output is unusable (%d so far): %s; the frame is "
+                                   "BLOCKed with the reason model_output (left out while calibrating)",
+                                   m.frame.seq, self._model_error_logged, m.model_error)
             verdict = self.scorer.update(m)
             # Sequential drift alarms raised/cleared by this frame (rare): one event each, to every sink.
             for event in self.scorer.drift_events():

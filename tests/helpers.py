@@ -24,7 +24,8 @@ from agent.stats.types import FrameStats
 
 __all__ = [
     "clip_frame_index", "damaged_clip", "exact_tolerances", "find_nvcc", "flapping", "read_jsonl", "scene_folder",
-    "synthetic_frames", "synthetic_stats", "unwritable_folder", "wait_until", "write_squeezenet_config",
+    "synthetic_frames", "synthetic_stats", "unwritable_folder", "wait_until", "write_nan_when_dark_model",
+    "write_squeezenet_config",
 ]
 
 
@@ -90,6 +91,34 @@ model:
 file_sink: {{dir: "{tmp_path / 'sink'}"}}
 {extra}
 """, encoding="utf-8")
+    return path
+
+
+def write_nan_when_dark_model(path: Path, threshold: float = 60.0) -> Path:
+    """A real 4-class ONNX classifier whose logits are NaN for dark frames, as an fp16 engine's can
+    be on extreme ones: logits = sqrt(mean pixel - ``threshold``) x [1, 0.5, -0.5, -1] on a 16 x 16
+    input (0..255, no normalisation), so a frame whose mean code value is below ``threshold`` gives NaN."""
+    import onnx  # noqa: PLC0415 (dev extra)
+    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
+
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["mean"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Flatten", ["mean"], ["flat"], axis=1),
+        helper.make_node("Sub", ["flat", "threshold"], ["above"]),
+        helper.make_node("Sqrt", ["above"], ["root"]),  # NaN below the threshold
+        helper.make_node("MatMul", ["root", "weights"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "nan_when_dark",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(np.array([threshold], np.float32), "threshold"),
+         numpy_helper.from_array(np.array([[1.0, 0.5, -0.5, -1.0]], np.float32), "weights")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
     return path
 
 

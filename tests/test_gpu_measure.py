@@ -37,6 +37,7 @@ from agent.gpu_measure import (
     assemble,
     build_measurer,
     choose_measuring_path,
+    model_results,
     plan_measuring,
     split_frames,
 )
@@ -183,22 +184,29 @@ def test_assemble_scores_squeezing_like_feature_squeezer(test_data: Path, refere
     outs = reference_model.infer([*images, *squeezed_canvases(images, pre, squeezers)])
     plain, squeezed = split_by_variant(outs, len(images), squeezers)
     stats = [CpuStats().compute(img) for img in images]
-    measured = assemble(frames, stats, [1.0, 2.0, 3.0], SqueezedOutputs(plain, squeezed), 4.0, squeezing=True)
+    results = model_results(SqueezedOutputs(plain, squeezed), squeezing=True)
+    measured = assemble(frames, stats, [1.0, 2.0, 3.0], results, 4.0)
     want = FeatureSqueezer(reference_model, pre, "bits:5,median:3").infer(images)
     assert [m.squeeze for m in measured] == want.scores  # same function, same numbers
     assert all(m.squeeze is not None and math.isfinite(m.squeeze) for m in measured)
     assert [m.output.top1 for m in measured if m.output] == [o.top1 for o in want.outputs]
     assert [m.latency_ms for m in measured] == [{"stats": s, "model": 4.0} for s in (1.0, 2.0, 3.0)]
     assert [m.frame for m in measured] == frames and [m.stats for m in measured] == stats
+    assert all(m.model_error is None for m in measured)
     # without squeezing, or without a model
-    assert all(m.squeeze is None for m in assemble(frames, stats, [0.0] * 3, SqueezedOutputs(plain, {}), 0.0,
-                                                    squeezing=False))
-    bare = assemble(frames, stats, [0.0] * 3, None, 0.0, squeezing=False)
+    unsqueezed = assemble(frames, stats, [0.0] * 3, model_results(SqueezedOutputs(plain, {}), squeezing=False), 0.0)
+    assert all(m.squeeze is None and m.output is not None for m in unsqueezed)
+    bare = assemble(frames, stats, [0.0] * 3, None, 0.0)
     assert all(m.output is None and m.squeeze is None for m in bare)
+    # a frame whose own output was unusable (infer_isolating) carries the reason instead of an output
+    isolated = assemble(frames, stats, [0.0] * 3, [results[0], (None, None), results[2]], 0.0,
+                        errors=[None, "classifier output contains NaN or infinity", None])
+    assert [m.output is None for m in isolated] == [False, True, False]
+    assert [m.model_error for m in isolated] == [None, "classifier output contains NaN or infinity", None]
     with pytest.raises(ValueError, match="one model output per frame"):
-        assemble(frames, stats, [0.0] * 3, SqueezedOutputs(plain[:2], {}), 0.0, squeezing=False)
+        assemble(frames, stats, [0.0] * 3, results[:2], 0.0)
     with pytest.raises(ValueError, match="one FrameStats and one time per frame"):
-        assemble(frames, stats[:2], [0.0] * 3, None, 0.0, squeezing=False)
+        assemble(frames, stats[:2], [0.0] * 3, None, 0.0)
 
 
 # --------------------------------------------------------------------------- launcher stream handle

@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from agent.errors import ModelError
+from agent.errors import ModelError, ModelOutputError
 from agent.model.config import ModelConfig, OutputConfig, PreprocessConfig
 from agent.model.decode import (
     classifier_outputs,
@@ -86,10 +86,15 @@ def test_float16_probabilities_tolerated() -> None:
 
 
 def test_bad_classifier_outputs() -> None:
-    with pytest.raises(ModelError, match="NaN"):
+    # an output that is unusable for these frames (the frames are BLOCKed, the camera goes on) ...
+    with pytest.raises(ModelOutputError, match="NaN"):
         classifier_outputs(np.array([[np.nan, 1.0]], np.float32), OutputConfig())
-    with pytest.raises(ModelError, match="shape"):
+    with pytest.raises(ModelOutputError, match="sums to 0"):
+        classifier_outputs(np.array([[0.0, 0.0]], np.float32), OutputConfig(softmax="no"))
+    # ... and one that does not fit the declared decoding at all: a model or config problem
+    with pytest.raises(ModelError, match="shape") as info:
         classifier_outputs(np.array([1.0, 2.0], np.float32), OutputConfig())
+    assert not isinstance(info.value, ModelOutputError)
 
 
 def test_yolox_grid_layout() -> None:

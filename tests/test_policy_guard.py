@@ -199,6 +199,18 @@ def test_frame_with_another_grid_is_refused(clean: Data, profile: Profile) -> No
 def test_resolution_cannot_be_disabled() -> None:
     with pytest.raises(ValueError, match="'resolution' cannot be disabled"):
         PolicyConfig(disabled_reasons=["resolution"])
+    with pytest.raises(ValueError, match="'model_output' cannot be disabled"):
+        PolicyConfig(disabled_reasons=["model_output"])
+
+
+def test_an_unusable_model_output_blocks_a_clean_frame(clean: Data, profile: Profile) -> None:
+    guard = Guard(profile)
+    image, stats = clean[200]
+    assert guard.update(frame(image, 1), stats, None).decision == Decision.PASS
+    v = guard.update(frame(image, 2), stats, None, model_error="classifier output contains NaN or infinity")
+    assert v.decision == Decision.BLOCK and v.reason_codes == ("model_output",)
+    assert v.reasons[0].detail == {"error": "classifier output contains NaN or infinity"}
+    assert v.scores  # the image tests still ran
 
 
 def test_ood_model_with_logits_uses_energy(clean: Data) -> None:

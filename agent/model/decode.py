@@ -43,7 +43,7 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
-from agent.errors import ModelError
+from agent.errors import ModelError, ModelOutputError
 from agent.model.config import OutputConfig
 from agent.model.preprocess import Letterbox
 from agent.model.types import ModelOutput
@@ -93,7 +93,7 @@ def classifier_outputs(
         raise ModelError(f"classifier output must be floating point, got {raw.dtype}")
     rows = np.asarray(raw, dtype=np.float32).reshape(raw.shape[0], -1)  # (B, C): [B, C, 1, 1] -> [B, C]
     if not np.all(np.isfinite(rows)):
-        raise ModelError("classifier output contains NaN or infinity")
+        raise ModelOutputError("classifier output contains NaN or infinity")
     tol = 1e-2 if raw.dtype == np.float16 else 1e-3
     if cfg.softmax == "yes" or (cfg.softmax == "auto" and not is_probability_rows(rows, tol)):
         logits: F32 | None = rows
@@ -103,7 +103,7 @@ def classifier_outputs(
         p = np.clip(rows.astype(np.float64), 0.0, None)
         total = p.sum(axis=1, keepdims=True)
         if np.any(total <= 0):
-            raise ModelError("softmax: no, but an output row sums to 0; the model does not output probabilities")
+            raise ModelOutputError("softmax: no, but an output row sums to 0; the model does not output probabilities")
         probs = (p / total).astype(np.float32)
     top = probs.argmax(axis=1)
     out: list[ModelOutput] = []

@@ -188,6 +188,9 @@ class PolicyConfig(StrictModel):
         if "resolution" in codes:
             raise ValueError("'resolution' cannot be disabled: a frame of another size than the profile's "
                              "cannot be scored at all (recalibrate for the new resolution instead)")
+        if "model_output" in codes:
+            raise ValueError("'model_output' cannot be disabled: a frame whose model output is NaN or "
+                             "otherwise unusable has no output to pass on")
         return codes
 
     @model_validator(mode="after")

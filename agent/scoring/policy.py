@@ -279,11 +279,14 @@ class Guard:
         latency_ms: Mapping[str, float] | None = None,
         *,
         squeeze: float | None = None,
+        model_error: str | None = None,
     ) -> Verdict:
         """Score one frame and return its Verdict (adds ``latency_ms['score']``).
 
         ``squeeze``: the frame's feature-squeezing distance (adversarial.FeatureSqueezer),
-        when the profile was calibrated with squeezing.
+        when the profile was calibrated with squeezing. ``model_error``: why the model's output
+        for this frame is unusable (pipeline.Measured): the frame is BLOCKed with the reason
+        ``model_output`` whatever else it scores (its image tests still run and are reported).
         """
         t0 = time.perf_counter()
         if stats.grid != self._grid:
@@ -336,6 +339,9 @@ class Guard:
                 if state.since_seq is not None:
                     detail["since_seq"] = state.since_seq
             reasons.append(Reason(code=code, decision=decision, score=score, p_value=p, detail=detail))
+        if model_error is not None:
+            reasons.insert(0, Reason(code="model_output", decision=Decision.BLOCK, score=1.0,
+                                     detail={"error": model_error}))
         decision = max(max((r.decision for r in reasons), default=Decision.PASS), floor)
         surprise = {"stats": -math.log(max(p_family, 1e-300))}
         model_p = [p_values[t.name] for t in self._tests if t.reason == "ood_model" and t.name in p_values]
