@@ -324,6 +324,21 @@ def test_nanstats_doctests() -> None:
     assert result.attempted == 3 and result.failed == 0
 
 
+def test_nan_median_is_numpys_with_or_without_nan() -> None:
+    """Its fast path (no NaN: np.median) gives np.nanmedian's numbers; with NaN it ignores them."""
+    from agent.scoring.nanstats import nan_median  # noqa: PLC0415
+
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        x = rng.normal(size=(int(rng.integers(1, 30)), 6)).round(int(rng.integers(0, 3)))  # ties too
+        assert np.array_equal(nan_median(x), np.nanmedian(x, axis=0))
+        x[rng.random(x.shape) < 0.2] = np.nan
+        x[:, 0] = np.nan  # an all-NaN column: NaN, without NumPy's warning
+        with np.errstate(all="ignore"):
+            want = np.array([np.nanmedian(c) if not np.isnan(c).all() else np.nan for c in x.T])
+        assert np.array_equal(nan_median(x), want, equal_nan=True)
+
+
 def test_every_reason_code_has_a_row_in_the_on_site_table(repo_root: Path) -> None:
     """docs/deploy.md tells field engineers what each reason asks of them: one row per code, no stale ones."""
     deploy = (repo_root / "docs" / "deploy.md").read_text(encoding="utf-8")

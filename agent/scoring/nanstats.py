@@ -35,8 +35,15 @@ def _fill_empty(a: npt.ArrayLike, axis: int) -> tuple[FloatArray, npt.NDArray[np
 
 
 def nan_median(a: npt.ArrayLike, axis: int = 0) -> FloatArray:
-    """Median along ``axis`` ignoring NaN; NaN where the slice has no number."""
-    x, empty = _fill_empty(a, axis)
+    """Median along ``axis`` ignoring NaN; NaN where the slice has no number.
+
+    Without any NaN it is ``np.median`` (the same numbers): ``np.nanmedian`` of a small array goes
+    through masked arrays, ~10x slower, and the guard takes this median every frame.
+    """
+    plain: FloatArray = np.asarray(a, dtype=np.float64)
+    if not np.isnan(plain).any():
+        return np.asarray(np.median(plain, axis=axis), dtype=np.float64)
+    x, empty = _fill_empty(plain, axis)
     out = np.asarray(np.nanmedian(x, axis=axis), dtype=np.float64)
     out[empty] = np.nan
     return out
