@@ -284,15 +284,18 @@ def chroma_energy(image: U8, grid: tuple[int, int]) -> FloatArray:
     mid = np.arange(1, h - 1, max(1, h // CHROMA_ROWS))
     if mid.size < 2 or w < 3 + _BLOCK_W:
         return out
-
-    def diffs(x: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:  # (R, W, 3) -> (2, R, W)
-        return np.stack((x[:, :, 0] - x[:, :, 1], x[:, :, 2] - x[:, :, 1]))
-
-    v = diffs(image[mid - 1].astype(np.int16)) - 2 * diffs(image[mid].astype(np.int16))
-    v += diffs(image[mid + 1].astype(np.int16))  # (2, R, W) vertical second difference
-    k = np.abs(v[:, :, :-2] - 2 * v[:, :, 1:-1] + v[:, :, 2:]).sum(axis=0).astype(np.float32)  # (R, W - 2)
+    v = image[mid - 1].astype(np.int16)  # (R, W, 3): the vertical second difference of each channel
+    v += image[mid + 1]
+    v -= image[mid]
+    v -= image[mid]
+    k = np.zeros((mid.size, w - 2), np.int16)  # at most 2 x 4 x 1020 = 8160
+    for c in (0, 2):  # B - G and R - G (the operator is linear: differences of second differences)
+        d = v[:, :, c] - v[:, :, 1]
+        k += np.abs(d[:, :-2] - 2 * d[:, 1:-1] + d[:, 2:])  # horizontal second difference
     nr, nc = k.shape[0] // _BLOCK_H, k.shape[1] // _BLOCK_W
-    blocks = k[: nr * _BLOCK_H, : nc * _BLOCK_W].reshape(nr, _BLOCK_H, nc, _BLOCK_W).mean(axis=(1, 3))  # (nr, nc)
+    sums = k[: nr * _BLOCK_H, : nc * _BLOCK_W].astype(np.int32).reshape(nr, _BLOCK_H, -1).sum(axis=1)
+    sums = sums.reshape(nr, nc, _BLOCK_W).sum(axis=2)  # (nr, nc) block sums, exact integers
+    blocks = (sums / float(_BLOCK_H * _BLOCK_W)).astype(np.float32)
     for i in range(rows):
         for j in range(cols):
             t = blocks[i * nr // rows : (i + 1) * nr // rows, j * nc // cols : (j + 1) * nc // cols].ravel()
