@@ -16,6 +16,7 @@ from helpers import flapping, scene_folder, unwritable_folder
 
 from agent import REPO_ROOT, __version__, exitcodes
 from agent.cli import build_parser, main
+from agent.scoring.config import ALWAYS_RAISED
 from agent.scoring.tamper import TAMPER_REASONS
 from agent.sources.synthetic_scene import SyntheticScene
 from agent.term import LiveView, ProgressBar, format_table
@@ -138,7 +139,7 @@ def test_check_config_opens_the_model_and_the_profile(tmp_path: Path, capsys: py
         (line,) = [ln.split() for ln in out.splitlines() if ln.split()[:4] == ["dark", "mean", "luma", "below"]]
         dark[alpha] = float(line[4])
     assert dark[0.05] >= dark[0.01]
-    every = json.dumps([c for c in REASON_CODES if c != "resolution"])  # all a profile can have, disabled
+    every = json.dumps([c for c in REASON_CODES if c not in ALWAYS_RAISED])  # all a profile can have, disabled
     cfg = _write(tmp_path / "c.yaml", f"policy:\n  profile: {profile}\n  disabled_reasons: {every}\n")
     assert main(["check-config", str(cfg)]) == exitcodes.CONFIG
     assert "disables every test of profile" in capsys.readouterr().out

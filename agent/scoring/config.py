@@ -10,10 +10,18 @@ from agent.configbase import StrictModel
 from agent.gpu.squeeze import parse_squeezers
 from agent.verdict import REASON_CODES
 
-__all__ = ["ALL_TESTS", "CalibrationConfig", "DriftConfig", "PolicyConfig", "SqueezeConfig", "TamperConfig"]
+__all__ = [
+    "ALL_TESTS", "ALWAYS_RAISED", "CalibrationConfig", "DriftConfig", "PolicyConfig", "SqueezeConfig", "TamperConfig",
+]
 
 #: The ``calibration.tolerances`` key that applies to every test not named (``{"*": 0}``: exact p-values).
 ALL_TESTS = "*"
+#: Reason codes no policy can disable, and why.
+ALWAYS_RAISED: dict[str, str] = {
+    "resolution": "a frame of another size than the profile's cannot be scored at all (recalibrate for the new "
+    "resolution instead)",
+    "model_output": "a frame whose model output is NaN or otherwise unusable has no output to pass on",
+}
 
 
 class SqueezeConfig(StrictModel):
@@ -185,12 +193,9 @@ class PolicyConfig(StrictModel):
         unknown = sorted(set(codes) - set(REASON_CODES))
         if unknown:
             raise ValueError(f"unknown reason codes {unknown}; expected some of {list(REASON_CODES)}")
-        if "resolution" in codes:
-            raise ValueError("'resolution' cannot be disabled: a frame of another size than the profile's "
-                             "cannot be scored at all (recalibrate for the new resolution instead)")
-        if "model_output" in codes:
-            raise ValueError("'model_output' cannot be disabled: a frame whose model output is NaN or "
-                             "otherwise unusable has no output to pass on")
+        for code in codes:
+            if code in ALWAYS_RAISED:
+                raise ValueError(f"'{code}' cannot be disabled: {ALWAYS_RAISED[code]}")
         return codes
 
     @model_validator(mode="after")
