@@ -73,6 +73,19 @@ def test_two_days_by_hand(tmp_path: Path) -> None:
     text = report.format_camera(rep)
     assert "FLAG rate 0.0% -> 1.0%" in text and "confidence (median) 0.900 -> 0.750" in text
     assert "car 0% -> 50%" in text and "log_brightness 0.25" in text
+    assert "errors" not in text and "frames dropped" not in text  # nothing lost, nothing failed: no line
+
+
+def test_frames_lost_and_errors_are_summed_over_the_buckets(tmp_path: Path) -> None:
+    """A model that gave NaN for 50 frames, a codec that broke 2, a queue that dropped 3: one line."""
+    rows = [_summary(1, T0 + 3600), _summary(2, T0 + DAY + 3600), _summary(3, T0 + DAY + 7200, guarded=0, calibrated=9)]
+    rows[0].update(errors={"model_output": 20}, frames_dropped=3)
+    rows[1].update(errors={"model_output": 30, "drain_timeout": 1}, frames_corrupt=2)
+    rows[2].update(source_reconnects=1)
+    (rep,) = build_reports(load_summaries([_write(tmp_path / "health.jsonl", rows)]).summaries, bucket_s=int(DAY))
+    text = report.format_camera(rep)
+    assert text.splitlines()[-1] == (
+        "  frames dropped 3, corrupt 2; source reconnects 1; errors: model_output 50, drain_timeout 1")
 
 
 def test_bad_lines_counted_and_quoted_mqtt_payloads_read_gaps_and_restarts(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import textwrap
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -97,8 +98,9 @@ def format_camera(rep: CameraReport) -> str:
     table = _table(["bucket", "frames", "FLAG %", "BLOCK %", "top reasons", "drift (top PSI)", "alarms", "conf p50"],
                    [_row(b) for b in rep.buckets])
     ch = rep.changes()
+    trouble = _trouble(rep.buckets)
     if not ch:
-        return f"{head}\n{table}\n  no guarded frames yet (calibrating only)"
+        return "\n".join([head, table, "  no guarded frames yet (calibrating only)", *trouble])
     lines = [f"since the first guarded bucket ({_ts(ch['first_bucket_ts'])} -> {_ts(ch['last_bucket_ts'])}):"]
     (f0, f1), (b0, b1) = ch["flag_rate"], ch["block_rate"]
     lines.append(f"  FLAG rate {_pct(f0)}% -> {_pct(f1)}%, BLOCK rate {_pct(b0)}% -> {_pct(b1)}%")
@@ -113,7 +115,29 @@ def format_camera(rep: CameraReport) -> str:
         top = ", ".join(f"{k[4:]} {v:.2f}" for k, v in ch["top_drift_last_bucket"].items())
         lines.append(f"  drifting most in the last bucket (PSI): {top}")
     lines.append(f"  drift alarms in {100 * ch['drift_alarm_share_overall']:.0f}% of the guarded health windows")
-    return "\n".join([head, table, *lines])
+    return "\n".join([head, table, *lines, *trouble])
+
+
+def _trouble(buckets: list[Bucket]) -> list[str]:
+    """One line of the frames the guard lost and the errors counted over every bucket (none: no line).
+
+    >>> b = Bucket(0.0, dropped=3, reconnects=1); b.errors.update({"model_output": 50})
+    >>> _trouble([b, Bucket(60.0, corrupt=2)])
+    ['  frames dropped 3, corrupt 2; source reconnects 1; errors: model_output 50']
+    """
+    frames = {k: sum(getattr(b, k) for b in buckets) for k in ("dropped", "corrupt", "skipped")}
+    reconnects = sum(b.reconnects for b in buckets)
+    errors: Counter[str] = Counter()
+    for b in buckets:
+        errors.update(b.errors)
+    parts = []
+    if any(frames.values()):
+        parts.append("frames " + ", ".join(f"{k} {v}" for k, v in frames.items() if v))
+    if reconnects:
+        parts.append(f"source reconnects {reconnects}")
+    if +errors:
+        parts.append("errors: " + ", ".join(f"{k} {v}" for k, v in errors.most_common() if v))
+    return ["  " + "; ".join(parts)] if parts else []
 
 
 def cmd_report(args: argparse.Namespace) -> int:
