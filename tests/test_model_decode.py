@@ -26,6 +26,7 @@ from agent.model.decode import (
     yolox_grid,
 )
 from agent.model.preprocess import plan_resize, preprocess_with_transforms
+from agent.scoring.detector_outputs import summarize_detections
 
 
 def _arr(x: npt.NDArray[np.float32] | None) -> npt.NDArray[np.float32]:
@@ -140,6 +141,29 @@ def test_yolox_threshold_and_classwise_nms() -> None:
     det = yolox_decode(raw, (32, 32), cfg)[0]
     np.testing.assert_allclose(det[:, 4], [0.9, 0.7], rtol=1e-6)
     np.testing.assert_array_equal(det[:, 5], [0, 1])
+
+
+def test_a_box_that_is_not_finite_is_left_out_not_kept_by_nms() -> None:
+    """The best-scored candidate's box regressors overflowed (NaN): NMS kept it as the frame's top
+    detection and the detection summary crashed the worker (an out-of-range grid cell). It is left
+    out; the other box of the class is kept."""
+    cfg = OutputConfig(strides=(8,), score_threshold=0.3, nms_iou=0.45)
+    raw = _yolox_raw((32, 32), (8,), classes=1)
+    raw[0, 0, :5] = [np.nan, 0.0, np.log(2.0), np.log(2.0), 1.0]  # best score, NaN box
+    raw[0, 0, 5] = 0.95
+    raw[0, 5, :5] = [0.0, 0.0, np.log(2.0), np.log(2.0), 1.0]  # a box elsewhere, same class
+    raw[0, 5, 5] = 0.8
+    det = yolox_decode(raw, (32, 32), cfg)[0]
+    assert det.shape == (1, 6) and np.isfinite(det).all() and det[0, 4] == pytest.approx(0.8)
+    geo = plan_resize((32, 32), PreprocessConfig(size=(32, 32), resize="letterbox"))
+    out = detector_outputs(raw, (32, 32), [geo], cfg)[0]
+    assert summarize_detections(_arr(out.detections), 32, 32).count == 1
+    # the same on rows of the other layouts: xyxy (NMS) and rtdetr (no NMS)
+    rows = np.zeros((1, 8, 5), np.float32)
+    rows[0, 0], rows[0, 1] = [np.nan, 0, 8, 8, 0.9], [16, 16, 24, 24, 0.7]
+    assert xyxy_decode(rows, OutputConfig(decoder="xyxy"))[0][:, 4].tolist() == [pytest.approx(0.7)]
+    rows[0, 0], rows[0, 1] = [0.5, np.inf, 0.1, 0.1, 0.9], [0.25, 0.25, 0.1, 0.1, 0.7]
+    assert rtdetr_decode(rows, (32, 32), OutputConfig(decoder="rtdetr"))[0][:, 4].tolist() == [pytest.approx(0.7)]
 
 
 def test_yolox_sigmoid_applied_to_raw_logits() -> None:

@@ -270,6 +270,8 @@ def rtdetr_decode(raw: npt.NDArray[np.generic], input_wh: tuple[int, int], cfg: 
     out: list[F32] = []
     for pred in rows:
         score, cls, sel = _best_class(_probabilities(pred[:, 4:]), cfg)
+        finite = np.isfinite(pred[sel, :4]).all(axis=1)  # a box that is not finite is left out
+        score, cls, sel = score[finite], cls[finite], sel[finite]
         order = _best_first(score, cfg)
         cxy, half = pred[sel, :2] * scale, np.abs(pred[sel, 2:4]) * scale / 2.0
         det = np.empty((sel.size, 6), np.float32)
@@ -299,8 +301,15 @@ def _best_class(scores_all: F32, cfg: OutputConfig) -> tuple[F32, npt.NDArray[np
 
 
 def _suppress(boxes: npt.NDArray[np.floating], score: F32, cls: npt.NDArray[np.intp], cfg: OutputConfig) -> F32:
-    """Class-wise NMS of the selected candidates -> (K, 6) [x1, y1, x2, y2, score, cls]."""
+    """Class-wise NMS of the selected candidates -> (K, 6) [x1, y1, x2, y2, score, cls].
+
+    A candidate whose box is not finite (NaN, infinity) is left out first: NMS would keep it, and a
+    NaN box has no place in the detection summary's grid.
+    """
     boxes = boxes.astype(np.float32)
+    finite = np.isfinite(boxes).all(axis=1)
+    if not finite.all():
+        boxes, score, cls = boxes[finite], score[finite], cls[finite]
     keep = nms_classwise(boxes, score, cls, cfg.nms_iou, cfg.max_detections)
     det = np.empty((keep.size, 6), dtype=np.float32)
     det[:, :4] = boxes[keep]
