@@ -40,7 +40,7 @@ from agent.frame import Frame
 from agent.gpu_measure import build_measurer
 from agent.healthagg import HealthAggregator
 from agent.logsetup import set_level
-from agent.model.factory import effective_preprocess, load_model
+from agent.model.factory import effective_preprocess, load_model, warm_up
 from agent.model.types import ModelRunner
 from agent.pipeline import Measurer, ProfileIds, Scorer, load_profile
 from agent.reload import plan_reload
@@ -148,7 +148,7 @@ class Daemon:
             self.model = load_model(self.cfg.model, launcher=getattr(self.stats, "launcher", None))
             if self.model is not None:
                 self.notifier.status("warming up model")
-                self.model.warmup()
+                warm_up(self.model)
         if self.model is None:
             logger.info("model disabled: statistics-only guard")
         else:

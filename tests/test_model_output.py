@@ -72,22 +72,37 @@ def test_measurer_isolates_the_dark_frames_of_a_batch(tmp_path: Path) -> None:
     assert {m.model_error for m in measured if m.model_error} == {"classifier output contains NaN or infinity"}
 
 
-def test_daemon_blocks_the_frames_and_goes_on(tmp_path: Path) -> None:
+def _run(tmp_path: Path, threshold: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """``edge-guard run`` on SYNTH with a model that gives NaN below ``threshold`` (mean code value)."""
     cfg = tmp_path / "cam.yaml"
     cfg.write_text(f"""
 camera_id: nan1
 source: {{uri: "{SYNTH}", max_frames: 240}}
 stats: {{backend: cpu}}
 model:
-  path: "{write_nan_when_dark_model(tmp_path / 'nan.onnx')}"
+  path: "{write_nan_when_dark_model(tmp_path / 'nan.onnx', threshold)}"
   providers: [cpu]
   preprocess: {{size: [16, 16], mean: [0.0, 0.0, 0.0]}}
   output: {{name: logits}}
 calibration: {{frames: 100}}
 file_sink: {{dir: "{tmp_path / 'out'}"}}
 """, encoding="utf-8")
-    proc = subprocess.run([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
+    return subprocess.run([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
                           capture_output=True, text=True, timeout=180, check=False)
+
+
+def test_a_model_unusable_on_its_warm_up_frame_is_a_config_error(tmp_path: Path) -> None:
+    """NaN for the mid-grey warm-up frame: every frame would be BLOCKed, so it stops at start (78)."""
+    proc = _run(tmp_path, threshold=200.0)
+    assert proc.returncode == 78, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"edge-guard: error: model {tmp_path / 'nan.onnx'}: its output for the warm-up frame (mid-grey) is unusable "
+        "(classifier output contains NaN or infinity); check model.preprocess (mean, std, scale), model.output and, "
+        "for an FP16 engine, model.trt_fp16: false")
+
+
+def test_daemon_blocks_the_frames_and_goes_on(tmp_path: Path) -> None:
+    proc = _run(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]  # was 1: "worker failed: classifier output contains NaN"
     verdicts = read_jsonl(tmp_path / "out" / "verdicts.jsonl")
     unusable = [v for v in verdicts if any(r["code"] == "model_output" for r in v["reasons"])]

@@ -44,7 +44,7 @@ from agent.fieldtools.benchreport import (
 from agent.frame import Frame
 from agent.fsutil import check_output, write_output
 from agent.logsetup import configure_logging
-from agent.model.factory import load_model, load_warm_model
+from agent.model.factory import load_model, load_warm_model, warm_up
 from agent.pipeline import load_profile
 from agent.scoring.calibrate import MIN_KEPT, Calibrator
 from agent.scoring.policy import Guard
@@ -190,7 +190,7 @@ def bench_model(cfg: GuardConfig, frame: U8, budget_s: float, step: Callable[[],
             rows.append({"provider": p, "ort_provider": used, "skipped": f"session fell back to {used}"})
             step()
             continue
-        model.warmup()
+        warm_up(model)
         ms = _timed(functools.partial(model.infer, [frame]), per, min_runs=10)
         summary = _summary(ms)
         summary.pop("fps")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import ValidationError
 
 from agent.datafiles import data_dir
-from agent.errors import BackendUnavailable, ModelError
+from agent.errors import BackendUnavailable, ModelError, ModelOutputError
 from agent.model.config import ModelConfig, PreprocessConfig
 from agent.model.types import ModelRunner
 
@@ -39,6 +39,7 @@ __all__ = [
     "load_warm_model",
     "read_sidecar",
     "runner_factory",
+    "warm_up",
 ]
 
 logger = logging.getLogger(__name__)
@@ -170,5 +171,18 @@ def load_warm_model(cfg: ModelConfig) -> ModelRunner | None:
     """
     model = load_model(cfg)
     if model is not None:
-        model.warmup()
+        warm_up(model)
     return model
+
+
+def warm_up(model: ModelRunner) -> None:
+    """``model.warmup()``; an unusable output on its warm-up frame (mid-grey) is a plain `ModelError`
+    that says so: every frame would give one, so it is a configuration problem (exit 78), not a
+    frame to BLOCK (`ModelOutputError`)."""
+    try:
+        model.warmup()
+    except ModelOutputError as exc:
+        raise ModelError(
+            f"model {model.info.path}: its output for the warm-up frame (mid-grey) is unusable ({exc}); "
+            "check model.preprocess (mean, std, scale), model.output and, for an FP16 engine, model.trt_fp16: false"
+        ) from exc
