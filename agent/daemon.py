@@ -67,6 +67,10 @@ logger = logging.getLogger(__name__)
 FATAL_AT_START: tuple[type[GuardError], ...] = (ConfigError, ProfileError, ModelError)
 #: This many frame size changes during start-up calibration mark the camera degraded.
 CALIBRATION_SIZE_CHANGES_DEGRADED: int = 3
+#: This many frames in a row with an unusable model output (reason model_output) mark the camera
+#: degraded (about a second of video): the guard BLOCKs them all, the operator should know why.
+MODEL_ERROR_RUN_DEGRADED: int = 25
+MODEL_OUTPUT_DEGRADED = "model output unusable (NaN, ...) on every recent frame: BLOCKed with reason model_output"
 
 _TICK_S = 0.25
 _STATUS_EVERY_S = 5.0
@@ -370,6 +374,8 @@ class Daemon:
             changes = scorer.calibration_size_changes if scorer is not None and scorer.phase == "calibrating" else 0
             if mismatch is not None:  # a swapped camera: every frame is BLOCKed with reason 'resolution'
                 self.reporter.set_camera_state("degraded", mismatch)
+            elif w.model_error_run >= MODEL_ERROR_RUN_DEGRADED:
+                self.reporter.set_camera_state("degraded", MODEL_OUTPUT_DEGRADED)
             elif changes >= CALIBRATION_SIZE_CHANGES_DEGRADED:  # the stream keeps changing size: it may never end
                 self.reporter.set_camera_state(
                     "degraded", f"frame size keeps changing: {changes} size changes during start-up calibration")

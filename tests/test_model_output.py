@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from helpers import read_jsonl, synthetic_frames, write_nan_when_dark_model
 
+from agent.daemon import MODEL_OUTPUT_DEGRADED
 from agent.errors import ModelError, ModelOutputError
 from agent.frame import Frame
 from agent.model.config import ModelConfig, OutputConfig, PreprocessConfig
@@ -72,12 +73,14 @@ def test_measurer_isolates_the_dark_frames_of_a_batch(tmp_path: Path) -> None:
     assert {m.model_error for m in measured if m.model_error} == {"classifier output contains NaN or infinity"}
 
 
-def _run(tmp_path: Path, threshold: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """``edge-guard run`` on SYNTH with a model that gives NaN below ``threshold`` (mean code value)."""
+def _run(
+    tmp_path: Path, threshold: float = 60.0, uri: str = SYNTH, realtime: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``edge-guard run`` on ``uri`` with a model that gives NaN below ``threshold`` (mean code value)."""
     cfg = tmp_path / "cam.yaml"
     cfg.write_text(f"""
 camera_id: nan1
-source: {{uri: "{SYNTH}", max_frames: 240}}
+source: {{uri: "{uri}", realtime: {str(realtime).lower()}}}
 stats: {{backend: cpu}}
 model:
   path: "{write_nan_when_dark_model(tmp_path / 'nan.onnx', threshold)}"
@@ -116,3 +119,16 @@ def test_daemon_blocks_the_frames_and_goes_on(tmp_path: Path) -> None:
     assert sum(h["errors"].get("model_output", 0) for h in health) == 50  # 10 calibrating + 40 guarding
     assert "frame 40: the model's output is unusable (1 so far)" in proc.stderr
     assert "profile" in proc.stderr and "guarding from now on" in proc.stderr
+
+
+def test_a_long_run_of_unusable_outputs_degrades_the_camera_until_it_ends(tmp_path: Path) -> None:
+    """300 dark frames in a row, paced at 100 fps (3 s: twelve status ticks, where 25 frames mark it):
+    the status says why every frame is BLOCKed, and the camera is online again once outputs are usable."""
+    proc = _run(tmp_path, uri="synthetic://custom?faults=dark:120:420&size=160x96&seed=3&frames=640&fps=100",
+                realtime=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    states = [(r["state"], r["reason"]) for r in read_jsonl(tmp_path / "out" / "status.jsonl")]
+    degraded = ("degraded", MODEL_OUTPUT_DEGRADED)
+    assert degraded in states, states
+    after = states[states.index(degraded) + 1:]
+    assert after[0] == ("online", "guarding") and after[-1][0] == "offline", states
