@@ -119,7 +119,7 @@ def calibrate_from_config(cfg: GuardConfig, out: Path, progress: bool = True) ->
     needed = cfg.calibration.skip + cfg.calibration.frames
     bar = ProgressBar(needed, "frames") if progress else None
     source = GiveUpReader(open_source(cfg.source, cfg.camera_id))
-    read = model_errors = 0
+    read = 0
     try:
         while scorer.profile is None:
             frame = source.read()
@@ -134,11 +134,6 @@ def calibrate_from_config(cfg: GuardConfig, out: Path, progress: bool = True) ->
             for _frame, exc in bad:
                 logger.warning("frame %d skipped: %s", _frame.seq, exc)
             for m in measured:
-                if m.model_error is not None:
-                    model_errors += 1
-                    if model_errors <= 3 or model_errors % 100 == 0:
-                        logger.warning("frame %d not calibrated on (%d so far): the model's output is unusable: %s",
-                                       m.frame.seq, model_errors, m.model_error)
                 scorer.update(m)
             if bar is not None:
                 bar.update(read)

@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Protocol
 
-__all__ = ["LEVELS", "Writable", "configure_logging", "redirect", "set_camera", "set_level"]
+__all__ = ["LEVELS", "Writable", "configure_logging", "redirect", "set_camera", "set_level", "sparse"]
 
 LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -88,3 +88,13 @@ def set_level(level: str) -> None:
     if name not in LEVELS:
         raise ValueError(f"log level must be one of {', '.join(LEVELS)}, but got {level!r}")
     logging.getLogger().setLevel(name)
+
+
+def sparse(n: int, first: int = 3, every: int = 100) -> bool:
+    """Whether the ``n``-th occurrence (from 1) of a repeated problem is logged: the first ``first``,
+    then every ``every``-th, so a problem that repeats every frame neither floods nor goes quiet.
+
+    >>> [n for n in range(1, 301) if sparse(n)]
+    [1, 2, 3, 100, 200, 300]
+    """
+    return n <= first or n % every == 0

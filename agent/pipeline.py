@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from agent.errors import FrameError, ModelOutputError
 from agent.frame import Frame
+from agent.logsetup import sparse
 from agent.model.types import ModelOutput, ModelRunner
 from agent.scoring.adversarial import FeatureSqueezer
 from agent.scoring.calibrate import Calibrator
@@ -194,6 +195,7 @@ class Scorer:
         self._calibrators: dict[tuple[int, int], Calibrator] = {}  # one per frame size (class docstring)
         self._cal_size: tuple[int, int] | None = None  # the size of the last calibration frame
         self.calibrated = 0
+        self._model_errors = 0  # frames whose model output was unusable (Measured.model_error), for the log
         self.profile: Profile | None = None
         self._size_changes = self._size_changes_logged = 0  # frame size changes during calibration
         self._size_change_logged_at: float | None = None  # monotonic time of the last size-change warning
@@ -217,6 +219,13 @@ class Scorer:
     def update(self, m: Measured) -> Verdict | None:
         """Consume one measured frame; a Verdict when guarding, None while calibrating."""
         with self._lock:
+            if m.model_error is not None:
+                self._model_errors += 1
+                if sparse(self._model_errors):
+                    logger.warning("frame %d: the model's output is unusable (%d so far): %s; %s", m.frame.seq,
+                                   self._model_errors, m.model_error,
+                                   "left out of calibration" if self._guard is None
+                                   else "BLOCKed with the reason model_output")
             if self._guard is None:
                 if m.model_error is None:  # a frame the model gave no usable output for calibrates nothing
                     self._calibrate(m)

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from agent.frame import Frame
 from agent.framequeue import DropOldestQueue
 from agent.healthagg import HealthAggregator
+from agent.logsetup import sparse
 from agent.pipeline import Measurer, Scorer
 from agent.sinks.base import Sink
 from agent.sources.base import Source
@@ -74,7 +75,6 @@ class Workers:
         self.first_done = threading.Event()
         self._stop_reading = threading.Event()
         self._corrupt_logged = 0
-        self._model_error_logged = 0
         #: Frames in a row, up to the last one measured, whose model output was unusable (the daemon's status).
         self.model_error_run = 0
         self._epoch = 0  # the connection epoch of the last frame the worker measured
@@ -175,19 +175,14 @@ class Workers:
         for frame, exc in bad:
             self.agg.corrupt()
             self._corrupt_logged += 1
-            if self._corrupt_logged <= 3 or self._corrupt_logged % 100 == 0:
+            if sparse(self._corrupt_logged):
                 logger.warning("frame %d rejected (%d so far): %s", frame.seq, self._corrupt_logged, exc)
         queued = {id(f): q for f, q, _ in items}
         for m in measured:
             m.latency_ms["queue"] = (t_get - queued[id(m.frame)]) * 1e3
             self.model_error_run = 0 if m.model_error is None else self.model_error_run + 1
             if m.model_error is not None:
-                self.agg.error("model_output")
-                self._model_error_logged += 1
-                if self._model_error_logged <= 3 or self._model_error_logged % 100 == 0:
-                    logger.warning("frame %d: the model's output is unusable (%d so far): %s; the frame is "
-                                   "BLOCKed with the reason model_output (left out while calibrating)",
-                                   m.frame.seq, self._model_error_logged, m.model_error)
+                self.agg.error("model_output")  # the Scorer logs it
             verdict = self.scorer.update(m)
             # Sequential drift alarms raised/cleared by this frame (rare): one event each, to every sink.
             for event in self.scorer.drift_events():

@@ -212,3 +212,13 @@ def test_calibration_size_change_warnings_are_throttled(
     assert "frame 4 is 96x64" in warned[1] and "(so far 96x64: 2, 64x48: 2)" in warned[1]
     assert "(2 more size changes since the last message" in warned[1]
     assert scorer.calibrated == 3  # 96x64 kept frames 0, 2 and 4
+
+
+def test_repeated_problems_are_logged_sparsely() -> None:
+    """One rule for corrupt frames, unusable model outputs and size changes: the first few, then every 100th."""
+    import doctest  # noqa: PLC0415
+
+    from agent import logsetup  # noqa: PLC0415
+
+    assert doctest.testmod(logsetup).failed == 0
+    assert [n for n in range(1, 201) if logsetup.sparse(n, first=4)] == [1, 2, 3, 4, 100, 200]

@@ -47,6 +47,7 @@ import numpy as np
 
 from agent.errors import ConfigError, ProfileError
 from agent.frame import Frame
+from agent.logsetup import sparse
 from agent.model.types import ModelOutput
 from agent.scoring.base import Test
 from agent.scoring.config import PolicyConfig
@@ -234,7 +235,7 @@ class Guard:
         if foreign != self._foreign_size:
             self._size_changes += 1
             # a stream flapping between sizes would log every frame: the first changes, then every 100th
-            log = logger.warning if self._size_changes <= 4 or self._size_changes % 100 == 0 else logger.debug
+            log = logger.warning if sparse(self._size_changes, first=4) else logger.debug
             if foreign is not None:
                 log(
                     "camera %s: frame %d is %dx%d but profile %s is for %dx%d (camera swapped or stream "
