@@ -374,7 +374,7 @@ class Daemon:
             changes = scorer.calibration_size_changes if scorer is not None and scorer.phase == "calibrating" else 0
             if mismatch is not None:  # a swapped camera: every frame is BLOCKed with reason 'resolution'
                 self.reporter.set_camera_state("degraded", mismatch)
-            elif w.model_error_run >= MODEL_ERROR_RUN_DEGRADED:
+            elif scorer is not None and scorer.model_error_run >= MODEL_ERROR_RUN_DEGRADED:
                 self.reporter.set_camera_state("degraded", MODEL_OUTPUT_DEGRADED)
             elif changes >= CALIBRATION_SIZE_CHANGES_DEGRADED:  # the stream keeps changing size: it may never end
                 self.reporter.set_camera_state(

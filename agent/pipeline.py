@@ -196,6 +196,8 @@ class Scorer:
         self._cal_size: tuple[int, int] | None = None  # the size of the last calibration frame
         self.calibrated = 0
         self._model_errors = 0  # frames whose model output was unusable (Measured.model_error), for the log
+        #: Such frames in a row up to the last one (any thread reads it: the daemon's camera status).
+        self.model_error_run = 0
         self.profile: Profile | None = None
         self._size_changes = self._size_changes_logged = 0  # frame size changes during calibration
         self._size_change_logged_at: float | None = None  # monotonic time of the last size-change warning
@@ -219,6 +221,7 @@ class Scorer:
     def update(self, m: Measured) -> Verdict | None:
         """Consume one measured frame; a Verdict when guarding, None while calibrating."""
         with self._lock:
+            self.model_error_run = 0 if m.model_error is None else self.model_error_run + 1
             if m.model_error is not None:
                 self._model_errors += 1
                 if sparse(self._model_errors):

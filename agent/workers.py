@@ -75,8 +75,6 @@ class Workers:
         self.first_done = threading.Event()
         self._stop_reading = threading.Event()
         self._corrupt_logged = 0
-        #: Frames in a row, up to the last one measured, whose model output was unusable (the daemon's status).
-        self.model_error_run = 0
         self._epoch = 0  # the connection epoch of the last frame the worker measured
 
     def start(self) -> None:
@@ -180,9 +178,8 @@ class Workers:
         queued = {id(f): q for f, q, _ in items}
         for m in measured:
             m.latency_ms["queue"] = (t_get - queued[id(m.frame)]) * 1e3
-            self.model_error_run = 0 if m.model_error is None else self.model_error_run + 1
             if m.model_error is not None:
-                self.agg.error("model_output")  # the Scorer logs it
+                self.agg.error("model_output")  # the Scorer logs it and keeps the run of them
             verdict = self.scorer.update(m)
             # Sequential drift alarms raised/cleared by this frame (rare): one event each, to every sink.
             for event in self.scorer.drift_events():
